@@ -1,0 +1,37 @@
+"""B-cos layers and explanation mode.
+
+Every module here computes the same function as its ordinary counterpart (up to the documented
+B-cos changes) and becomes dynamic linear, ``y = W(x) x``, inside :func:`explanation_mode`.
+"""
+
+from .activation import BcosGELU, BcosHardswish, BcosMish, BcosSiLU, GatedActivation
+from .attention import dynamic_attention
+from .bcos import BcosConv2d, BcosLinear
+from .encoding import InputEncoding
+from .logit_bias import LogitBias
+from .mode import ExplanationAware, explanation_mode, is_explaining
+from .norm import BcosBatchNorm2d, BcosGroupNorm, BcosLayerNorm, BcosLayerNorm2d
+from .trace import ExplanationTrace, traced_constant, traced_input
+
+__all__ = [
+    "BcosBatchNorm2d",
+    "BcosConv2d",
+    "BcosGELU",
+    "BcosGroupNorm",
+    "BcosHardswish",
+    "BcosLayerNorm",
+    "BcosLayerNorm2d",
+    "BcosLinear",
+    "BcosMish",
+    "BcosSiLU",
+    "ExplanationAware",
+    "ExplanationTrace",
+    "GatedActivation",
+    "InputEncoding",
+    "LogitBias",
+    "dynamic_attention",
+    "explanation_mode",
+    "is_explaining",
+    "traced_constant",
+    "traced_input",
+]

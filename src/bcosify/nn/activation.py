@@ -1,0 +1,124 @@
+"""Gated activations ``x * g(x)`` whose gate is detached in explanation mode.
+
+ReLU and max pooling need no counterpart: they already select inputs, and their gradient is
+exactly the selection. Activations without a gated form (tanh, sigmoid as an output) have no
+dynamic-linear counterpart at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .mode import ExplanationAware
+
+__all__ = ["BcosGELU", "BcosHardswish", "BcosMish", "BcosSiLU", "GatedActivation"]
+
+
+class GatedActivation(ExplanationAware, nn.Module):
+    """Base class for ``y = x * gate(x)``; the gate is a constant in explanation mode.
+
+    Outside explanation mode the fused PyTorch activation runs, with its true gradient.
+    Subclasses define :meth:`gate` and :meth:`activation`.
+
+    Example:
+        >>> import torch
+        >>> class Sigmoidal(GatedActivation):
+        ...     def gate(self, x): return torch.sigmoid(x)
+        ...     def activation(self, x): return x * torch.sigmoid(x)
+        >>> Sigmoidal()(torch.zeros(2))
+        tensor([0., 0.])
+    """
+
+    def gate(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def activation(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.explaining:
+            return x * self.gate(x).detach()
+        return self.activation(x)
+
+
+class BcosGELU(GatedActivation):
+    """GELU, ``x * Phi(x)``, with ``approximate="none"`` or ``"tanh"`` as in ``nn.GELU``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(5)
+        >>> torch.allclose(BcosGELU()(x), torch.nn.functional.gelu(x))
+        True
+    """
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def gate(self, x: Tensor) -> Tensor:
+        if self.approximate == "tanh":
+            return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+        return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+    def activation(self, x: Tensor) -> Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class BcosSiLU(GatedActivation):
+    """SiLU (swish), ``x * sigmoid(x)``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(5)
+        >>> torch.allclose(BcosSiLU()(x), torch.nn.functional.silu(x))
+        True
+    """
+
+    def gate(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(x)
+
+    def activation(self, x: Tensor) -> Tensor:
+        return F.silu(x)
+
+
+class BcosHardswish(GatedActivation):
+    """Hardswish, ``x * relu6(x + 3) / 6``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(5)
+        >>> torch.allclose(BcosHardswish()(x), torch.nn.functional.hardswish(x))
+        True
+    """
+
+    def gate(self, x: Tensor) -> Tensor:
+        return F.hardsigmoid(x)
+
+    def activation(self, x: Tensor) -> Tensor:
+        return F.hardswish(x)
+
+
+class BcosMish(GatedActivation):
+    """Mish, ``x * tanh(softplus(x))``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(5)
+        >>> torch.allclose(BcosMish()(x), torch.nn.functional.mish(x))
+        True
+    """
+
+    def gate(self, x: Tensor) -> Tensor:
+        return torch.tanh(F.softplus(x))
+
+    def activation(self, x: Tensor) -> Tensor:
+        return F.mish(x)

@@ -1,0 +1,296 @@
+"""Normalisation layers that are dynamic linear in explanation mode.
+
+- :class:`BcosBatchNorm2d` is *uncentered*: ``y = gamma * x / sqrt(var + eps)``. Subtracting the
+  mean would add an input-independent offset at inference; the converter folds the mean into
+  the bias instead (``beta' = beta - gamma * mu / sqrt(var + eps)``), and the bias is dropped
+  by default.
+- :class:`BcosLayerNorm`, :class:`BcosGroupNorm` and :class:`BcosLayerNorm2d` stay centred (mean
+  subtraction is linear in ``x``) but have no bias by default.
+
+In explanation mode the standard deviation (the variance in batch norm) is detached.
+``bias=True`` exists so that a converted model can be checked for exact equivalence with the
+original; a model with biases is not dynamic linear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .mode import ExplanationAware
+
+__all__ = ["BcosBatchNorm2d", "BcosGroupNorm", "BcosLayerNorm", "BcosLayerNorm2d"]
+
+
+class _AffineNorm(ExplanationAware, nn.Module):
+    """Per-channel ``weight`` (and optional ``bias``) shared by every norm here."""
+
+    weight: Tensor | None
+    bias: Tensor | None
+
+    def _init_affine(self, num: int, affine: bool, bias: bool, factory: dict[str, Any]) -> None:
+        self.register_parameter(
+            "weight", nn.Parameter(torch.ones(num, **factory)) if affine else None
+        )
+        self.register_parameter("bias", nn.Parameter(torch.zeros(num, **factory)) if bias else None)
+
+    def _affine(self, x: Tensor, channel_dim: int) -> Tensor:
+        shape = [1] * x.ndim
+        shape[channel_dim] = -1
+        if self.weight is not None:
+            x = x * self.weight.view(shape)
+        if self.bias is not None:
+            x = x + self.bias.view(shape)
+        return x
+
+    def _standardise(self, x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+        """``(x - mean) / std`` over ``dims``, with ``std`` detached in explanation mode."""
+        centred = x - x.mean(dim=dims, keepdim=True)
+        std = (centred.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt()
+        return centred / self.detach_if_explaining(std)
+
+
+class BcosBatchNorm2d(_AffineNorm):
+    """Uncentered batch norm: ``y = weight * x / sqrt(var + eps) (+ bias)``.
+
+    Training mode uses the batch variance and updates ``running_var``; evaluation uses
+    ``running_var``. There is no ``running_mean``: the mean is never subtracted.
+
+    Example:
+        >>> import torch
+        >>> bn = BcosBatchNorm2d(4).eval()
+        >>> x = torch.rand(2, 4, 3, 3)
+        >>> torch.allclose(bn(x), x / (1 + 1e-5) ** 0.5)
+        True
+    """
+
+    running_var: Tensor | None
+    num_batches_tracked: Tensor | None
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.track_running_stats = track_running_stats
+        self._init_affine(num_features, affine, bias, factory)
+        if track_running_stats:
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.running_var = None
+            self.num_batches_tracked = None
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, *, bias: bool = False) -> BcosBatchNorm2d:
+        """Uncentered batch norm with the statistics and scale of ``bn``.
+
+        With ``bias=True`` the mean is folded into the bias so that, in evaluation mode, the
+        result computes exactly what ``bn`` computes.
+
+        Example:
+            >>> import torch
+            >>> bn = torch.nn.BatchNorm2d(3).eval()
+            >>> _ = bn.running_mean.uniform_(), bn.bias.data.uniform_()
+            >>> x = torch.rand(2, 3, 4, 4)
+            >>> torch.allclose(BcosBatchNorm2d.from_batchnorm(bn, bias=True).eval()(x), bn(x))
+            True
+        """
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(f"from_batchnorm expects an nn.BatchNorm2d, got {type(bn).__name__}")
+        if bn.running_var is None or bn.running_mean is None:
+            raise ValueError(
+                "from_batchnorm needs a batch norm with running statistics "
+                "(track_running_stats=True); the mean cannot be folded without them"
+            )
+        ref = bn.running_var
+        layer = cls(
+            bn.num_features,
+            eps=bn.eps,
+            momentum=bn.momentum,
+            affine=bn.affine,
+            bias=bias,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
+        with torch.no_grad():
+            assert layer.running_var is not None and layer.num_batches_tracked is not None
+            layer.running_var.copy_(bn.running_var)
+            if bn.num_batches_tracked is not None:
+                layer.num_batches_tracked.copy_(bn.num_batches_tracked)
+            gamma = bn.weight if bn.weight is not None else torch.ones_like(ref)
+            if layer.weight is not None:
+                layer.weight.copy_(gamma)
+            if layer.bias is not None:
+                beta = bn.bias if bn.bias is not None else torch.zeros_like(ref)
+                layer.bias.copy_(beta - gamma * bn.running_mean / (ref + bn.eps).sqrt())
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"BcosBatchNorm2d expects a 4-D input (N, C, H, W), got {x.ndim}-D")
+        use_batch_stats = self.training or self.running_var is None
+        if use_batch_stats:
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            if self.training and self.running_var is not None:
+                self._update_running_var(x, var)
+        else:
+            var = self.running_var
+        inv_std = (var + self.eps).rsqrt()
+        return self._affine(x * self.detach_if_explaining(inv_std).view(1, -1, 1, 1), 1)
+
+    @torch.no_grad()
+    def _update_running_var(self, x: Tensor, var: Tensor) -> None:
+        assert self.running_var is not None and self.num_batches_tracked is not None
+        n = x.numel() / x.shape[1]
+        unbiased = var * (n / max(n - 1, 1))
+        self.num_batches_tracked.add_(1)
+        momentum = self.momentum
+        if momentum is None:  # cumulative moving average, as in torch.nn.BatchNorm2d
+            momentum = 1.0 / float(self.num_batches_tracked)
+        self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.weight is not None}, bias={self.bias is not None}"
+        )
+
+
+class BcosLayerNorm(_AffineNorm):
+    """Layer norm over the last dimension, centred, without bias by default.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(2, 5, 8)
+        >>> torch.allclose(BcosLayerNorm(8)(x), torch.nn.LayerNorm(8, bias=False)(x), atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        *,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(normalized_shape, int):
+            shape = tuple(normalized_shape)
+            if len(shape) != 1:
+                raise ValueError(
+                    f"BcosLayerNorm normalises the last dimension only, got shape {shape}"
+                )
+            normalized_shape = shape[0]
+        self.normalized_shape = (normalized_shape,)
+        self.eps = eps
+        self._init_affine(
+            normalized_shape, elementwise_affine, bias, {"device": device, "dtype": dtype}
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.explaining:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return self._affine(self._standardise(x, (-1,), self.eps), -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class BcosLayerNorm2d(_AffineNorm):
+    """Layer norm over the channels of an ``(N, C, H, W)`` tensor (as in ConvNeXt).
+
+    Example:
+        >>> import torch
+        >>> BcosLayerNorm2d(4)(torch.rand(2, 4, 3, 3)).mean(1).abs().max() < 1e-5
+        tensor(True)
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-6,
+        affine: bool = True,
+        *,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self._init_affine(num_channels, affine, bias, {"device": device, "dtype": dtype})
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.explaining:
+            out = F.layer_norm(
+                x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps
+            )
+            return out.permute(0, 3, 1, 2)
+        return self._affine(self._standardise(x, (1,), self.eps), 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class BcosGroupNorm(_AffineNorm):
+    """Group norm, centred, without bias by default.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(2, 6, 4, 4)
+        >>> ref = torch.nn.GroupNorm(3, 6)
+        >>> torch.allclose(BcosGroupNorm(3, 6)(x), ref(x), atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        if num_channels % num_groups != 0:
+            raise ValueError(
+                f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})"
+            )
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self._init_affine(num_channels, affine, bias, {"device": device, "dtype": dtype})
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.explaining:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        grouped = x.unflatten(1, (self.num_groups, -1))
+        dims = tuple(range(2, grouped.ndim))
+        return self._affine(self._standardise(grouped, dims, self.eps).flatten(1, 2), 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, bias={self.bias is not None}"
+        )
