@@ -1,0 +1,24 @@
+"""Explanations of B-cos models: batched, exact, and pictures of them."""
+
+from .core import BcosAttribution, Explanation, Target, explain
+from .visualize import (
+    colour_explanation,
+    contribution_map_image,
+    explanation_figure,
+    save_colour_explanation,
+    save_contribution_map,
+    save_image,
+)
+
+__all__ = [
+    "BcosAttribution",
+    "Explanation",
+    "Target",
+    "colour_explanation",
+    "contribution_map_image",
+    "explain",
+    "explanation_figure",
+    "save_colour_explanation",
+    "save_contribution_map",
+    "save_image",
+]
