@@ -1,0 +1,31 @@
+# Every target sets up what it needs: on a fresh machine `make demo` and `make test` are enough.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench-layers
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bcosify example --out example-output
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest --doctest-modules src tests
+
+# The official `bcos` package is installed beside the project, for this benchmark only.
+.bench/official: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target .bench/official bcos==0.1.3
+
+bench-layers: .bench/official
+	$(BIN)/python benchmarks/bench_layers.py --official .bench/official --write docs/benchmarks.md
