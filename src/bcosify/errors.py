@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["BcosifyError", "ExplanationError"]
+__all__ = [
+    "BcosifyError",
+    "CheckpointError",
+    "ConversionError",
+    "DataError",
+    "ExplanationError",
+    "ModelSourceError",
+]
 
 
 class BcosifyError(Exception):
@@ -11,3 +18,19 @@ class BcosifyError(Exception):
 
 class ExplanationError(BcosifyError, ValueError):
     """An explanation was requested with inputs or targets that do not fit the model."""
+
+
+class DataError(BcosifyError, ValueError):
+    """A dataset could not be built or read: a missing folder, a bad layout, an unreadable image."""
+
+
+class ConversionError(BcosifyError, ValueError):
+    """A model has parts without a dynamic-linear (B-cos) form; the message lists every one."""
+
+
+class ModelSourceError(BcosifyError, ValueError):
+    """A model source name, its weights or a weights file does not fit the architecture."""
+
+
+class CheckpointError(BcosifyError, ValueError):
+    """A saved model or checkpoint is missing, incomplete or of another architecture."""

@@ -4,10 +4,11 @@ Every module here computes the same function as its ordinary counterpart (up to 
 B-cos changes) and becomes dynamic linear, ``y = W(x) x``, inside :func:`explanation_mode`.
 """
 
-from .activation import BcosGELU, BcosHardswish, BcosMish, BcosSiLU, GatedActivation
+from .activation import BcosGELU, BcosHardswish, BcosMish, BcosReLU6, BcosSiLU, GatedActivation
 from .attention import dynamic_attention
 from .bcos import BcosConv2d, BcosLinear
-from .encoding import InputEncoding
+from .encoding import InputEncoding, InputNormalization
+from .gate import DetachedGate
 from .logit_bias import LogitBias
 from .mode import ExplanationAware, explanation_mode, is_explaining
 from .norm import BcosBatchNorm2d, BcosGroupNorm, BcosLayerNorm, BcosLayerNorm2d
@@ -23,11 +24,14 @@ __all__ = [
     "BcosLayerNorm2d",
     "BcosLinear",
     "BcosMish",
+    "BcosReLU6",
     "BcosSiLU",
+    "DetachedGate",
     "ExplanationAware",
     "ExplanationTrace",
     "GatedActivation",
     "InputEncoding",
+    "InputNormalization",
     "LogitBias",
     "dynamic_attention",
     "explanation_mode",

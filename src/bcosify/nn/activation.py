@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .mode import ExplanationAware
 
-__all__ = ["BcosGELU", "BcosHardswish", "BcosMish", "BcosSiLU", "GatedActivation"]
+__all__ = ["BcosGELU", "BcosHardswish", "BcosMish", "BcosReLU6", "BcosSiLU", "GatedActivation"]
 
 
 class GatedActivation(ExplanationAware, nn.Module):
@@ -122,3 +122,25 @@ class BcosMish(GatedActivation):
 
     def activation(self, x: Tensor) -> Tensor:
         return F.mish(x)
+
+
+class BcosReLU6(GatedActivation):
+    """ReLU6, ``min(max(x, 0), 6)``, written as ``x * gate`` with ``gate = relu6(x) / x``.
+
+    Where the clamp at 6 is active the output is a constant that no input pixel would be
+    credited for; as a detached gate it becomes a dynamic scaling of ``x`` instead, and the
+    contributions still sum to the output.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([-1.0, 0.0, 3.0, 9.0])
+        >>> BcosReLU6()(x)
+        tensor([0., 0., 3., 6.])
+    """
+
+    def gate(self, x: Tensor) -> Tensor:
+        safe = torch.where(x > 0, x, torch.ones_like(x))
+        return torch.where(x > 0, F.relu6(x) / safe, torch.zeros_like(x))
+
+    def activation(self, x: Tensor) -> Tensor:
+        return F.relu6(x)

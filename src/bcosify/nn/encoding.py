@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .trace import traced_input
+from .trace import traced_constant, traced_input
 
-__all__ = ["InputEncoding"]
+__all__ = ["InputEncoding", "InputNormalization"]
 
 
 class InputEncoding(nn.Module):
@@ -48,3 +48,38 @@ class InputEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+class InputNormalization(nn.Module):
+    """``(x - mean) / std`` per channel, with the offset reported as a named constant.
+
+    This is the normalisation layer of the published ("paper") input encoding. Subtracting the
+    mean is an affine offset, not a function of the input: during an explanation it appears as
+    the constant term ``<path>.offset``, so completeness stays exact and the share of the logit
+    that the offset carries is visible instead of silently lost.
+
+    Example:
+        >>> import torch
+        >>> norm = InputNormalization([0.5, 0.5], [0.25, 0.25])
+        >>> norm(torch.ones(1, 2, 1, 1)).flatten()
+        tensor([2., 2.])
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std need one value per channel, got {mean} and {std}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        scaled = x / self.std
+        return scaled + traced_constant(self, "offset", -self.mean / self.std, scaled)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
