@@ -7,8 +7,9 @@ The most used names are available at the top level::
     explanation = bcosify.explain(model, images, target=labels)
 """
 
-from . import nn
-from .errors import BcosifyError, ExplanationError
+from . import models, nn
+from .convert import BcosModel, ConversionReport, convert, load
+from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
 from .explain import BcosAttribution, Explanation, explain
 from .nn import explanation_mode
 
@@ -16,11 +17,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BcosAttribution",
+    "BcosModel",
     "BcosifyError",
+    "CheckpointError",
+    "ConversionError",
+    "ConversionReport",
     "Explanation",
     "ExplanationError",
     "__version__",
+    "convert",
     "explain",
     "explanation_mode",
+    "load",
+    "models",
     "nn",
 ]

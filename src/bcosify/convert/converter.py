@@ -1,0 +1,303 @@
+"""``bcosify.convert``: a pretrained model in, a B-cos model and a report out."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+from torch import fx, nn
+
+from ..errors import ConversionError
+from ..models.sources import source_info
+from .graph import GraphProblems, check_and_rewrite, move_classifier_before_pool, trace
+from .model import BcosModel, ModelConfig
+from .options import ConversionOptions
+from .rules import Rule, RuleContext, UnsupportedModule, default_rules
+
+__all__ = ["Conversion", "ConversionReport", "Replacement", "convert"]
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One module of the original and what it became."""
+
+    path: str
+    old: str
+    new: str
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: every module replaced or kept, every constant, every rewrite.
+
+    ``str(report)`` is a readable summary; the lists hold the details.
+    """
+
+    model: str
+    replaced: list[Replacement] = field(default_factory=list)
+    kept: list[Replacement] = field(default_factory=list)
+    constants: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """How many modules went from each type to each, e.g. ``{"Conv2d -> BcosConv2d": 20}``."""
+        counts: dict[str, int] = {}
+        for item in self.replaced:
+            key = f"{item.old} -> {item.new}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def __str__(self) -> str:
+        lines = [
+            f"Converted {self.model}: {len(self.replaced)} modules replaced, "
+            f"{len(self.kept)} kept as they are."
+        ]
+        lines += [f"  {n:4d} x {key}" for key, n in sorted(self.counts().items())]
+        kept: dict[str, int] = {}
+        for item in self.kept:
+            kept[item.old] = kept.get(item.old, 0) + 1
+        if kept:
+            lines.append(
+                "  kept (already dynamic linear): "
+                + ", ".join(f"{n} x {name}" for name, n in sorted(kept.items()))
+            )
+        lines += ["Constants:"] + [f"  {c}" for c in self.constants or ["none"]]
+        lines += ["Notes:"] + [f"  {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class Conversion(NamedTuple):
+    """The result of :func:`convert`: unpack it as ``model, report = convert(...)``."""
+
+    model: BcosModel
+    report: ConversionReport
+
+
+def convert(
+    model: nn.Module,
+    *,
+    input_mean: tuple[float, ...] | list[float] | None = None,
+    input_std: tuple[float, ...] | list[float] | None = None,
+    b: float = 2.0,
+    encoding: Literal["fold", "paper"] = "fold",
+    keep_bias: bool = False,
+    maxpool: Literal["keep", "avg"] = "keep",
+    activations: Literal["keep", "identity"] = "keep",
+    classifier_before_pool: bool = True,
+    logit_bias: float | Literal["auto"] | None = "auto",
+    rules: dict[type[nn.Module], Rule] | None = None,
+    class_names: list[str] | None = None,
+) -> Conversion:
+    """Convert a pretrained model into a B-cos model with the same weights.
+
+    The original is not modified. Every ``Conv2d`` and ``Linear`` becomes the B-cos layer with
+    the same weights, biases are removed, batch norm becomes uncentered (its mean folded away),
+    layer and group norms lose their bias, activations and gates get their dynamic-linear
+    forms, the first layer is re-weighted for the ``[x, 1 - x]`` input, and a logit bias is
+    added (see :class:`ConversionOptions` for each option). The converted model takes RGB images
+    in ``[0, 1]``.
+
+    Args:
+        model: the pretrained model, in any state; models from :func:`bcosify.models.create`
+            know their ``input_mean``/``input_std``, others must be given them.
+        rules: extra or overriding entries of the rule table, ``{ModuleType: rule}``, where
+            ``rule(module, context)`` returns the replacement (see :mod:`bcosify.convert.rules`).
+        class_names: stored with the model (defaults to the source's, when known).
+
+    Raises:
+        ConversionError: listing every module and operation without a dynamic-linear form.
+
+    Example:
+        >>> import torch, bcosify
+        >>> original = bcosify.models.create("torchvision:resnet18", num_classes=5).eval()
+        >>> same, _ = bcosify.convert(original, b=1.0, keep_bias=True)
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        >>> reference = original((x - mean[:, None, None]) / std[:, None, None])
+        >>> bool((same.eval()(x) - reference).abs().max() < 1e-4)
+        True
+    """
+    info = source_info(model)
+    if input_mean is None or input_std is None:
+        if info is None:
+            raise ConversionError(
+                "pass input_mean and input_std: the per-channel normalisation the model was "
+                "trained with (ImageNet: (0.485, 0.456, 0.406) and (0.229, 0.224, 0.225))"
+            )
+        input_mean = input_mean if input_mean is not None else info.input_mean
+        input_std = input_std if input_std is not None else info.input_std
+    options = ConversionOptions(
+        tuple(input_mean),
+        tuple(input_std),
+        b,
+        encoding,
+        keep_bias,
+        maxpool,
+        activations,
+        classifier_before_pool,
+        logit_bias,
+    )
+    table = {**default_rules(), **(rules or {})}
+    report = ConversionReport(type(model).__name__)
+
+    gm = trace(copy.deepcopy(model).eval(), table)
+    num_classes = _num_classes(gm)
+    if options.classifier_before_pool:
+        report.notes.append(move_classifier_before_pool(gm))
+    problems = GraphProblems()
+    report.notes.append(_encode_first_layer(gm, options, problems))
+    report.notes += check_and_rewrite(gm, options, lambda m: type(m) in table, problems)
+    if not problems.lines:
+        _apply_rules(gm, table, options, report, problems)
+    if problems.lines:
+        raise ConversionError(
+            f"cannot convert {type(model).__name__}: {len(problems.lines)} part(s) have no "
+            "dynamic-linear form:\n" + "\n".join(problems.lines) + "\nFor a module type, add a "
+            "rule: bcosify.convert(model, rules={TheType: rule}) where rule(module, context) "
+            "returns its B-cos replacement (or the module itself, if it is already dynamic "
+            "linear: bcosify.convert.rules.keep). Wrap a functional call in a module to give it "
+            "a rule."
+        )
+    gm.graph.lint()
+    gm.recompile()
+
+    bias = _logit_bias(options, num_classes)
+    config = ModelConfig(
+        options,
+        info.name if info else None,
+        dict(info.kwargs) if info else {},
+        class_names or (info.class_names if info else None),
+        info.input_size if info else None,
+    )
+    converted = BcosModel(gm, config, bias).to(_device_of(model))
+    if options.encoding == "paper":
+        report.constants.append(
+            "normalization.offset: the mean subtraction of the 'paper' "
+            "encoding (an affine offset, reported per example)"
+        )
+    if bias is not None:
+        report.constants.append(
+            f"logit_bias.bias = {bias:.4f} (-log(C - 1) for C = {num_classes})"
+            if options.logit_bias == "auto"
+            else f"logit_bias.bias = {bias:.4f}"
+        )
+    return Conversion(converted.eval(), report)
+
+
+def _apply_rules(
+    gm: fx.GraphModule,
+    table: dict[type[nn.Module], Rule],
+    options: ConversionOptions,
+    report: ConversionReport,
+    problems: GraphProblems,
+) -> None:
+    def apply(module: nn.Module, path: str) -> nn.Module:
+        rule = table.get(type(module))
+        if rule is None:
+            raise UnsupportedModule("no conversion rule for this module type")
+        context = RuleContext(options, path, lambda child, name: apply(child, f"{path}.{name}"))
+        return rule(module, context)
+
+    targets = dict.fromkeys(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+    for path in targets:
+        module = gm.get_submodule(path)
+        try:
+            new = apply(module, path)
+        except UnsupportedModule as error:
+            problems.add(f"'{path}' ({type(module).__name__})", str(error))
+            continue
+        entry = Replacement(path, type(module).__name__, type(new).__name__)
+        if new is module:
+            report.kept.append(entry)
+            continue
+        report.replaced.append(entry)
+        parent, _, name = path.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name, new)
+
+
+def _encode_first_layer(
+    gm: fx.GraphModule, options: ConversionOptions, problems: GraphProblems
+) -> str:
+    """Re-weight the first convolution for the ``[x, 1 - x]`` input (RECIPE 4.1)."""
+    (inputs,) = [n for n in gm.graph.nodes if n.op == "placeholder"][:1] or [None]
+    users = list(inputs.users) if inputs is not None else []
+    first = users[0] if len(users) == 1 and users[0].op == "call_module" else None
+    conv = gm.get_submodule(str(first.target)) if first is not None else None
+    if type(conv) is not nn.Conv2d:
+        found = ", ".join(f"{u.op} {u.target}" for u in users) or "nothing"
+        problems.add(
+            "the input", f"must go straight into one Conv2d to be encoded; it goes to {found}"
+        )
+        return ""
+    channels = len(options.input_mean)
+    if conv.in_channels != channels or conv.groups != 1:
+        problems.add(
+            f"'{first.target}' (Conv2d)",
+            f"the first convolution must take the {channels} "
+            f"input channels with groups=1, it has in_channels={conv.in_channels}, "
+            f"groups={conv.groups}",
+        )
+        return ""
+    weight = conv.weight.detach()
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(options.input_mean, dtype=weight.dtype, device=weight.device).view(shape)
+    std = torch.tensor(options.input_std, dtype=weight.dtype, device=weight.device).view(shape)
+    if options.encoding == "fold":
+        # W6 . [x, 1 - x] = W . (x - m) / s at every pixel, zero padding included
+        encoded = torch.cat([weight * (1 - mean) / std, -weight * mean / std], dim=1)
+        note = "first layer '{}' folded for the [x, 1 - x] input: no affine offset remains"
+    else:
+        encoded = torch.cat([weight, -weight], dim=1) / 2
+        note = "first layer '{}' set to [W, -W] / 2 behind a normalisation layer (paper encoding)"
+    new = nn.Conv2d(
+        2 * channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        conv.bias is not None,
+        conv.padding_mode,
+    ).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(encoded)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    path = str(first.target)
+    parent, _, name = path.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, new)
+    return note.format(path)
+
+
+def _num_classes(gm: fx.GraphModule) -> int | None:
+    """Output size of the last Linear or Conv2d called: the classifier's, in a classifier."""
+    for node in reversed(gm.graph.nodes):
+        if node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            if isinstance(module, nn.Linear):
+                return module.out_features
+            if isinstance(module, nn.Conv2d):
+                return module.out_channels
+    return None
+
+
+def _logit_bias(options: ConversionOptions, num_classes: int | None) -> float | None:
+    if options.logit_bias is None or (options.logit_bias == "auto" and options.keep_bias):
+        return None
+    if options.logit_bias != "auto":
+        return float(options.logit_bias)
+    if num_classes is None or num_classes < 2:
+        raise ConversionError(
+            "logit_bias='auto' needs the number of classes, which could not be read off the "
+            "last layer; pass logit_bias=<value> or logit_bias=None"
+        )
+    return -math.log(num_classes - 1)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -1,0 +1,97 @@
+"""The options of a conversion, as data: validated once, saved with the model as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["ConversionOptions"]
+
+Encoding = Literal["fold", "paper"]
+MaxPool = Literal["keep", "avg"]
+Activations = Literal["keep", "identity"]
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """Everything that decides what :func:`bcosify.convert` builds.
+
+    The defaults are the published B-cosification recipe, with the exact ``"fold"`` encoding.
+
+    Attributes:
+        input_mean, input_std: the per-channel normalisation the original model was trained with
+            (images in ``[0, 1]``); the converted model takes the unnormalised images.
+        b: the B of every B-cos layer (1 gives the original linear layers).
+        encoding: ``"fold"`` folds the normalisation into the first layer's weights for the
+            ``[x, 1 - x]`` input, leaving no affine offset; ``"paper"`` keeps a normalisation
+            layer in front, whose offset explanations report as a constant term.
+        keep_bias: keep every bias (for checking equivalence with the original; the result is
+            then not dynamic linear).
+        maxpool: keep max pooling, or replace it by average pooling as the published code does.
+        activations: keep the activations (dynamic-linear forms), or replace them by identities.
+        classifier_before_pool: apply a linear classifier that directly follows global average
+            pooling as a 1 x 1 convolution before the pooling, so contributions stay spatial.
+        logit_bias: ``"auto"`` adds ``-log(C - 1)`` to every logit unless ``keep_bias``; a number
+            adds that constant; None adds nothing.
+
+    Example:
+        >>> ConversionOptions(input_mean=(0.5, 0.5, 0.5), input_std=(0.25, 0.25, 0.25)).b
+        2.0
+    """
+
+    input_mean: tuple[float, ...]
+    input_std: tuple[float, ...]
+    b: float = 2.0
+    encoding: Encoding = "fold"
+    keep_bias: bool = False
+    maxpool: MaxPool = "keep"
+    activations: Activations = "keep"
+    classifier_before_pool: bool = True
+    logit_bias: float | Literal["auto"] | None = "auto"
+
+    def __post_init__(self) -> None:
+        mean, std = tuple(map(float, self.input_mean)), tuple(map(float, self.input_std))
+        object.__setattr__(self, "input_mean", mean)
+        object.__setattr__(self, "input_std", std)
+        object.__setattr__(self, "b", float(self.b))
+        if len(mean) != len(std) or not mean:
+            raise ValueError(
+                f"input_mean and input_std need one value per input channel, got {mean} and {std}"
+            )
+        if min(std) <= 0:
+            raise ValueError(f"input_std must be positive, got {std}")
+        if not self.b >= 1.0:
+            raise ValueError(f"b must be >= 1 (1 keeps the original linear layers), got {self.b}")
+        _check_choice("encoding", self.encoding, ("fold", "paper"))
+        _check_choice("maxpool", self.maxpool, ("keep", "avg"))
+        _check_choice("activations", self.activations, ("keep", "identity"))
+        if not (self.logit_bias in ("auto", None) or isinstance(self.logit_bias, (int, float))):
+            raise ValueError(
+                f"logit_bias must be 'auto', a number or None, got {self.logit_bias!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; :meth:`from_dict` reads it back."""
+        data = asdict(self)
+        data["input_mean"], data["input_std"] = list(self.input_mean), list(self.input_std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConversionOptions:
+        """Rebuild options from :meth:`to_dict`; unknown keys are an error, not ignored.
+
+        Example:
+            >>> options = ConversionOptions((0.5,), (0.5,), b=2.5)
+            >>> ConversionOptions.from_dict(options.to_dict()) == options
+            True
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown conversion options {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")

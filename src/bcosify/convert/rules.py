@@ -1,0 +1,236 @@
+"""The conversion rule table: module type -> B-cos replacement.
+
+A rule is a function ``rule(module, context) -> nn.Module`` that returns the replacement (or the
+module itself to keep it). Types are looked up exactly, not by ``isinstance``: a subclass may
+change ``forward`` (timm's ``Conv2dSame`` pads inside it), so it needs a rule of its own. Every
+type in the table is a leaf for tracing; everything else is traced through and its functional
+calls are checked one by one (see :mod:`bcosify.convert.graph`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import (
+    BcosBatchNorm2d,
+    BcosConv2d,
+    BcosGELU,
+    BcosGroupNorm,
+    BcosHardswish,
+    BcosLayerNorm,
+    BcosLayerNorm2d,
+    BcosLinear,
+    BcosMish,
+    BcosReLU6,
+    BcosSiLU,
+    DetachedGate,
+)
+from .options import ConversionOptions
+
+__all__ = ["Rule", "RuleContext", "UnsupportedModule", "default_rules", "keep"]
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule may need besides the module.
+
+    Attributes:
+        options: the conversion options.
+        path: the module's qualified name in the model.
+        convert_child: converts a submodule with the rule table (for rules of fused modules
+            that contain, say, an activation): ``context.convert_child(module.act, "act")``.
+    """
+
+    options: ConversionOptions
+    path: str
+    convert_child: Callable[[nn.Module, str], nn.Module]
+
+
+class UnsupportedModule(Exception):
+    """Raised by a rule for a module it cannot convert; the message says why.
+
+    :func:`bcosify.convert` collects these for every module and raises one
+    :class:`~bcosify.errors.ConversionError` that lists them all.
+    """
+
+
+Rule = Callable[[nn.Module, RuleContext], nn.Module]
+
+
+def keep(module: nn.Module, context: RuleContext) -> nn.Module:
+    """The rule for modules that are already dynamic linear: keep them as they are.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.convert import ConversionOptions
+        >>> relu = torch.nn.ReLU()
+        >>> options = ConversionOptions((0.5,), (0.5,))
+        >>> keep(relu, RuleContext(options, "relu", lambda m, name: m)) is relu
+        True
+    """
+    return module
+
+
+class Biased(nn.Module):
+    """A B-cos layer plus the original bias: only for equivalence checks (``keep_bias=True``)."""
+
+    def __init__(self, layer: nn.Module, bias: Tensor, channel_dim: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.bias = nn.Parameter(bias.detach().clone())
+        self.channel_dim = channel_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer(x)
+        shape = [1] * out.ndim
+        shape[self.channel_dim] = -1
+        return out + self.bias.view(shape)
+
+
+def _with_bias(layer: nn.Module, bias: Tensor | None, options: ConversionOptions, dim: int):
+    return Biased(layer, bias, dim) if options.keep_bias and bias is not None else layer
+
+
+def conv2d(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.Conv2d)
+    layer = BcosConv2d.from_conv(module, b=context.options.b)
+    return _with_bias(layer, module.bias, context.options, 1)
+
+
+def linear(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.Linear)
+    layer = BcosLinear.from_linear(module, b=context.options.b)
+    return _with_bias(layer, module.bias, context.options, -1)
+
+
+def batchnorm2d(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.BatchNorm2d)
+    return BcosBatchNorm2d.from_batchnorm(module, bias=context.options.keep_bias)
+
+
+def _copy_affine(source: nn.Module, target: nn.Module, keep_bias: bool) -> nn.Module:
+    with torch.no_grad():
+        if getattr(source, "weight", None) is not None and target.weight is not None:
+            target.weight.copy_(source.weight)
+        if keep_bias and getattr(source, "bias", None) is not None and target.bias is not None:
+            target.bias.copy_(source.bias)
+    return target.to(next(iter(source.parameters()), torch.empty(0)).device)
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    return getattr(module, name, None) is not None
+
+
+def layernorm(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.LayerNorm)
+    if len(module.normalized_shape) != 1:
+        raise UnsupportedModule(
+            f"normalises over {module.normalized_shape}; only the last dimension is supported"
+        )
+    keep_bias = context.options.keep_bias and _has(module, "bias")
+    target = BcosLayerNorm(
+        module.normalized_shape[0], module.eps, _has(module, "weight"), bias=keep_bias
+    )
+    return _copy_affine(module, target, keep_bias)
+
+
+def layernorm2d(module: nn.Module, context: RuleContext) -> nn.Module:
+    """torchvision's and timm's ``LayerNorm2d`` (channels of an NCHW tensor)."""
+    assert isinstance(module, nn.LayerNorm)
+    keep_bias = context.options.keep_bias and _has(module, "bias")
+    target = BcosLayerNorm2d(
+        module.normalized_shape[0], module.eps, _has(module, "weight"), bias=keep_bias
+    )
+    return _copy_affine(module, target, keep_bias)
+
+
+def groupnorm(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.GroupNorm)
+    keep_bias = context.options.keep_bias and _has(module, "bias")
+    target = BcosGroupNorm(
+        module.num_groups, module.num_channels, module.eps, module.affine, bias=keep_bias
+    )
+    return _copy_affine(module, target, keep_bias)
+
+
+def activation(replacement: Callable[[nn.Module], nn.Module]) -> Rule:
+    """A rule for an activation: its dynamic-linear form, or an identity if asked for."""
+
+    def rule(module: nn.Module, context: RuleContext) -> nn.Module:
+        if context.options.activations == "identity":
+            return nn.Identity()
+        return replacement(module)
+
+    return rule
+
+
+def maxpool2d(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.MaxPool2d)
+    if context.options.maxpool == "keep":
+        return module
+    if module.dilation not in (1, (1, 1)):
+        raise UnsupportedModule(
+            "a dilated max pool has no average-pool counterpart; use maxpool='keep'"
+        )
+    return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
+
+
+def default_rules() -> dict[type[nn.Module], Rule]:
+    """The built-in rule table (a fresh dict: add to it or override entries freely).
+
+    Per-family entries (torchvision and timm squeeze-and-excitation, ``LayerNorm2d``, timm's
+    ``BatchNormAct2d``) come from :mod:`bcosify.convert.families`.
+
+    Example:
+        >>> import torch
+        >>> default_rules()[torch.nn.ReLU] is keep
+        True
+    """
+    from .families import family_rules
+
+    rules: dict[type[nn.Module], Rule] = {
+        nn.Conv2d: conv2d,
+        nn.Linear: linear,
+        nn.BatchNorm2d: batchnorm2d,
+        nn.LayerNorm: layernorm,
+        nn.GroupNorm: groupnorm,
+        nn.ReLU: activation(lambda m: m),
+        nn.ReLU6: activation(lambda m: BcosReLU6()),
+        nn.GELU: activation(lambda m: BcosGELU(m.approximate)),
+        nn.SiLU: activation(lambda m: BcosSiLU()),
+        nn.Hardswish: activation(lambda m: BcosHardswish()),
+        nn.Mish: activation(lambda m: BcosMish()),
+        nn.MaxPool2d: maxpool2d,
+    }
+    # modules that are B-cos already (a model may be partly converted by hand)
+    for bcos_module in (
+        BcosConv2d,
+        BcosLinear,
+        BcosBatchNorm2d,
+        BcosLayerNorm,
+        BcosLayerNorm2d,
+        BcosGroupNorm,
+        BcosGELU,
+        BcosSiLU,
+        BcosHardswish,
+        BcosMish,
+        BcosReLU6,
+        DetachedGate,
+    ):
+        rules[bcos_module] = keep
+    for linear_module in (
+        nn.Identity,
+        nn.Flatten,
+        nn.Dropout,
+        nn.Dropout2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+    ):
+        rules[linear_module] = keep
+    rules.update(family_rules())
+    return rules
