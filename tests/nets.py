@@ -81,3 +81,29 @@ def randomise_norms(model: nn.Module) -> None:
                 module.weight.uniform_(0.5, 1.5)
             if isinstance(module, BcosBatchNorm2d) and module.running_var is not None:
                 module.running_var.uniform_(0.5, 2.0)
+
+
+def keep_signal_alive(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Rescale every B-cos layer so that its output has unit RMS on ``images`` (like LSUV).
+
+    Deep B-cos networks with random weights shrink their signal by ``|cos|^(B-1)`` per layer
+    until the logits underflow, which would make completeness checks vacuous. Scaling a
+    layer's weight by ``c`` scales its output by ``c^B``; one forward pass with hooks fixes
+    every layer in execution order.
+    """
+
+    def rescale(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        rms = output.detach().pow(2).mean().sqrt().clamp_min(1e-30)
+        with torch.no_grad():
+            module.weight.mul_(rms ** (-1.0 / module.b))
+        return output / rms
+
+    layers = [m for m in model.modules() if isinstance(m, (BcosConv2d, BcosLinear))]
+    handles = [m.register_forward_hook(rescale) for m in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return model

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import BcosifyError
-from . import example
+from . import convert, example
 
 __all__ = ["main"]
 
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"bcosify {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     example.add_parser(commands)
+    convert.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

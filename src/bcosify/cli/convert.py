@@ -1,0 +1,63 @@
+"""``bcosify convert``: convert a pretrained model and save it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..convert import convert
+from ..models import create
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "convert",
+        help="convert a pretrained model into a B-cos model and save it",
+        description=(
+            "Convert a pretrained model into a B-cos model with the same weights, print what "
+            "was replaced, and save it (model.safetensors + config.json) for bcosify.load."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="e.g. torchvision:resnet50, timm:resnet18")
+    parser.add_argument(
+        "--weights",
+        help="a weights file (.safetensors, or a state dict .pt/.pth), a torchvision weight "
+        "name such as IMAGENET1K_V2 (downloads if not cached), or 'hub' for timm (downloads)",
+    )
+    parser.add_argument("--num-classes", type=int, help="number of classes of the architecture")
+    parser.add_argument("--out", type=Path, required=True, help="folder to save the model to")
+    parser.add_argument("--b", type=float, default=2.0, help="B of the B-cos layers (default 2)")
+    parser.add_argument("--encoding", choices=("fold", "paper"), default="fold")
+    parser.add_argument("--maxpool", choices=("keep", "avg"), default="keep")
+    parser.add_argument("--activations", choices=("keep", "identity"), default="keep")
+    parser.add_argument("--keep-bias", action="store_true", help="keep biases (equivalence checks)")
+    parser.add_argument(
+        "--classifier-after-pool",
+        action="store_true",
+        help="keep the classifier after global pooling (default: move it before)",
+    )
+    parser.add_argument("--mean", type=float, nargs="+", help="input mean (default: the source's)")
+    parser.add_argument("--std", type=float, nargs="+", help="input std (default: the source's)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    original = create(args.model, weights=args.weights, **kwargs)
+    model, report = convert(
+        original,
+        input_mean=args.mean,
+        input_std=args.std,
+        b=args.b,
+        encoding=args.encoding,
+        keep_bias=args.keep_bias,
+        maxpool=args.maxpool,
+        activations=args.activations,
+        classifier_before_pool=not args.classifier_after_pool,
+    )
+    print(report)
+    directory = model.save_pretrained(args.out)
+    print(f"saved to {directory}/ (load with bcosify.load({str(directory)!r}))")
+    return 0
