@@ -24,8 +24,11 @@ CONV_CASES = [
 ]
 
 
-def reference_conv(x, weight, b, stride, padding, dilation, groups, normalize=False):
-    """The B-cos formula written out per receptive field with unfold (no shared code)."""
+def reference_conv(x, weight, b, stride, padding, dilation, groups, normalize=False, detach=False):
+    """The B-cos formula written out per receptive field with unfold (no shared code).
+
+    ``detach=True`` detaches the scaling factor, as explanation mode does.
+    """
     kh, kw = weight.shape[-2:]
     patches = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
     n, _, positions = patches.shape
@@ -38,7 +41,8 @@ def reference_conv(x, weight, b, stride, padding, dilation, groups, normalize=Fa
         lin = torch.einsum("ok,nkl->nol", w, p)
         x_norm = (p.pow(2).sum(1, keepdim=True) + EPS).sqrt()
         denom = x_norm * w.norm(dim=1)[None, :, None] if normalize else x_norm
-        outs.append(lin * (lin / denom).abs() ** (b - 1))
+        scale = (lin / denom).abs() ** (b - 1)
+        outs.append(lin * (scale.detach() if detach else scale))
     out = torch.cat(outs, 1)
     h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     return out.reshape(n, -1, h_out, positions // h_out)
@@ -172,3 +176,153 @@ def test_invalid_options_are_clear_errors(kwargs, message):
 def test_conv_out_channels_must_divide_into_groups():
     with pytest.raises(ValueError, match="divisible by groups"):
         BcosConv2d(4, 6, 3, groups=4)
+
+
+# The B = 2 convolution without MaxOut or weight normalisation has a hand-written backward
+# (bcosify.nn.bcos._BcosConv2dB2); these check it against finite differences and autograd.
+FUSED_CASES = [
+    # in, out, kernel, stride, padding, dilation, groups, padding_mode
+    (3, 4, 3, 1, 1, 1, 1, "zeros"),
+    (4, 6, 3, 2, 1, 1, 2, "zeros"),
+    (4, 4, (3, 2), 1, "same", 2, 4, "zeros"),
+    (3, 4, (2, 3), 1, "same", 1, 1, "zeros"),  # uneven 'same' padding
+    (3, 4, 3, 1, "valid", 1, 1, "zeros"),
+    (3, 4, 3, 1, 2, 1, 1, "reflect"),
+    (3, 4, 1, 1, 0, 1, 1, "zeros"),
+    (4, 6, 1, 2, 0, 1, 2, "zeros"),  # 1 x 1 with stride: the window sum is a strided view
+    (2, 4, 3, 1, 3, 1, 1, "zeros"),  # padding beyond the kernel: generic window adjoint
+]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny float64 tensors: one thread is faster, and immune to a busy machine (measured 3 s
+    against 45 s for the gradchecks below with two threads on a loaded two-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fused_layer(case):
+    c_in, c_out, k, stride, padding, dilation, groups, mode = case
+    torch.manual_seed(sum(map(hash, map(str, case))) % 1000)
+    layer = BcosConv2d(
+        c_in, c_out, k, stride, padding, dilation, groups, padding_mode=mode, b=2.0
+    ).double()
+    x = torch.randn(2, c_in, 4, 5, dtype=torch.float64, requires_grad=True)
+    return layer, x
+
+
+def reference_for(layer, x, detach=False):
+    """reference_conv with the layer's padding applied explicitly."""
+    padding = layer.padding
+    if isinstance(padding, str) or layer.padding_mode != "zeros":
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
+        padding = (0, 0)
+    args = (layer.stride, padding, layer.dilation, layer.groups)
+    return reference_conv(x, layer.weight, 2.0, *args, detach=detach)
+
+
+def as_function(layer):
+    """The layer as a function of its input and weight, for gradcheck."""
+    return lambda x, w: torch.func.functional_call(layer, {"weight": w}, (x,))
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_b2_gradients_pass_gradcheck_and_gradgradcheck(case, one_thread):
+    layer, x = fused_layer(case)
+    assert "_BcosConv2dB2" in layer(x).grad_fn.name()  # the fused path is the one tested
+    w = layer.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(as_function(layer), (x, w))
+    # second order goes through the out-of-place backward; fast mode (finite differences along
+    # random directions) keeps it to a fraction of a second
+    assert torch.autograd.gradgradcheck(as_function(layer), (x, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("explaining", [False, True])
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_b2_gradients_match_autograd_reference(case, explaining, one_thread):
+    # in explanation mode the scale is a constant: d y / d x = W * scale, which finite
+    # differences of the (unchanged) forward cannot check, so compare with autograd instead
+    layer, x = fused_layer(case)
+    with explanation_mode(layer, enabled=explaining):
+        y = layer(x)
+        grad = torch.randn_like(y)
+        expected = reference_for(layer, x, detach=explaining)
+        torch.testing.assert_close(y, expected)
+        want = torch.autograd.grad(expected, (x, layer.weight), grad)
+        got = torch.autograd.grad(y, (x, layer.weight), grad)
+        torch.testing.assert_close(got, want)
+        # the differentiable backward (create_graph=True) gives the same first derivatives
+        again = torch.autograd.grad(layer(x), (x, layer.weight), grad, create_graph=True)
+        torch.testing.assert_close(again, want)
+        # only what is asked for: the input alone, the weight alone
+        (only_x,) = torch.autograd.grad(layer(x), x, grad)
+        (only_w,) = torch.autograd.grad(layer(x), layer.weight, grad)
+        torch.testing.assert_close((only_x, only_w), want)
+
+
+def test_fused_b2_works_under_torch_func_and_vectorized_jacobians(one_thread):
+    layer, x = fused_layer(FUSED_CASES[1])
+    x = x[:1, :, :3, :3].detach()
+    for explaining in (False, True):
+        with explanation_mode(layer, enabled=explaining):
+            jacobian = torch.autograd.functional.jacobian(layer, x)
+            vectorized = torch.autograd.functional.jacobian(layer, x, vectorize=True)
+            torch.testing.assert_close(torch.func.jacrev(layer)(x), jacobian)
+            torch.testing.assert_close(vectorized, jacobian)
+            batched = torch.func.vmap(lambda xi: layer(xi[None])[0])(x)
+            torch.testing.assert_close(batched, layer(x))
+
+
+def test_fused_b2_keeps_one_output_sized_tensor_for_backward():
+    # plain autograd kept three (|out|, the scale and out); the fused function keeps out and
+    # the per-group norm map, besides the input and the weight that a convolution keeps anyway
+    layer = BcosConv2d(8, 16, 3, padding=1, groups=2, b=2.0)
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        y = layer(x)
+    own = {x.untyped_storage().data_ptr(), layer.weight.untyped_storage().data_ptr()}
+    extra = sum(size for ptr, size in storages.items() if ptr not in own)
+    norm_map = 2 * 2 * 10 * 10 * 4
+    assert extra <= y.nbytes + norm_map + layer._window.nbytes
+
+
+def test_fused_b2_channels_last_and_autocast(one_thread):
+    layer = BcosConv2d(4, 6, 3, padding=1, b=2.0)
+    x = torch.randn(2, 4, 7, 7, requires_grad=True)
+    y = layer(x)
+    (grad_x,) = torch.autograd.grad(y.sum(), x)
+    x_last = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    y_last = layer(x_last)
+    (grad_last,) = torch.autograd.grad(y_last.sum(), x_last)
+    torch.testing.assert_close((y_last, grad_last), (y, grad_x))
+    # autocast takes the plain autograd path, which casts the gradients back
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_low = layer(x)
+    assert y_low.dtype == torch.bfloat16 and "_BcosConv2dB2" not in y_low.grad_fn.name()
+    (grad_low,) = torch.autograd.grad(y_low.float().sum(), x)
+    assert grad_low.dtype == torch.float32
+    torch.testing.assert_close(grad_low, grad_x, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("b", [2.0, 2.5])
+def test_squares_summed_a_few_channels_at_a_time(b, monkeypatch, one_thread):
+    import bcosify.nn.bcos as bcos_module
+
+    layer = BcosConv2d(4, 6, 3, stride=2, padding=1, groups=2, b=b).double()
+    x = torch.randn(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    expected = reference_conv(x, layer.weight, b, (2, 2), (1, 1), (1, 1), 2)
+    want = torch.autograd.grad(expected.sum(), (x, layer.weight))
+    monkeypatch.setattr(bcos_module, "_SQUARES_SLICE", 1)  # one channel at a time
+    y = layer(x)
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), (x, layer.weight)), want)

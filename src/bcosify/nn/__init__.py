@@ -5,13 +5,20 @@ B-cos changes) and becomes dynamic linear, ``y = W(x) x``, inside :func:`explana
 """
 
 from .activation import BcosGELU, BcosHardswish, BcosMish, BcosReLU6, BcosSiLU, GatedActivation
-from .attention import dynamic_attention
+from .attention import (
+    BcosMultiheadAttention,
+    BcosWindowAttention,
+    DynamicAttention,
+    dynamic_attention,
+)
 from .bcos import BcosConv2d, BcosLinear
+from .constants import ConstantTerms
 from .encoding import InputEncoding, InputNormalization
 from .gate import DetachedGate
 from .logit_bias import LogitBias
 from .mode import ExplanationAware, explanation_mode, is_explaining
 from .norm import BcosBatchNorm2d, BcosGroupNorm, BcosLayerNorm, BcosLayerNorm2d
+from .pooled_norm import PooledLayerNorm
 from .trace import ExplanationTrace, traced_constant, traced_input
 
 __all__ = [
@@ -24,15 +31,20 @@ __all__ = [
     "BcosLayerNorm2d",
     "BcosLinear",
     "BcosMish",
+    "BcosMultiheadAttention",
     "BcosReLU6",
     "BcosSiLU",
+    "BcosWindowAttention",
+    "ConstantTerms",
     "DetachedGate",
+    "DynamicAttention",
     "ExplanationAware",
     "ExplanationTrace",
     "GatedActivation",
     "InputEncoding",
     "InputNormalization",
     "LogitBias",
+    "PooledLayerNorm",
     "dynamic_attention",
     "explanation_mode",
     "is_explaining",

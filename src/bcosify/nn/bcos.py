@@ -12,10 +12,15 @@ exactly the plain layer on the same weights. With ``max_out = M`` each unit has 
 rows and keeps the one with the largest linear output ``w . x`` before the scaling.
 
 In explanation mode the scaling factor ``|...|^(B-1)`` is detached, so ``y`` is linear in ``x``.
+
+The common convolution case (``B = 2``, no MaxOut, no weight normalisation: what B-cosification
+uses) runs through :class:`_BcosConv2dB2`, an autograd function with a hand-written backward
+that keeps less memory and is faster; every other case is plain autograd over the same formula.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,6 +33,204 @@ from .mode import ExplanationAware
 __all__ = ["BcosConv2d", "BcosLinear"]
 
 _EPS = 1e-6
+_SQUARES_SLICE = 1 << 20  # elements of x squared at a time, see _sum_of_squares
+_Pair = tuple[int, int]
+
+
+def _by_group(tensor: Tensor, groups: int) -> Tensor:
+    """View ``(N, C, H, W)`` as ``(N, G, C / G, H, W)``.
+
+    A ``view`` rather than ``unflatten``: it also works on the batched gradients of
+    ``torch.autograd.functional.jacobian(..., vectorize=True)``.
+    """
+    return tensor.view(tensor.shape[0], groups, -1, *tensor.shape[2:])
+
+
+def _receptive_field_norm(
+    x: Tensor,
+    window: Tensor,
+    stride: _Pair,
+    padding: _Pair | str,
+    dilation: _Pair,
+    groups: int,
+    eps: float,
+) -> Tensor:
+    """``sqrt(sum(x^2) + eps)`` over every receptive field, one map per group: ``(N, G, H', W')``.
+
+    The squares are summed over the group's channels first, then over the window by a
+    ones-kernel convolution (``window``, shape ``(G, 1, kh, kw)``) with the layer's geometry.
+    """
+    squares = _sum_of_squares(x, groups)
+    if _pointwise(window, padding):
+        # a 1 x 1 window is a strided view: a ones-kernel 1 x 1 convolution with one channel
+        # per group is pathologically slow on CPU (measured 6 ms for 32 x 1 x 56 x 56)
+        window_sum = squares[..., :: stride[0], :: stride[1]]
+    else:
+        window_sum = F.conv2d(squares, window, None, stride, padding, dilation, groups)
+    return (window_sum + eps).sqrt()
+
+
+def _sum_of_squares(x: Tensor, groups: int) -> Tensor:
+    """``x^2`` summed over each group's channels, ``(N, G, H, W)``, a few channels at a time.
+
+    Slices of about a million elements keep the temporary ``x * x`` small, so that it stays in
+    cache and its memory is reused; an input-sized temporary needs fresh memory, whose page
+    faults on CPU cost more than the arithmetic (measured 5.6 ms against 36 ms for a
+    32 x 256 x 56 x 56 input, and never slower on the ResNet-50 shapes).
+    """
+    grouped = _by_group(x, groups)
+    channel_size = grouped.numel() // max(1, grouped.shape[2])
+    step = max(1, _SQUARES_SLICE // max(1, channel_size))
+    first, *rest = grouped.split(step, dim=2)
+    total = (first * first).sum(2)
+    for part in rest:
+        total = total + (part * part).sum(2)
+    return total
+
+
+def _pointwise(window: Tensor, padding: _Pair | str) -> bool:
+    """A 1 x 1 window without padding (``'same'`` and ``'valid'`` pad nothing at 1 x 1)."""
+    return window.shape[-2:] == (1, 1) and (isinstance(padding, str) or tuple(padding) == (0, 0))
+
+
+def _window_sum_backward(
+    grad: Tensor, window: Tensor, input_size: Sequence[int], conv_args: tuple[Any, ...]
+) -> Tensor:
+    """Gradient of the ones-kernel window sum of :func:`_receptive_field_norm` for its input.
+
+    At stride 1 the adjoint of a ones-kernel correlation is the same correlation with the
+    complementary padding ``dilation * (k - 1) - padding`` (the kernel is its own flip). On CPU
+    that is much faster than the generic transposed convolution with one channel per group
+    (measured 0.3 ms against 7 ms for 32 x 1 x 56 x 56), so it is used wherever it applies.
+    """
+    stride, padding, dilation, groups = conv_args
+    if stride == (1, 1) and _pointwise(window, padding):
+        return grad
+    kernel = window.shape[-2:]
+    flipped = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding, strict=True))
+    if stride == (1, 1) and min(flipped) >= 0:
+        return F.conv2d(grad, window, None, 1, flipped, dilation, groups)
+    return torch.nn.grad.conv2d_input(input_size, window, grad, stride, padding, dilation, groups)
+
+
+class _BcosConv2dB2(torch.autograd.Function):
+    """``y = out * |out| / ||x||`` with ``out = conv(x, w)``: the B = 2 convolution, fused.
+
+    Autograd through ``abs``, the division and the product keeps three output-sized tensors
+    for the backward pass and spends most of the layer's extra time in elementwise passes and
+    in a slow one-channel transposed convolution. This function keeps only ``out`` and the
+    small norm map, and computes the backward by hand with in-place passes:
+
+    - ``dy/dout = 2 |out| / ||x||`` (``|out| / ||x||`` in explanation mode, where the scale is a
+      constant and ``||x||`` gets no gradient);
+    - ``dy/d||x|| = -y / ||x||``, summed over the group's output channels, then through the
+      square root and the window sum to ``2 x`` times the window-summed gradient.
+
+    When the backward is itself differentiated (``create_graph=True``, ``torch.func``), the same
+    formulas run without in-place passes (:meth:`_differentiable_backward`).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: Tensor,
+        weight: Tensor,
+        window: Tensor,
+        conv_args: tuple[Any, ...],
+        eps: float,
+        detach_scale: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        groups = conv_args[-1]
+        norm = _receptive_field_norm(x, window, *conv_args, eps)
+        out = F.conv2d(x, weight, None, *conv_args)
+        y = out.abs()
+        _by_group(y, groups).div_(norm.unsqueeze(2))
+        y.mul_(out)
+        # out and norm are returned only to be saved for backward (see setup_context)
+        return y, out, norm
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, weight, window, conv_args, eps, detach_scale = inputs
+        _, out, norm = output
+        ctx.mark_non_differentiable(out, norm)
+        # no zero-filled gradients for the auxiliary outputs
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, window, out, norm)
+        ctx.conv_args = conv_args
+        ctx.eps = eps
+        ctx.detach_scale = detach_scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+        none = (None,) * 4
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        if grad is None or not (need_x or need_weight):
+            return (None, None, *none)
+        if torch.is_grad_enabled():
+            return (*_BcosConv2dB2._differentiable_backward(ctx, grad), *none)
+        x, weight, window, out, norm = ctx.saved_tensors
+        conv_args, detach_scale = ctx.conv_args, ctx.detach_scale
+        stride, padding, dilation, groups = conv_args
+        # d y / d out: 2 |out| / ||x||, or the constant scale |out| / ||x|| when explaining
+        grad_out = out.abs()
+        _by_group(grad_out, groups).div_((norm if detach_scale else norm / 2).unsqueeze(2))
+        try:
+            grad_out.mul_(grad)  # one fresh output-sized tensor fewer than grad * scale
+        except RuntimeError:
+            # batched gradients (jacobian(..., vectorize=True)) cannot be multiplied into it
+            grad_out = grad * grad_out
+        mask = (need_x, need_weight, False)
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups, mask
+        )
+        if need_x and not detach_scale:
+            # grad_out * out = 2 grad * y; d y / d||x|| = -y / ||x||, d||x|| / d(window sum)
+            # = 1 / (2 ||x||): the window sum gets -sum(grad * y) / (2 ||x||^2)
+            grad_window = _by_group(grad_out.mul_(out), groups).sum(2)
+            grad_window.div_(norm.square().mul_(-4.0))
+            grad_squares = _window_sum_backward(
+                grad_window, window, (x.shape[0], groups, *x.shape[2:]), conv_args
+            )
+            _by_group(grad_x, groups).addcmul_(
+                _by_group(x, groups), grad_squares.unsqueeze(2), value=2.0
+            )
+        return (grad_x, grad_weight, *none)
+
+    @staticmethod
+    def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The same backward with out-of-place operations on a recomputed ``out`` and norm.
+
+        Used when the backward itself is differentiated (``create_graph=True``, ``torch.func``
+        transforms): the saved ``out`` and norm carry no graph, and in-place passes would
+        hide operations from autograd.
+        """
+        x, weight, window, _, _ = ctx.saved_tensors
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        stride, padding, dilation, groups = conv_args = ctx.conv_args
+        out = F.conv2d(x, weight, None, *conv_args)
+        norm = _receptive_field_norm(x, window, *conv_args, ctx.eps)
+        # |out| / ||x||, with each group's norm broadcast over that group's output channels
+        scale = (_by_group(out.abs(), groups) / norm.unsqueeze(2)).flatten(1, 2)
+        grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
+        grad_x = grad_weight = None
+        if need_weight:
+            grad_weight = torch.nn.grad.conv2d_weight(
+                x, weight.shape, grad_out, stride, padding, dilation, groups
+            )
+        if need_x:
+            grad_x = torch.nn.grad.conv2d_input(
+                x.shape, weight, grad_out, stride, padding, dilation, groups
+            )
+            if not ctx.detach_scale:
+                grad_y_times_y = _by_group(grad * out * scale, groups).sum(2)
+                grad_window = -grad_y_times_y / (2.0 * norm.square())
+                size = (x.shape[0], groups, *x.shape[2:])
+                grad_squares = _window_sum_backward(grad_window, window, size, conv_args)
+                grad_x_norm = 2.0 * _by_group(x, groups) * grad_squares.unsqueeze(2)
+                grad_x = grad_x + grad_x_norm.flatten(1, 2)
+        return grad_x, grad_weight
 
 
 class _BcosUnit(ExplanationAware):
@@ -183,20 +386,50 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        padding = self.padding
+        padding: Any = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
+            padding = (0, 0)
+        if self._fused(x):
+            if isinstance(padding, str):
+                x, padding = self._explicit_padding(x)
+            conv_args = (self.stride, padding, self.dilation, self.groups)
+            y, _, _ = _BcosConv2dB2.apply(
+                x, self.weight, self._window, conv_args, self.eps, self.explaining
+            )
+            return y
         out = F.conv2d(x, self.weight, None, self.stride, padding, self.dilation, self.groups)
         norm = None if self.b == 1.0 else self._input_norm(x, padding)
         return self._bcos(out, norm, unit_dim=1)
 
+    def _fused(self, x: Tensor) -> bool:
+        """Whether :class:`_BcosConv2dB2` computes this call.
+
+        Under autocast the plain autograd path runs instead: it lets autocast pick each
+        operation's precision and casts the gradients back, exactly as before.
+        """
+        plain = self.b != 2.0 or self.max_out != 1 or self.normalize_weights
+        return not plain and not torch.is_autocast_enabled(x.device.type)
+
+    def _explicit_padding(self, x: Tensor) -> tuple[Tensor, _Pair]:
+        """Numbers for ``padding='valid'`` / ``'same'`` (the fused path needs them).
+
+        An odd total 'same' padding is uneven; the input is then zero-padded explicitly, as
+        ``F.conv2d`` does internally.
+        """
+        if self.padding == "valid":
+            return x, (0, 0)
+        left_w, right_w, left_h, right_h = self._reversed_padding_repeated_twice
+        if (left_w, left_h) == (right_w, right_h):
+            return x, (left_h, left_w)
+        return F.pad(x, self._reversed_padding_repeated_twice), (0, 0)
+
     def _input_norm(self, x: Tensor, padding: Any) -> Tensor:
         """||x|| of every receptive field, shaped to broadcast against the output units."""
         groups = self.groups
-        squares = (x * x).unflatten(1, (groups, -1)).sum(2)
-        window = F.conv2d(squares, self._window, None, self.stride, padding, self.dilation, groups)
-        norm = (window + self.eps).sqrt()
+        norm = _receptive_field_norm(
+            x, self._window, self.stride, padding, self.dilation, groups, self.eps
+        )
         if groups == 1:
             return norm
         # each group's norm serves that group's output units

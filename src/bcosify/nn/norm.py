@@ -37,6 +37,17 @@ class _AffineNorm(ExplanationAware, nn.Module):
         )
         self.register_parameter("bias", nn.Parameter(torch.zeros(num, **factory)) if bias else None)
 
+    def reset_parameters(self) -> None:
+        """Scale 1, bias 0 (and unit running variance where there is one)."""
+        with torch.no_grad():
+            if self.weight is not None:
+                self.weight.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+            running_var = getattr(self, "running_var", None)
+            if running_var is not None:
+                running_var.fill_(1.0)
+
     def _affine(self, x: Tensor, channel_dim: int) -> Tensor:
         shape = [1] * x.ndim
         shape[channel_dim] = -1
