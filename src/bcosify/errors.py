@@ -7,6 +7,7 @@ __all__ = [
     "CheckpointError",
     "ConversionError",
     "DataError",
+    "EvaluationError",
     "ExplanationError",
     "ModelSourceError",
 ]
@@ -34,3 +35,7 @@ class ModelSourceError(BcosifyError, ValueError):
 
 class CheckpointError(BcosifyError, ValueError):
     """A saved model or checkpoint is missing, incomplete or of another architecture."""
+
+
+class EvaluationError(BcosifyError, ValueError):
+    """An explainer or metric cannot run on the given model, data or options."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -12,10 +13,13 @@ from torch import fx, nn
 
 from ..errors import ConversionError
 from ..models.sources import source_info
+from .encoding import encode_first_layer
+from .families import prepare_for_tracing
 from .graph import GraphProblems, check_and_rewrite, move_classifier_before_pool, trace
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
-from .rules import Rule, RuleContext, UnsupportedModule, default_rules
+from .rules import Rule, RuleContext, UnsupportedModule, default_rules, keep
+from .rules import qkv_projection as qkv_projection_rule
 
 __all__ = ["Conversion", "ConversionReport", "Replacement", "convert"]
 
@@ -88,6 +92,7 @@ def convert(
     activations: Literal["keep", "identity"] = "keep",
     classifier_before_pool: bool = True,
     logit_bias: float | Literal["auto"] | None = "auto",
+    qkv_projection: Literal["linear", "bcos"] = "linear",
     rules: dict[type[nn.Module], Rule] | None = None,
     class_names: list[str] | None = None,
 ) -> Conversion:
@@ -99,6 +104,12 @@ def convert(
     forms, the first layer is re-weighted for the ``[x, 1 - x]`` input, and a logit bias is
     added (see :class:`ConversionOptions` for each option). The converted model takes RGB images
     in ``[0, 1]``.
+
+    Vision transformers (torchvision, timm): attention (``nn.MultiheadAttention`` or
+    ``F.scaled_dot_product_attention``) gets detached queries and keys in explanation mode, its
+    query/key/value projections are converted as ``qkv_projection`` says, and the positional
+    embedding and class, distillation and register tokens stay, reported by name as constant
+    terms of every explanation (``report.constants``).
 
     Args:
         model: the pretrained model, in any state; models from :func:`bcosify.models.create`
@@ -130,28 +141,49 @@ def convert(
         input_mean = input_mean if input_mean is not None else info.input_mean
         input_std = input_std if input_std is not None else info.input_std
     options = ConversionOptions(
-        tuple(input_mean),
-        tuple(input_std),
-        b,
-        encoding,
-        keep_bias,
-        maxpool,
-        activations,
-        classifier_before_pool,
-        logit_bias,
+        input_mean=tuple(input_mean),
+        input_std=tuple(input_std),
+        b=b,
+        encoding=encoding,
+        keep_bias=keep_bias,
+        maxpool=maxpool,
+        activations=activations,
+        classifier_before_pool=classifier_before_pool,
+        logit_bias=logit_bias,
+        qkv_projection=qkv_projection,
     )
     table = {**default_rules(), **(rules or {})}
     report = ConversionReport(type(model).__name__)
 
-    gm = trace(copy.deepcopy(model).eval(), table)
+    original = copy.deepcopy(model).eval()
+    report.notes += prepare_for_tracing(original)
+    gm = trace(original, table)
     num_classes = _num_classes(gm)
     if options.classifier_before_pool:
-        report.notes.append(move_classifier_before_pool(gm))
+        report.notes.append(move_classifier_before_pool(gm, _rule_applier(table, options)))
     problems = GraphProblems()
-    report.notes.append(_encode_first_layer(gm, options, problems))
-    report.notes += check_and_rewrite(gm, options, lambda m: type(m) in table, problems)
+    report.notes.append(
+        encode_first_layer(gm, options, problems, info.input_size if info else None)
+    )
+    rewrites = check_and_rewrite(gm, options, lambda m: type(m) in table, problems)
+    report.notes += rewrites.notes
+    report.constants += [f"network.{line}" for line in rewrites.constants]
+    if rewrites.qkv_projections:
+        report.notes.append(
+            f"{len(rewrites.qkv_projections)} query/key/value projection(s) converted as "
+            f"qkv_projection={options.qkv_projection!r}"
+        )
     if not problems.lines:
-        _apply_rules(gm, table, options, report, problems)
+        # the layers that compute queries, keys and values follow the qkv_projection option
+        overrides = dict.fromkeys(rewrites.qkv_projections, qkv_projection_rule)
+        # modules that only compute constants keep their function
+        overrides.update(dict.fromkeys(rewrites.off_path_modules, keep))
+        _apply_rules(gm, _rule_applier(table, options, overrides), report, problems)
+        if rewrites.off_path_modules:
+            report.notes.append(
+                "kept as they are, because they only compute constants (off the explained "
+                f"path): {', '.join(sorted(rewrites.off_path_modules))}"
+            )
     if problems.lines:
         raise ConversionError(
             f"cannot convert {type(model).__name__}: {len(problems.lines)} part(s) have no "
@@ -187,20 +219,29 @@ def convert(
     return Conversion(converted.eval(), report)
 
 
-def _apply_rules(
-    gm: fx.GraphModule,
+def _rule_applier(
     table: dict[type[nn.Module], Rule],
     options: ConversionOptions,
-    report: ConversionReport,
-    problems: GraphProblems,
-) -> None:
+    overrides: dict[str, Rule] | None = None,
+) -> Callable[[nn.Module, str], nn.Module]:
+    """``apply(module, path)``: the module's replacement by the rule for its path or type."""
+
     def apply(module: nn.Module, path: str) -> nn.Module:
-        rule = table.get(type(module))
+        rule = (overrides or {}).get(path) or table.get(type(module))
         if rule is None:
             raise UnsupportedModule("no conversion rule for this module type")
         context = RuleContext(options, path, lambda child, name: apply(child, f"{path}.{name}"))
         return rule(module, context)
 
+    return apply
+
+
+def _apply_rules(
+    gm: fx.GraphModule,
+    apply: Callable[[nn.Module, str], nn.Module],
+    report: ConversionReport,
+    problems: GraphProblems,
+) -> None:
     targets = dict.fromkeys(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
     for path in targets:
         module = gm.get_submodule(path)
@@ -216,61 +257,6 @@ def _apply_rules(
         report.replaced.append(entry)
         parent, _, name = path.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, name, new)
-
-
-def _encode_first_layer(
-    gm: fx.GraphModule, options: ConversionOptions, problems: GraphProblems
-) -> str:
-    """Re-weight the first convolution for the ``[x, 1 - x]`` input (RECIPE 4.1)."""
-    (inputs,) = [n for n in gm.graph.nodes if n.op == "placeholder"][:1] or [None]
-    users = list(inputs.users) if inputs is not None else []
-    first = users[0] if len(users) == 1 and users[0].op == "call_module" else None
-    conv = gm.get_submodule(str(first.target)) if first is not None else None
-    if type(conv) is not nn.Conv2d:
-        found = ", ".join(f"{u.op} {u.target}" for u in users) or "nothing"
-        problems.add(
-            "the input", f"must go straight into one Conv2d to be encoded; it goes to {found}"
-        )
-        return ""
-    channels = len(options.input_mean)
-    if conv.in_channels != channels or conv.groups != 1:
-        problems.add(
-            f"'{first.target}' (Conv2d)",
-            f"the first convolution must take the {channels} "
-            f"input channels with groups=1, it has in_channels={conv.in_channels}, "
-            f"groups={conv.groups}",
-        )
-        return ""
-    weight = conv.weight.detach()
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(options.input_mean, dtype=weight.dtype, device=weight.device).view(shape)
-    std = torch.tensor(options.input_std, dtype=weight.dtype, device=weight.device).view(shape)
-    if options.encoding == "fold":
-        # W6 . [x, 1 - x] = W . (x - m) / s at every pixel, zero padding included
-        encoded = torch.cat([weight * (1 - mean) / std, -weight * mean / std], dim=1)
-        note = "first layer '{}' folded for the [x, 1 - x] input: no affine offset remains"
-    else:
-        encoded = torch.cat([weight, -weight], dim=1) / 2
-        note = "first layer '{}' set to [W, -W] / 2 behind a normalisation layer (paper encoding)"
-    new = nn.Conv2d(
-        2 * channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        1,
-        conv.bias is not None,
-        conv.padding_mode,
-    ).to(weight.device, weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(encoded)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    path = str(first.target)
-    parent, _, name = path.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, new)
-    return note.format(path)
 
 
 def _num_classes(gm: fx.GraphModule) -> int | None:

@@ -1,8 +1,9 @@
 """Per-family glue: rule-table entries for torchvision and timm building blocks.
 
 Only what the generic rules cannot see: squeeze-and-excitation blocks (``x * gate(x)``, whose
-gate is detached in explanation mode), the ``LayerNorm2d`` variants, stochastic depth, and timm's
-fused ``BatchNormAct2d``. timm entries are added only when timm is installed.
+gate is detached in explanation mode), the ``LayerNorm2d`` variants, stochastic depth, timm's
+fused ``BatchNormAct2d`` and ``LayerNorm``, and the switch of timm attention to its fused path
+before tracing. timm entries are added only when timm is installed.
 """
 
 from __future__ import annotations
@@ -11,10 +12,19 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ..nn import DetachedGate
-from .rules import Rule, RuleContext, UnsupportedModule, batchnorm2d, keep, layernorm2d
+from ..nn import BcosWindowAttention, DetachedGate
+from .rules import (
+    Rule,
+    RuleContext,
+    UnsupportedModule,
+    batchnorm2d,
+    keep,
+    layernorm,
+    layernorm2d,
+    qkv_projection,
+)
 
-__all__ = ["family_rules"]
+__all__ = ["family_rules", "prepare_for_tracing"]
 
 GateFunction = Callable[[nn.Module, Tensor], Tensor]
 
@@ -51,14 +61,32 @@ def _pooled(block: nn.Module, x: Tensor) -> Tensor:
     return pooled
 
 
+def _swin_attention(module: nn.Module, context: RuleContext) -> nn.Module:
+    """torchvision's ``ShiftedWindowAttention`` (Swin V1) -> :class:`BcosWindowAttention`."""
+    return BcosWindowAttention(
+        qkv_projection(module.qkv, context),
+        context.convert_child(module.proj, "proj"),
+        module.relative_position_bias_table.detach(),
+        module.relative_position_index,
+        module.window_size,
+        module.shift_size,
+        module.num_heads,
+        attention_dropout=module.attention_dropout,
+        dropout=module.dropout,
+    )
+
+
 def _torchvision_rules() -> dict[type[nn.Module], Rule]:
     from torchvision.models.convnext import LayerNorm2d
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
     from torchvision.ops import SqueezeExcitation, StochasticDepth
 
     return {
         SqueezeExcitation: squeeze_excitation(lambda se, x: se._scale(x)),
         StochasticDepth: keep,
         LayerNorm2d: layernorm2d,
+        ShiftedWindowAttention: _swin_attention,
+        BcosWindowAttention: keep,
     }
 
 
@@ -99,9 +127,41 @@ def _timm_rules() -> dict[type[nn.Module], Rule]:
         SqueezeExcite: squeeze_excitation(efficientnet_se),
         layers.DropPath: keep,
         layers.Conv2dSame: conv2d_same,
+        layers.LayerNorm: layernorm,
     }
 
 
 def family_rules() -> dict[type[nn.Module], Rule]:
     """The rule-table entries for the torchvision and (if installed) timm families."""
     return {**_torchvision_rules(), **_timm_rules()}
+
+
+def prepare_for_tracing(model: nn.Module) -> list[str]:
+    """Switch ``model`` (a copy) to the code paths the converter recognises; returns notes.
+
+    timm's attention modules compute the same attention either explicitly (softmax of
+    ``q k^T``) or with ``F.scaled_dot_product_attention``, chosen by their ``fused_attn`` flag.
+    Only the fused call is recognised as attention (and becomes a
+    :class:`~bcosify.nn.DynamicAttention`), so the flag is set on every module that has it.
+
+    Example:
+        >>> import timm
+        >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1)
+        >>> model.blocks[0].attn.fused_attn = False
+        >>> notes = prepare_for_tracing(model)
+        >>> len(notes), model.blocks[0].attn.fused_attn
+        (1, True)
+    """
+    switched = [
+        name
+        for name, module in model.named_modules()
+        if getattr(module, "fused_attn", None) is False
+    ]
+    for name in switched:
+        model.get_submodule(name).fused_attn = True
+    if not switched:
+        return []
+    return [
+        f"{len(switched)} attention module(s) switched to F.scaled_dot_product_attention "
+        f"(fused_attn=True, the same function), e.g. '{switched[0]}'"
+    ]

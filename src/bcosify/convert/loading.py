@@ -38,20 +38,8 @@ def load(directory: str | Path, model: nn.Module | None = None) -> BcosModel:
                 "pass its architecture: bcosify.load(directory, model=MyNet())"
             )
         model = create(config.source, **config.source_kwargs)
-    options = config.options
-    rebuilt, _ = convert(
-        model,
-        input_mean=options.input_mean,
-        input_std=options.input_std,
-        b=options.b,
-        encoding=options.encoding,
-        keep_bias=options.keep_bias,
-        maxpool=options.maxpool,
-        activations=options.activations,
-        classifier_before_pool=options.classifier_before_pool,
-        logit_bias=options.logit_bias,
-        class_names=config.class_names,
-    )
+    # every option is an argument of convert under the same name
+    rebuilt, _ = convert(model, **config.options.to_dict(), class_names=config.class_names)
     rebuilt.config = config
     state = read_weights(directory)
     load_state_dict_strictly(rebuilt, state, f"the weights in {str(directory)!r}", CheckpointError)

@@ -10,6 +10,7 @@ __all__ = ["ConversionOptions"]
 Encoding = Literal["fold", "paper"]
 MaxPool = Literal["keep", "avg"]
 Activations = Literal["keep", "identity"]
+QkvProjection = Literal["linear", "bcos"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,14 @@ class ConversionOptions:
         maxpool: keep max pooling, or replace it by average pooling as the published code does.
         activations: keep the activations (dynamic-linear forms), or replace them by identities.
         classifier_before_pool: apply a linear classifier that directly follows global average
-            pooling as a 1 x 1 convolution before the pooling, so contributions stay spatial.
+            pooling as a 1 x 1 convolution before the pooling, so contributions stay spatial;
+            for a transformer that averages its tokens, apply the head (and a layer norm between
+            the average and the head) to every token and average the results.
+        qkv_projection: what the linear layers computing the queries, keys and values of
+            attention become. ``"linear"`` (the published choice) keeps them plain linear layers
+            (without bias unless ``keep_bias``): queries and keys are constants of the
+            explanation anyway, and the values then enter linearly. ``"bcos"`` makes them B-cos
+            layers like every other linear layer.
         logit_bias: ``"auto"`` adds ``-log(C - 1)`` to every logit unless ``keep_bias``; a number
             adds that constant; None adds nothing.
 
@@ -48,6 +56,7 @@ class ConversionOptions:
     activations: Activations = "keep"
     classifier_before_pool: bool = True
     logit_bias: float | Literal["auto"] | None = "auto"
+    qkv_projection: QkvProjection = "linear"
 
     def __post_init__(self) -> None:
         mean, std = tuple(map(float, self.input_mean)), tuple(map(float, self.input_std))
@@ -65,6 +74,7 @@ class ConversionOptions:
         _check_choice("encoding", self.encoding, ("fold", "paper"))
         _check_choice("maxpool", self.maxpool, ("keep", "avg"))
         _check_choice("activations", self.activations, ("keep", "identity"))
+        _check_choice("qkv_projection", self.qkv_projection, ("linear", "bcos"))
         if not (self.logit_bias in ("auto", None) or isinstance(self.logit_bias, (int, float))):
             raise ValueError(
                 f"logit_bias must be 'auto', a number or None, got {self.logit_bias!r}"

@@ -25,13 +25,17 @@ from ..nn import (
     BcosLayerNorm2d,
     BcosLinear,
     BcosMish,
+    BcosMultiheadAttention,
     BcosReLU6,
     BcosSiLU,
+    ConstantTerms,
     DetachedGate,
+    DynamicAttention,
+    PooledLayerNorm,
 )
 from .options import ConversionOptions
 
-__all__ = ["Rule", "RuleContext", "UnsupportedModule", "default_rules", "keep"]
+__all__ = ["Rule", "RuleContext", "UnsupportedModule", "default_rules", "keep", "qkv_projection"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,72 @@ def linear(module: nn.Module, context: RuleContext) -> nn.Module:
     assert isinstance(module, nn.Linear)
     layer = BcosLinear.from_linear(module, b=context.options.b)
     return _with_bias(layer, module.bias, context.options, -1)
+
+
+def qkv_projection(module: nn.Module, context: RuleContext) -> nn.Module:
+    """The rule for a linear layer computing queries, keys or values of attention.
+
+    With ``qkv_projection="bcos"`` it is the ordinary :func:`linear` rule; with ``"linear"`` (the
+    published choice) the layer stays a plain linear layer, without its bias unless
+    ``keep_bias``.
+
+    Example:
+        >>> from bcosify.convert import ConversionOptions
+        >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "qkv", lambda m, n: m)
+        >>> qkv_projection(torch.nn.Linear(4, 12), context)
+        Linear(in_features=4, out_features=12, bias=False)
+    """
+    assert isinstance(module, nn.Linear)
+    if context.options.qkv_projection == "bcos":
+        return linear(module, context)
+    if module.bias is None or context.options.keep_bias:
+        return module
+    plain = nn.Linear(
+        module.in_features,
+        module.out_features,
+        bias=False,
+        device=module.weight.device,
+        dtype=module.weight.dtype,
+    )
+    with torch.no_grad():
+        plain.weight.copy_(module.weight)
+    return plain
+
+
+def multihead_attention(module: nn.Module, context: RuleContext) -> nn.Module:
+    """``nn.MultiheadAttention`` -> :class:`~bcosify.nn.BcosMultiheadAttention`.
+
+    The packed input projection is split into query, key and value layers (converted by
+    :func:`qkv_projection`); ``out_proj`` is converted by the table like any linear layer.
+    """
+    assert isinstance(module, nn.MultiheadAttention)
+    if module.bias_k is not None or module.add_zero_attn:
+        raise UnsupportedModule(
+            "learned key/value bias tokens (add_bias_kv=True) and add_zero_attn=True add "
+            "constants inside the attention; build the model without them"
+        )
+    if module._qkv_same_embed_dim:
+        weights = module.in_proj_weight.chunk(3)
+    else:
+        weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
+    biases = (None,) * 3 if module.in_proj_bias is None else module.in_proj_bias.chunk(3)
+    projections = []
+    for weight, bias in zip(weights, biases, strict=True):
+        layer = nn.Linear(
+            weight.shape[1], weight.shape[0], bias is not None, weight.device, weight.dtype
+        )
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        projections.append(qkv_projection(layer, context))
+    return BcosMultiheadAttention(
+        *projections,
+        context.convert_child(module.out_proj, "out_proj"),
+        module.num_heads,
+        dropout=module.dropout,
+        batch_first=module.batch_first,
+    )
 
 
 def batchnorm2d(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -187,7 +257,7 @@ def default_rules() -> dict[type[nn.Module], Rule]:
 
     Example:
         >>> import torch
-        >>> default_rules()[torch.nn.ReLU] is keep
+        >>> default_rules()[torch.nn.Identity] is keep
         True
     """
     from .families import family_rules
@@ -205,6 +275,8 @@ def default_rules() -> dict[type[nn.Module], Rule]:
         nn.Hardswish: activation(lambda m: BcosHardswish()),
         nn.Mish: activation(lambda m: BcosMish()),
         nn.MaxPool2d: maxpool2d,
+        nn.modules.linear.NonDynamicallyQuantizableLinear: linear,
+        nn.MultiheadAttention: multihead_attention,
     }
     # modules that are B-cos already (a model may be partly converted by hand)
     for bcos_module in (
@@ -220,6 +292,10 @@ def default_rules() -> dict[type[nn.Module], Rule]:
         BcosMish,
         BcosReLU6,
         DetachedGate,
+        DynamicAttention,
+        BcosMultiheadAttention,
+        PooledLayerNorm,
+        ConstantTerms,
     ):
         rules[bcos_module] = keep
     for linear_module in (

@@ -63,8 +63,9 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
     """Build a model by source name, optionally with weights.
 
     Args:
-        name: ``"torchvision:<arch>"`` (any ``torchvision.models`` classifier) or
-            ``"timm:<arch>"`` (when timm is installed).
+        name: ``"torchvision:<arch>"`` (any ``torchvision.models`` classifier),
+            ``"timm:<arch>"`` (when timm is installed) or ``"bcosify:<arch>"`` (the small
+            built-in architectures of :mod:`bcosify.models.architectures`).
         weights: None for random weights; a local file (``.safetensors``, or a state dict
             ``.pt``/``.pth``/``.bin`` loaded with ``weights_only=True``); for torchvision a weight
             enum member or its name (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
@@ -84,8 +85,8 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
     library, sep, arch = name.partition(":")
     if not sep or not arch or library not in _LIBRARIES:
         raise ModelSourceError(
-            f"unknown model source {name!r}: use 'torchvision:<arch>' or 'timm:<arch>', "
-            "e.g. 'torchvision:resnet50'"
+            f"unknown model source {name!r}: use 'torchvision:<arch>', 'timm:<arch>' or "
+            "'bcosify:<arch>', e.g. 'torchvision:resnet50'"
         )
     model, info = _LIBRARIES[library](arch, weights, kwargs)
     model.bcosify_source = info  # type: ignore[assignment]
@@ -180,9 +181,26 @@ def _timm(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, S
     )
 
 
+def _builtin(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
+    from .architectures import ARCHITECTURES
+
+    if arch not in ARCHITECTURES:
+        raise ModelSourceError(
+            f"bcosify has no built-in model {arch!r}; built-in: {', '.join(ARCHITECTURES)}"
+        )
+    if weights is not None and not _is_file(weights):
+        raise ModelSourceError(f"built-in models take a weights file or None, got {weights!r}")
+    name = f"bcosify:{arch}"
+    model = ARCHITECTURES[arch](**kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model, SourceInfo(name, _json_kwargs(kwargs, name))
+
+
 _LIBRARIES: dict[str, Callable[[str, Any, dict[str, Any]], tuple[nn.Module, SourceInfo]]] = {
     "torchvision": _torchvision,
     "timm": _timm,
+    "bcosify": _builtin,
 }
 
 

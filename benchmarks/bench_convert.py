@@ -1,0 +1,132 @@
+"""Conversion time, and forward / training-step time of converted models against the originals.
+
+For each architecture of the converter's test list, at 224 x 224 and batch 8: the time
+``bcosify.convert`` takes, and the forward and forward+backward times of the original model and
+of its B-cos version (B = 2, defaults), measured interleaved in the same run (medians).
+
+    .venv/bin/python benchmarks/bench_convert.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+from common import machine, timed, write_section
+from torch import nn
+
+import bcosify
+from bcosify.models import create
+
+ARCHITECTURES = [
+    "torchvision:resnet18",
+    "torchvision:resnet50",
+    "torchvision:resnext50_32x4d",
+    "torchvision:wide_resnet50_2",
+    "torchvision:densenet121",
+    "torchvision:vgg11_bn",
+    "torchvision:convnext_tiny",
+    "torchvision:efficientnet_b0",
+    "torchvision:mobilenet_v3_small",
+    "torchvision:regnet_y_400mf",
+    "timm:resnet18",
+    "timm:convnext_atto",
+    "timm:efficientnet_b0",
+]
+SECTION = "bench_convert"
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x)
+
+
+def training_step(model: nn.Module, x: torch.Tensor) -> None:
+    model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def measure(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    original = create(name, num_classes=1000).train()
+    started = time.perf_counter()
+    converted, _ = bcosify.convert(original)
+    conversion = time.perf_counter() - started
+    converted.train()
+    images = torch.rand(batch, 3, size, size)
+    mean = torch.tensor(bcosify.models.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(bcosify.models.IMAGENET_STD).view(1, 3, 1, 1)
+    normalised = (images - mean) / std
+    candidates = {"original": (original, normalised), "bcos": (converted, images)}
+    times: dict[str, list[float]] = {}
+    for kind, fn in (("forward", forward), ("train", training_step)):
+        for model, x in candidates.values():  # warm-up
+            fn(model, x)
+        for repeat in range(repeats):
+            order = list(candidates) if repeat % 2 == 0 else list(reversed(candidates))
+            for label in order:
+                model, x = candidates[label]
+                run = functools.partial(fn, model, x)
+                times.setdefault(f"{label}_{kind}", []).append(timed(run))
+    result = {key: statistics.median(values) for key, values in times.items()}
+    result["conversion"] = conversion
+    return result
+
+
+def report(
+    rows: dict[str, dict[str, float]], size: int, batch: int, repeats: int, command: str
+) -> str:
+    lines = [
+        f"Machine: {machine()}. Command: `{command}`.",
+        f"Images {size} x {size}, batch {batch}, train mode (batch statistics), B = 2 with the "
+        f"default options; medians of {repeats} interleaved repetitions after a warm-up. "
+        "Training step = forward + backward of the summed logits (no optimiser).",
+        "",
+        "| model | convert (s) | forward orig (s) | forward B-cos (s) | ratio | "
+        "fwd+bwd orig (s) | fwd+bwd B-cos (s) | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['conversion']:.2f} | {r['original_forward']:.3f} | "
+            f"{r['bcos_forward']:.3f} | {r['bcos_forward'] / r['original_forward']:.2f}x | "
+            f"{r['original_train']:.3f} | {r['bcos_train']:.3f} | "
+            f"{r['bcos_train'] / r['original_train']:.2f}x |"
+        )
+    ratios = [r["bcos_train"] / r["original_train"] for r in rows.values()]
+    within = sum(ratio <= 1.3 for ratio in ratios)
+    lines += [
+        "",
+        f"Training step at most 1.3x the original's: {within} of {len(ratios)} "
+        f"architectures (median ratio {statistics.median(ratios):.2f}x).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=ARCHITECTURES)
+    parser.add_argument("--write", help="markdown file whose section to (re)write")
+    args = parser.parse_args(argv)
+    rows = {}
+    for name in args.models:
+        rows[name] = measure(name, args.size, args.batch, args.repeats)
+        print(f"{name}: {rows[name]}", flush=True)
+    command = "python benchmarks/bench_convert.py " + " ".join(argv or sys.argv[1:])
+    text = report(rows, args.size, args.batch, args.repeats, command.strip())
+    print(text)
+    if args.write:
+        write_section(args.write, SECTION, "Converted CNNs against the originals", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
