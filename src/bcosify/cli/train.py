@@ -1,0 +1,101 @@
+"""``bcosify train``: train or fine-tune a model with a recipe, on one process or under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..data import build_dataset
+from ..errors import CheckpointError
+from ..train import RecipeError, get_recipe, train
+from .loading import load_model_argument
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train or B-cosify-and-fine-tune a model with a recipe",
+        description=(
+            "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch). Resumes from "
+            "the checkpoint in --out if there is one. Under torchrun "
+            "(torchrun --nproc_per_node=N -m bcosify train ...) it trains with DDP."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a source (torchvision:resnet18, timm:...) or a saved model folder",
+    )
+    parser.add_argument("--weights", help="weights for a source model (file or weight name)")
+    parser.add_argument("--data", required=True, help="'synthetic' or an image folder")
+    parser.add_argument("--recipe", required=True, help="standard, bcosify-cnn, bcosify-vit, ...")
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any recipe field, e.g. --set ema_decay=0.999 (JSON values)",
+    )
+    parser.add_argument("--num-train", type=int, help="synthetic data: training examples")
+    parser.add_argument("--num-val", type=int, help="synthetic data: validation examples")
+    parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N steps")
+    parser.add_argument("--no-resume", action="store_true", help="refuse to resume: fail instead")
+    parser.add_argument("--device", help="cpu, cuda (default: cuda if available)")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name in ("epochs", "batch_size", "lr", "image_size", "seed"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise RecipeError(f"--set takes FIELD=VALUE, got {item!r}")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value  # a bare string such as --set optimizer=adam
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = get_recipe(args.recipe, **_overrides(args))
+    sizes = {"train": args.num_train, "val": args.num_val}
+    data = {
+        split: build_dataset(
+            args.data, split, recipe.image_size, num_examples=sizes[split], seed=recipe.seed
+        )
+        for split in ("train", "val")
+    }
+    classes = getattr(data["train"], "classes", None)
+    model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
+    if args.no_resume and (args.out / "checkpoint.safetensors").exists():
+        raise CheckpointError(f"{str(args.out)!r} already holds a run and --no-resume was given")
+    result = train(
+        model,
+        data["train"],
+        recipe,
+        args.out,
+        val_data=data["val"],
+        max_steps=args.max_steps,
+        device=args.device,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
+    state = "finished" if result.finished else "stopped (resume by running the same command)"
+    print(f"{state} after {result.step} steps; run folder {args.out}/")
+    return 0

@@ -1,0 +1,31 @@
+"""Data for fine-tuning and evaluation: the built-in synthetic shapes and image folders.
+
+Images are float RGB tensors ``(3, H, W)`` in ``[0, 1]``, never mean/std normalised: bcosify
+models encode their input themselves.
+"""
+
+from .build import DEFAULT_SYNTHETIC_SIZES, build_dataset
+from .folder import (
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    eval_transform,
+    mask_folder_for,
+    read_image,
+    train_transform,
+)
+from .synthetic import SHAPES, SPLITS, SyntheticShapes, write_image_folder
+
+__all__ = [
+    "DEFAULT_SYNTHETIC_SIZES",
+    "IMAGE_EXTENSIONS",
+    "SHAPES",
+    "SPLITS",
+    "ImageFolderDataset",
+    "SyntheticShapes",
+    "build_dataset",
+    "eval_transform",
+    "mask_folder_for",
+    "read_image",
+    "train_transform",
+    "write_image_folder",
+]

@@ -1,0 +1,420 @@
+"""The training loop: one function, on one process or many (``torchrun``), resumable.
+
+Reproducibility is by construction: the data order and every example's augmentation are
+functions of ``(seed, epoch, index)`` (see :mod:`bcosify.train.loading`), and the global random
+state is re-seeded from ``(seed, step, rank)`` before every step. A run stopped after step ``k``
+and resumed from its checkpoint therefore computes exactly what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..convert import BcosModel
+from ..errors import CheckpointError
+from ..models.sources import load_state_dict_strictly
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from .distributed import Distributed, setup_distributed
+from .loading import SeededExamples, build_loader, mix_seed
+from .losses import classification_loss
+from .optim import (
+    ExponentialMovingAverage,
+    adaptive_clip_grad_,
+    b_at,
+    build_optimizer,
+    learning_rate_at,
+    set_b_,
+)
+from .prepare import prepare_model, trained_network
+from .recipes import Recipe, RecipeError
+from .validation import validate
+
+__all__ = ["METRICS_FILE", "MODEL_DIR", "TrainResult", "train"]
+
+METRICS_FILE = "metrics.jsonl"
+MODEL_DIR = "model"
+RECIPE_FILE = "recipe.json"
+# fields that may change between an interrupted run and its resumption
+_RESUMABLE_CHANGES = {"num_workers", "checkpoint_every"}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        model: the trained model (the B-cos model, or the ordinary model), on its device,
+            with the EMA weights when the recipe keeps an EMA.
+        step: optimizer steps done in all (including those before a resumption).
+        finished: False when the run stopped early (``max_steps``, or SIGINT/SIGTERM).
+        history: the per-epoch validation metrics.
+        run_dir: where the checkpoint, metrics log and final model are.
+    """
+
+    model: nn.Module
+    step: int
+    finished: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    val_data: Dataset | None = None,
+    resume: bool = True,
+    max_steps: int | None = None,
+    device: str | None = None,
+    log_every: int = 10,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> TrainResult:
+    """Train ``model`` on ``train_data`` with ``recipe``; resumable, and DDP under ``torchrun``.
+
+    Writes to ``out_dir``: ``recipe.json``, ``checkpoint.safetensors`` (every
+    ``recipe.checkpoint_every`` steps, at each epoch end, at the end and on SIGINT/SIGTERM),
+    ``metrics.jsonl`` (a JSON line per logged step and per epoch) and, at the end, the trained
+    model in ``model/`` (load it with :func:`bcosify.load` or :func:`bcosify.models.load`).
+    Only rank 0 writes. An existing checkpoint in ``out_dir`` is resumed from (``resume``).
+
+    Args:
+        model: an ordinary model (for the ``standard`` recipe, or to be B-cosified) or a
+            :class:`bcosify.BcosModel`.
+        train_data, val_data: datasets of ``(image, label[, ...])`` with images in ``[0, 1]``.
+        max_steps: stop (with a checkpoint) after this many steps in all.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from bcosify.models import create
+        >>> from bcosify.train import get_recipe
+        >>> data = torch.utils.data.TensorDataset(torch.rand(8, 3, 32, 32), torch.arange(8) % 2)
+        >>> recipe = get_recipe("standard", epochs=1, batch_size=4, augment="none")
+        >>> result = train(create("torchvision:resnet18", num_classes=2), data, recipe,
+        ...                tempfile.mkdtemp(), progress=False)
+        >>> result.step, result.finished
+        (2, True)
+    """
+    dist = setup_distributed(device)
+    out = Path(out_dir)
+    if recipe.batch_size % (dist.world * recipe.grad_accumulation) != 0:
+        raise RecipeError(
+            f"batch_size {recipe.batch_size} must be divisible by the number of processes "
+            f"({dist.world}) times grad_accumulation ({recipe.grad_accumulation})"
+        )
+    per_process = recipe.batch_size // dist.world
+    steps_per_epoch = len(train_data) // recipe.batch_size  # type: ignore[arg-type]
+    if steps_per_epoch == 0:
+        raise RecipeError(
+            f"the training set has {len(train_data)} examples, fewer than one batch of "  # type: ignore[arg-type]
+            f"{recipe.batch_size}: lower batch_size"
+        )
+    if recipe.precision == "fp16" and dist.device.type != "cuda":
+        raise RecipeError("fp16 needs a GPU; use precision='bf16' on a CPU")
+    total_steps = recipe.epochs * steps_per_epoch
+
+    torch.manual_seed(mix_seed(recipe.seed, -1, dist.rank))
+    prepared = prepare_model(model, recipe).to(dist.device)
+    is_bcos = isinstance(prepared, BcosModel)
+    optimizer = build_optimizer(recipe, prepared.parameters())
+    ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
+    scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
+    step = _resume(out, recipe, prepared, optimizer, ema, scaler) if resume else 0
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
+    trained = DistributedDataParallel(prepared) if dist.enabled else prepared
+    seeded = SeededExamples(train_data, recipe.seed)
+    log = _Log(out, dist, tensorboard)
+    history: list[dict[str, Any]] = []
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            save_checkpoint(
+                out,
+                {
+                    "step": step,
+                    "recipe": recipe.to_dict(),
+                    "model": prepared.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state if ema else None,
+                    "scaler": scaler.state_dict() if scaler else None,
+                },
+            )
+        dist.barrier()
+
+    stop_after = total_steps if max_steps is None else min(max_steps, total_steps)
+    bar = tqdm(
+        total=stop_after,
+        initial=step,
+        disable=not (progress and dist.is_main),
+        desc=f"{recipe.name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    with _stop_requests() as stop_requested, bar:
+        while step < stop_after:
+            epoch, start_batch = divmod(step, steps_per_epoch)
+            loader = build_loader(
+                seeded,
+                batch_size=per_process,
+                seed=recipe.seed,
+                epoch=epoch,
+                rank=dist.rank,
+                world=dist.world,
+                start_batch=start_batch,
+                num_workers=recipe.num_workers,
+            )
+            for batch in loader:
+                images, labels = batch[0].to(dist.device), batch[1].to(dist.device)
+                torch.manual_seed(mix_seed(recipe.seed, step, dist.rank))
+                lr = learning_rate_at(recipe, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                b = b_at(recipe, step)
+                if is_bcos:
+                    set_b_(prepared, b)
+                loss, correct = _step(trained, optimizer, images, labels, recipe, scaler)
+                if ema:
+                    ema.update(prepared)
+                step += 1
+                bar.update(1)
+                loss_sum, correct_sum, count = dist.sum([loss * len(labels), correct, len(labels)])
+                bar.set_postfix(loss=f"{loss_sum / count:.4f}", lr=f"{lr:.2e}")
+                if step % log_every == 0 or step == stop_after:
+                    log.write(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": loss_sum / count,
+                            "lr": lr,
+                            "accuracy": correct_sum / count,
+                            "b": b if is_bcos else None,
+                            "time": time.perf_counter() - started,
+                        }
+                    )
+                if not math.isfinite(loss_sum):
+                    checkpoint()
+                    raise FloatingPointError(
+                        f"the loss is {loss_sum} at step {step}: lower the learning rate "
+                        "(the last checkpoint holds the state before the divergence)"
+                    )
+                stop = stop_requested.is_set() or step >= stop_after
+                if step % recipe.checkpoint_every == 0 or step % steps_per_epoch == 0 or stop:
+                    if step % steps_per_epoch == 0 and val_data is not None:
+                        metrics = _evaluate(prepared, ema, val_data, per_process, dist)
+                        metrics.update(epoch=epoch + 1, step=step)
+                        history.append(metrics)
+                        log.write(metrics)
+                        bar.write(
+                            f"epoch {epoch + 1}: val accuracy {metrics['val_top1']:.2%}, "
+                            f"val loss {metrics['val_loss']:.4f}"
+                        )
+                    checkpoint()
+                if stop:
+                    break
+            if stop_requested.is_set():
+                break
+    log.close()
+    finished = step >= total_steps
+    if ema:
+        prepared.load_state_dict(ema.state)
+    network = trained_network(prepared)
+    if finished and dist.is_main:
+        _save_model(network, out / MODEL_DIR, getattr(train_data, "classes", None))
+    dist.barrier()
+    return TrainResult(network, step, finished, history, out)
+
+
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[float, int]:
+    """One optimizer step over ``grad_accumulation`` micro-batches; returns (loss, correct)."""
+    model.train()
+    total_loss, correct = 0.0, 0
+    chunks = list(
+        zip(
+            images.chunk(recipe.grad_accumulation),
+            labels.chunk(recipe.grad_accumulation),
+            strict=True,
+        )
+    )
+    for i, (x, y) in enumerate(chunks):
+        last = i == len(chunks) - 1
+        sync = (
+            contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        )
+        with sync, _autocast(recipe, images.device):
+            logits = model(x)
+            loss = classification_loss(recipe.loss, logits.float(), y)
+            scaled = loss * len(y) / len(labels)
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        total_loss += float(loss.detach()) * len(y) / len(labels)
+        correct += int((logits.detach().argmax(1) == y).sum())
+    if scaler:
+        scaler.unscale_(optimizer)
+    if recipe.agc_clip is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        adaptive_clip_grad_(params, recipe.agc_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss, correct
+
+
+def _autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContextManager:
+    if recipe.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if recipe.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _evaluate(
+    model: nn.Module,
+    ema: ExponentialMovingAverage | None,
+    data: Dataset,
+    batch_size: int,
+    dist: Distributed,
+) -> dict[str, Any]:
+    if ema is None:
+        return validate(model, data, batch_size=batch_size, dist=dist)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.state)
+    try:
+        return validate(model, data, batch_size=batch_size, dist=dist)
+    finally:
+        model.load_state_dict(raw)
+
+
+def _resume(
+    out: Path,
+    recipe: Recipe,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: ExponentialMovingAverage | None,
+    scaler: torch.amp.GradScaler | None,
+) -> int:
+    if not (out / CHECKPOINT_FILE).is_file():
+        return 0
+    state = load_checkpoint(out)
+    saved = Recipe.from_dict(state["recipe"])
+    changed = sorted(
+        k
+        for k, v in saved.to_dict().items()
+        if recipe.to_dict()[k] != v and k not in _RESUMABLE_CHANGES
+    )
+    if changed:
+        raise CheckpointError(
+            f"{str(out)!r} holds a run with a different recipe (differs in {changed}); resume it "
+            "with the same recipe, or choose another --out"
+        )
+    load_state_dict_strictly(
+        model, state["model"], f"the checkpoint in {str(out)!r}", CheckpointError
+    )
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"the optimizer state in {str(out)!r} does not fit: {error}"
+        ) from None
+    if ema and state.get("ema"):
+        ema.state = {k: v.to(model.state_dict()[k].device) for k, v in state["ema"].items()}
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def _save_model(model: nn.Module, directory: Path, classes: Sequence[str] | None) -> None:
+    """Save the trained model, with the dataset's class names when it has them."""
+    from ..models.saving import save_model
+    from ..models.sources import source_info
+
+    names = list(classes) if classes else None
+    if isinstance(model, BcosModel):
+        if names:
+            model.config.class_names = names
+        model.save_pretrained(directory)
+        return
+    info = source_info(model)
+    if info and names:
+        model.bcosify_source = replace(info, class_names=names)  # type: ignore[assignment]
+    save_model(model, directory)
+
+
+class _Log:
+    """The metrics log (JSON lines) and, optionally, TensorBoard; rank 0 only."""
+
+    def __init__(self, out: Path, dist: Distributed, tensorboard: bool) -> None:
+        self.path = out / METRICS_FILE if dist.is_main else None
+        self.writer = None
+        if tensorboard and dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise RecipeError(
+                    "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+                ) from error
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM, so the loop can checkpoint and stop cleanly."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request(signum: int, frame: object) -> None:
+        if event.is_set():  # a second request: stop at once
+            signal.default_int_handler(signum, frame)
+        event.set()
+
+    for sig in previous:
+        signal.signal(sig, request)
+    try:
+        yield event
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

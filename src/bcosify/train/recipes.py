@@ -1,0 +1,182 @@
+"""Training recipes as data: named presets, overridable field by field, saved as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from ..errors import BcosifyError
+
+__all__ = ["RECIPES", "Recipe", "RecipeError", "get_recipe"]
+
+
+class RecipeError(BcosifyError, ValueError):
+    """An unknown recipe name, an unknown field or a bad value."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how a model is trained.
+
+    Attributes:
+        name: the preset this recipe started from.
+        model: what is trained: ``"original"`` (the model as given), ``"bcosify"`` (the model
+            converted to B-cos first, keeping its weights) or ``"bcos-scratch"`` (converted,
+            then re-initialised: a B-cos model from random weights).
+        loss: ``"ce"`` (cross-entropy) or ``"bce"`` (binary cross-entropy on one-hot targets
+            whose off-labels are raised to ``1 / C``, the B-cos recipe).
+        optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        lr, weight_decay: learning rate and weight decay.
+        epochs, batch_size: the budget; ``batch_size`` is the global batch over all processes.
+        warmup_steps: linear warm-up from 0, before the schedule.
+        schedule: ``"cosine"`` (to 0 over all steps) or ``"constant"``.
+        agc_clip: adaptive gradient clipping factor (unit-wise, relative to the weight norm);
+            None turns it off.
+        b: the B of the B-cos layers; ``b_ramp_steps > 0`` ramps it linearly from 1.
+        ema_decay: keep an exponential moving average of the weights (evaluated and saved
+            instead of the raw weights); None turns it off.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler).
+        grad_accumulation: micro-batches per optimizer step (must divide the per-process batch).
+        image_size: training and evaluation image size.
+        augment: ``"standard"`` (random resized crop and flip) or ``"none"``.
+        seed: seeds data order, augmentation and every random operation.
+        checkpoint_every: steps between checkpoints (besides every epoch end).
+        num_workers: data-loading processes.
+    """
+
+    name: str
+    model: Literal["original", "bcosify", "bcos-scratch"] = "original"
+    loss: Literal["ce", "bce"] = "ce"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    epochs: int = 10
+    batch_size: int = 64
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    agc_clip: float | None = None
+    b: float = 2.0
+    b_ramp_steps: int = 0
+    ema_decay: float | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accumulation: int = 1
+    image_size: int = 64
+    augment: Literal["standard", "none"] = "standard"
+    seed: int = 0
+    checkpoint_every: int = 500
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "model": ("original", "bcosify", "bcos-scratch"),
+            "loss": ("ce", "bce"),
+            "optimizer": ("adamw", "adam", "sgd"),
+            "schedule": ("cosine", "constant"),
+            "precision": ("fp32", "bf16", "fp16"),
+            "augment": ("standard", "none"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise RecipeError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        positive = (
+            "lr",
+            "epochs",
+            "batch_size",
+            "grad_accumulation",
+            "image_size",
+            "checkpoint_every",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise RecipeError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.b < 1:
+            raise RecipeError(f"b must be >= 1, got {self.b}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise RecipeError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """Rebuild a recipe from :meth:`to_dict`; unknown fields are an error.
+
+        Example:
+            >>> Recipe.from_dict(get_recipe("bcosify-cnn").to_dict()) == get_recipe("bcosify-cnn")
+            True
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(f"unknown recipe fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+RECIPES: dict[str, Recipe] = {
+    # an ordinary model with cross-entropy: how the demo makes its "pretrained" model
+    "standard": Recipe(
+        "standard",
+        model="original",
+        loss="ce",
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.05,
+        epochs=10,
+        batch_size=64,
+    ),
+    # the published B-cosification recipe for CNNs (RECIPE 5)
+    "bcosify-cnn": Recipe(
+        "bcosify-cnn",
+        model="bcosify",
+        loss="bce",
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.0,
+        epochs=90,
+        batch_size=256,
+        agc_clip=0.01,
+        image_size=224,
+    ),
+    # the published recipe for ViTs: Adam, per-step cosine with linear warm-up
+    "bcosify-vit": Recipe(
+        "bcosify-vit",
+        model="bcosify",
+        loss="bce",
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        epochs=90,
+        batch_size=256,
+        warmup_steps=10_000,
+        image_size=224,
+    ),
+    # a B-cos model trained from random weights: the comparison the paper makes
+    "bcos-scratch": Recipe(
+        "bcos-scratch",
+        model="bcos-scratch",
+        loss="bce",
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        epochs=90,
+        batch_size=256,
+        agc_clip=0.01,
+        image_size=224,
+    ),
+}
+
+
+def get_recipe(name: str, **overrides: Any) -> Recipe:
+    """A preset by name, with fields overridden.
+
+    Example:
+        >>> get_recipe("bcosify-cnn", epochs=3).epochs
+        3
+    """
+    if name not in RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise RecipeError(f"unknown recipe fields {unknown}; known: {sorted(known)}")
+    return replace(RECIPES[name], **overrides)
