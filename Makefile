@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bcosify example --out example-output
+	$(BIN)/bcosify demo --out demo-output
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import BcosifyError
-from . import convert, example
+from . import convert, demo, evaluate, example, explain, train
 
 __all__ = ["main"]
 
@@ -28,8 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"bcosify {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo.add_parser(commands)
     example.add_parser(commands)
+    explain.add_parser(commands)
+    evaluate.add_parser(commands)
     convert.add_parser(commands)
+    train.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

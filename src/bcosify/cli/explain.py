@@ -1,0 +1,81 @@
+"""``bcosify explain``: colour explanations and contribution maps of images, as PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..convert import BcosModel
+from ..data import IMAGE_EXTENSIONS, eval_transform, read_image
+from ..errors import BcosifyError, DataError
+from ..explain import explain, explanation_figure, save_colour_explanation, save_contribution_map
+from .loading import load_model_argument
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="explain images with a B-cos model: colour explanations and contribution maps",
+        description=(
+            "Explain each image with the B-cos model's own explanation and write, per image, "
+            "<name>_colour.png (the B-cos colour explanation), <name>_contributions.png (the "
+            "signed contribution map) and <name>_figure.png (both, with the image and a scale)."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a saved B-cos model or a run folder")
+    parser.add_argument("--image", required=True, type=Path, help="an image file or a folder")
+    parser.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--image-size", type=int, help="resize and centre-crop to this size")
+    parser.add_argument("--smooth", type=int, default=0, help="alpha smoothing (15 at 224 px)")
+    parser.set_defaults(run=run)
+
+
+def _images(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    return [path]
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model_argument(str(args.model), None, None)
+    if not isinstance(model, BcosModel):
+        raise BcosifyError(
+            f"{args.model} is an ordinary model; B-cosify it first (bcosify convert, or bcosify "
+            "train --recipe bcosify-cnn) to get explanations that are exact by construction"
+        )
+    size = args.image_size or (model.config.input_size or (None,))[0]
+    names = model.config.class_names
+    failures = 0
+    for path in _images(args.image):
+        try:
+            pixels = read_image(path)
+        except DataError as error:
+            print(f"skipped: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        image = eval_transform(size)(pixels) if size else pixels.float() / 255
+        e = explain(model, image[None], target=args.target)
+        target = int(e.targets[0])
+        label = names[target] if names and target < len(names) else str(target)
+        scale = max(1, math.ceil(224 / image.shape[-1]))
+        stem = args.out / path.stem
+        save_colour_explanation(
+            f"{stem}_colour.png", e.inputs[0], e.weights[0], smooth=args.smooth, upscale=scale
+        )
+        save_contribution_map(f"{stem}_contributions.png", e.contribution_map[0], upscale=scale)
+        explanation_figure(e, 0, smooth=args.smooth).savefig(f"{stem}_figure.png", dpi=90)
+        print(
+            f"{path.name}: class {label}, logit {float(e.scores[0]):.3f}, completeness "
+            f"residual {float(e.residual[0]):.1e} -> {stem}_*.png"
+        )
+    return 1 if failures else 0

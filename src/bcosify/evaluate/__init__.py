@@ -1,0 +1,33 @@
+"""Evaluation: accuracy, and how well explanations localise and how faithful they are.
+
+Explainers (:func:`build_explainer`) put the model's own B-cos explanation and post-hoc baselines
+behind one interface; the metrics take any of them. Nothing else in bcosify imports this
+package except the command line.
+"""
+
+from .explainers import EXPLAINER_NAMES, Explainer, build_explainer, gradcam_layer
+from .metrics import (
+    PointingGameResult,
+    accuracy,
+    deletion_auc,
+    deletion_curves,
+    grid_pointing_game,
+    make_grids,
+    mask_localisation,
+    pointing_game_scores,
+)
+
+__all__ = [
+    "EXPLAINER_NAMES",
+    "Explainer",
+    "PointingGameResult",
+    "accuracy",
+    "build_explainer",
+    "deletion_auc",
+    "deletion_curves",
+    "gradcam_layer",
+    "grid_pointing_game",
+    "make_grids",
+    "mask_localisation",
+    "pointing_game_scores",
+]

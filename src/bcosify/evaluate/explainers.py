@@ -1,0 +1,521 @@
+"""Attribution methods behind one interface: the B-cos model's own explanation and baselines.
+
+Every explainer is built for a model that takes images in ``[0, 1]`` (a :class:`BcosModel`, or an
+ordinary model wrapped in :class:`bcosify.train.Normalized`), and its ``attribute(inputs,
+target)`` returns float32 attributions shaped like ``inputs``, detached. The model is explained
+in evaluation mode; afterwards every module's train/eval flag and explanation mode are what they
+were, and no gradient or hook is left on the model or the inputs.
+
+Post-hoc methods explain the model's ordinary forward pass (explanation mode off), also on a
+B-cos model. Methods whose result is one map per image (GradCAM, RISE) return the map divided by
+the number of channels on every channel, so that the channel sum, which the metrics use, is the
+map itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import EvaluationError
+from ..explain.core import BcosAttribution, _evaluation
+from ..nn import explanation_mode
+from ._common import (
+    check_batch,
+    check_positive,
+    device_of,
+    has_bcos_layers,
+    probabilities,
+    resolve_probability,
+)
+
+__all__ = ["EXPLAINER_NAMES", "Explainer", "build_explainer", "gradcam_layer"]
+
+EXPLAINER_NAMES: tuple[str, ...] = (
+    "bcos",
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "gradcam",
+    "deeplift",
+    "occlusion",
+    "rise",
+)
+
+# Captum announces what it does on every call (hooks set, gradients required); the explainer
+# undoes all of it, so the messages are noise in an evaluation loop.
+_CAPTUM_NOTICES = (
+    r"\s*Setting forward, backward hooks and attributes on non-linear",
+    r"Input Tensor \d+ did not already require gradients",
+    r"Internal batch size cannot be less than the number of input examples",
+)
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """An attribution method for one model.
+
+    ``attribute(inputs, target)`` takes images ``(N, 3, H, W)`` in ``[0, 1]`` and one class
+    index per image ``(N,)``, and returns attributions shaped like ``inputs``: detached,
+    float32, with no gradient, hook or mode flag left behind on the model.
+    """
+
+    name: str
+
+    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor: ...
+
+
+class _Explainer:
+    """Checks the batch, runs the method in evaluation mode, and leaves the model as found."""
+
+    name = ""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.options: dict[str, Any] = {}
+
+    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        x, targets = check_batch(inputs, target, self.name)
+        device = device_of(self.model)
+        with (
+            _evaluation(self.model),
+            explanation_mode(self.model, enabled=False),
+            warnings.catch_warnings(),
+        ):
+            for notice in _CAPTUM_NOTICES:
+                warnings.filterwarnings("ignore", message=notice)
+            result = self._attribute(x.to(device), targets.to(device))
+        # one map per image (GradCAM, RISE) comes as (N, 1, H, W) and goes to every channel
+        result = result.detach().to(device=inputs.device, dtype=torch.float32)
+        return result.expand_as(inputs).contiguous()
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({self.name!r}{', ' if options else ''}{options})"
+
+
+class _BcosExplainer(_Explainer):
+    name = "bcos"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        if not has_bcos_layers(model):
+            raise EvaluationError(
+                f"the 'bcos' explainer is the model's own dynamic-linear explanation and needs a "
+                f"B-cos model (with BcosConv2d / BcosLinear layers), but this "
+                f"{type(model).__name__} has none. Convert it with bcosify.convert(model, "
+                "input_mean=..., input_std=...) and fine-tune it, or explain it with a post-hoc "
+                f"method: {', '.join(EXPLAINER_NAMES[1:])}"
+            )
+        self._method = BcosAttribution(model)
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        # explain() switches explanation mode on inside the "off" of the base class, and back
+        return self._method.attribute(inputs, target=target)
+
+
+class _CaptumExplainer(_Explainer):
+    """A Captum attribution method called as ``method.attribute(inputs, target=..., **options)``."""
+
+    def __init__(self, name: str, model: nn.Module, method: Any, **options: Any) -> None:
+        super().__init__(model)
+        self.name = name
+        self.options = options
+        self._method = method
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        return self._method.attribute(inputs, target=target, **self.options)
+
+
+def _captum() -> Any:
+    try:
+        import captum.attr
+    except ImportError:
+        raise EvaluationError(
+            "the post-hoc explainers need Captum: pip install 'bcosify[captum]'"
+        ) from None
+    return captum.attr
+
+
+def _saliency(model: nn.Module, *, absolute: bool = True) -> Explainer:
+    return _CaptumExplainer("saliency", model, _captum().Saliency(model), abs=absolute)
+
+
+def _input_x_gradient(model: nn.Module) -> Explainer:
+    return _CaptumExplainer("input_x_gradient", model, _captum().InputXGradient(model))
+
+
+def _integrated_gradients(
+    model: nn.Module,
+    *,
+    n_steps: int = 50,
+    internal_batch_size: int | None = 64,
+    baseline: float = 0.0,
+) -> Explainer:
+    check_positive(n_steps=n_steps)
+    if internal_batch_size is not None:
+        check_positive(internal_batch_size=internal_batch_size)
+    return _CaptumExplainer(
+        "integrated_gradients",
+        model,
+        _captum().IntegratedGradients(model),
+        baselines=baseline,
+        n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+    )
+
+
+def gradcam_layer(model: nn.Module, example: Tensor) -> tuple[str, nn.Module]:
+    """The layer GradCAM explains by default: the last convolution in forward order.
+
+    One forward pass of ``example`` (no gradients, evaluation mode) records every
+    ``nn.Conv2d`` (B-cos convolutions included) with a 4-D output in the order they run. A
+    last 1x1 convolution with one output channel per class is the classifier (B-cos conversion
+    applies the linear classifier before the global pooling), not a feature layer, so the
+    convolution before it is taken.
+
+    Returns:
+        The layer's dotted name in ``model`` and the layer.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1),
+        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> gradcam_layer(model, torch.rand(1, 3, 8, 8))[0]
+        '0'
+    """
+    names = {id(m): name for name, m in model.named_modules()}
+    calls: list[nn.Conv2d] = []
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        if isinstance(output, Tensor) and output.ndim == 4:
+            calls.append(module)  # type: ignore[arg-type]
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(record) for m in convs]
+    try:
+        with _evaluation(model), torch.no_grad():
+            logits = model(example.to(device_of(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not calls:
+        raise EvaluationError(
+            f"GradCAM found no nn.Conv2d with a 4-D output in {type(model).__name__}'s forward "
+            "pass; pass the layer to explain: build_explainer('gradcam', model, layer=...) with "
+            "a module of the model or its dotted name"
+        )
+    classes = logits.shape[-1] if isinstance(logits, Tensor) and logits.ndim == 2 else None
+    features = [
+        m for m in calls if not (m.kernel_size == (1, 1) and m.out_channels == classes)
+    ] or calls
+    layer = features[-1]
+    return names[id(layer)], layer
+
+
+class _GradCamExplainer(_Explainer):
+    name = "gradcam"
+
+    def __init__(
+        self, model: nn.Module, *, layer: nn.Module | str | None = None, relu: bool = True
+    ) -> None:
+        super().__init__(model)
+        self.layer: nn.Module | None = None
+        self.layer_name: str | None = None
+        if isinstance(layer, str):
+            try:
+                self.layer, self.layer_name = model.get_submodule(layer), layer
+            except AttributeError:
+                raise EvaluationError(
+                    f"GradCAM: {type(model).__name__} has no submodule {layer!r}; pass a name "
+                    "from model.named_modules() or the module itself"
+                ) from None
+        elif layer is not None:
+            names = {id(m): name for name, m in model.named_modules()}
+            if id(layer) not in names:
+                raise EvaluationError(
+                    f"GradCAM: the layer {type(layer).__name__} is not a submodule of the "
+                    f"explained {type(model).__name__}"
+                )
+            self.layer, self.layer_name = layer, names[id(layer)]
+        self.options = {"layer": self.layer_name, "relu": relu}
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        captum = _captum()
+        if self.layer is None:
+            # found on first use: it takes a forward pass, so it needs an input of the right size
+            self.layer_name, self.layer = gradcam_layer(self.model, inputs[:1])
+            self.options["layer"] = self.layer_name
+        cam = captum.LayerGradCam(self.model, self.layer).attribute(
+            inputs, target=target, relu_attributions=self.options["relu"]
+        )
+        if not isinstance(cam, Tensor) or cam.ndim != 4:
+            raise EvaluationError(
+                f"GradCAM needs a layer with a 4-D output (N, C, h, w); {self.layer_name!r} "
+                "gives another; pass layer= with a convolution"
+            )
+        cam = captum.LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]), "bilinear")
+        return cam / inputs.shape[1]
+
+
+class _DeepLiftExplainer(_Explainer):
+    name = "deeplift"
+
+    def __init__(self, model: nn.Module, *, baseline: float = 0.0) -> None:
+        super().__init__(model)
+        self.options = {"baselines": baseline}
+        self._checked = False
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        captum = _captum()
+        if not self._checked:
+            _check_single_use(self.model, inputs[:1])
+            self._checked = True
+        try:
+            return captum.DeepLift(self.model).attribute(inputs, target=target, **self.options)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, AssertionError) as error:
+            raise EvaluationError(
+                f"Captum's DeepLift failed on {type(self.model).__name__}: {error}\nDeepLift "
+                "replaces the gradient of each non-linear module (nn.ReLU, nn.MaxPool2d, ...) "
+                "and needs every one of them to be its own module, called once per forward "
+                "pass; functional calls (F.relu, torch.relu) are not seen. Rewrite the model "
+                "that way, or use another explainer."
+            ) from error
+
+
+def _check_single_use(model: nn.Module, example: Tensor) -> None:
+    """Refuse models that call a DeepLift non-linearity more than once per forward pass.
+
+    Captum keeps one input and output per module, so a reused module (torchvision's ResNet
+    blocks reuse ``self.relu``) makes it fail or compute with the wrong activations.
+    """
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+    counts: dict[str, int] = {}
+
+    def count(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: object) -> None:
+            counts[name] = counts.get(name, 0) + 1
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(count(name))
+        for name, module in model.named_modules()
+        if type(module) in SUPPORTED_NON_LINEAR
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    reused = {name: n for name, n in counts.items() if n > 1}
+    if reused:
+        listed = ", ".join(f"'{name}' ({n} times)" for name, n in sorted(reused.items()))
+        raise EvaluationError(
+            f"DeepLift cannot explain this {type(model).__name__}: the non-linear module(s) "
+            f"{listed} are called more than once per forward pass, and Captum's DeepLift keeps "
+            "one set of activations per module. Give every use its own module (e.g. a fresh "
+            "nn.ReLU per call), or use another explainer."
+        )
+
+
+class _OcclusionExplainer(_Explainer):
+    name = "occlusion"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        window: int | tuple[int, int] | None = None,
+        stride: int | tuple[int, int] | None = None,
+        baseline: float = 0.0,
+        perturbations_per_eval: int = 16,
+    ) -> None:
+        super().__init__(model)
+        check_positive(perturbations_per_eval=perturbations_per_eval)
+        self._window = None if window is None else _pair("window", window)
+        self._stride = None if stride is None else _pair("stride", stride)
+        self.options = {
+            "window": self._window,
+            "stride": self._stride,
+            "baselines": baseline,
+            "perturbations_per_eval": perturbations_per_eval,
+        }
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        channels, height, width = inputs.shape[1:]
+        window = self._window or (max(1, round(height / 8)), max(1, round(width / 8)))
+        stride = self._stride or (max(1, window[0] // 2), max(1, window[1] // 2))
+        if window[0] > height or window[1] > width:
+            raise EvaluationError(
+                f"occlusion window {window} is larger than the images ({height}, {width}); "
+                "pass a smaller window="
+            )
+        return (
+            _captum()
+            .Occlusion(self.model)
+            .attribute(
+                inputs,
+                sliding_window_shapes=(channels, *window),
+                strides=(channels, *stride),
+                baselines=self.options["baselines"],
+                target=target,
+                perturbations_per_eval=self.options["perturbations_per_eval"],
+            )
+        )
+
+
+class _RiseExplainer(_Explainer):
+    """RISE (Petsiuk et al., 2018): the class probability of randomly masked images, as weights.
+
+    Each mask is a ``cells x cells`` grid of independent coin flips (keep with probability
+    ``keep``), upsampled bilinearly to ``cells + 1`` cells of ``ceil(size / cells)`` pixels and
+    cropped at a random shift, so its edges are soft and fall anywhere. The saliency of a pixel
+    is ``sum_i p_c(x * M_i) M_i / (n_masks * keep)``.
+    """
+
+    name = "rise"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        n_masks: int = 2000,
+        cells: int = 7,
+        keep: float = 0.5,
+        seed: int = 0,
+        batch_size: int = 256,
+        probability: str = "auto",
+    ) -> None:
+        super().__init__(model)
+        check_positive(n_masks=n_masks, cells=cells, batch_size=batch_size)
+        if not 0.0 < keep < 1.0:
+            raise EvaluationError(f"RISE keep must be in (0, 1), got {keep}")
+        self.options = {
+            "n_masks": n_masks,
+            "cells": cells,
+            "keep": keep,
+            "seed": seed,
+            "batch_size": batch_size,
+            "probability": resolve_probability(model, probability),
+        }
+
+    @torch.no_grad()
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        o = self.options
+        count, (height, width) = inputs.shape[0], inputs.shape[-2:]
+        # drawn up front, so that the masks depend on the seed only, not on the batching
+        generator = torch.Generator().manual_seed(o["seed"])
+        grids = torch.rand(o["n_masks"], 1, o["cells"], o["cells"], generator=generator)
+        grids = (grids < o["keep"]).float()
+        cell_h, cell_w = math.ceil(height / o["cells"]), math.ceil(width / o["cells"])
+        shift_y = torch.randint(cell_h, (o["n_masks"],), generator=generator).tolist()
+        shift_x = torch.randint(cell_w, (o["n_masks"],), generator=generator).tolist()
+        saliency = inputs.new_zeros(count, height, width)
+        step = max(1, o["batch_size"] // count)
+        for start in range(0, o["n_masks"], step):
+            stop = min(start + step, o["n_masks"])
+            upsampled = F.interpolate(
+                grids[start:stop].to(inputs.device),
+                size=((o["cells"] + 1) * cell_h, (o["cells"] + 1) * cell_w),
+                mode="bilinear",
+                align_corners=False,
+            )
+            shifts = zip(shift_y[start:stop], shift_x[start:stop], strict=True)
+            masks = torch.stack(
+                [upsampled[i, 0, y : y + height, x : x + width] for i, (y, x) in enumerate(shifts)]
+            )
+            masked = (inputs[:, None] * masks[None, :, None]).flatten(0, 1)
+            scores = probabilities(self.model(masked), o["probability"])
+            scores = scores.view(count, stop - start, -1)
+            weights = scores.gather(2, target.view(count, 1, 1).expand(-1, stop - start, 1))
+            saliency += torch.einsum("nm,mhw->nhw", weights.squeeze(2), masks)
+        saliency /= o["n_masks"] * o["keep"]
+        return saliency[:, None] / inputs.shape[1]
+
+
+def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise EvaluationError(f"{name} must be an int or (height, width), got {value!r}")
+    check_positive(**{f"{name} height": pair[0], f"{name} width": pair[1]})
+    return pair  # type: ignore[return-value]
+
+
+_FACTORIES: dict[str, Callable[..., Explainer]] = {
+    "bcos": _BcosExplainer,
+    "saliency": _saliency,
+    "input_x_gradient": _input_x_gradient,
+    "integrated_gradients": _integrated_gradients,
+    "gradcam": _GradCamExplainer,
+    "deeplift": _DeepLiftExplainer,
+    "occlusion": _OcclusionExplainer,
+    "rise": _RiseExplainer,
+}
+
+
+def build_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
+    """The explainer ``name`` for ``model``, a model that takes images in ``[0, 1]``.
+
+    Names and options (defaults in brackets):
+
+    - ``"bcos"``: the model's own explanation, contributions ``x * W(x)`` folded to RGB; B-cos
+      models only. No options.
+    - ``"saliency"``: the input gradient, ``absolute`` [True] takes its absolute value.
+    - ``"input_x_gradient"``: input times gradient. No options.
+    - ``"integrated_gradients"``: ``n_steps`` [50], ``internal_batch_size`` [64] (images per
+      forward pass), ``baseline`` [0.0].
+    - ``"gradcam"``: GradCAM on ``layer`` [the last convolution, see :func:`gradcam_layer`]
+      (a module or its dotted name), ``relu`` [True]; upsampled bilinearly to the input size.
+    - ``"deeplift"``: ``baseline`` [0.0]. Needs every ReLU/pooling non-linearity to be its own
+      module called once per forward pass, and refuses models where one is reused. On a B-cos
+      model the B-cos units are treated through their gradient.
+    - ``"occlusion"``: ``window`` [1/8 of the image side], ``stride`` [half the window],
+      ``baseline`` [0.0], ``perturbations_per_eval`` [16]; the change of the target logit.
+    - ``"rise"``: ``n_masks`` [2000], ``cells`` [7], ``keep`` [0.5], ``seed`` [0],
+      ``batch_size`` [256] (masked images per forward pass), ``probability`` ["auto":
+      sigmoid for B-cos models, softmax otherwise].
+
+    GradCAM and RISE give one map per image; it is returned divided by the number of channels
+    on every channel, so the channel sum is the map.
+
+    Raises:
+        EvaluationError: for an unknown name or option, or a model the method cannot explain.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+        ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> explainer = build_explainer("saliency", model)
+        >>> explainer.attribute(torch.rand(2, 3, 8, 8), torch.tensor([0, 3])).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise EvaluationError(
+            f"unknown explainer {name!r}; choose one of {', '.join(EXPLAINER_NAMES)}"
+        )
+    if not isinstance(model, nn.Module):
+        raise EvaluationError(f"explainers need a torch.nn.Module, got {type(model).__name__}")
+    accepted = [p for p in inspect.signature(factory).parameters if p != "model"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise EvaluationError(
+            f"explainer {name!r} has no option(s) {', '.join(unknown)}; it takes "
+            + (", ".join(accepted) if accepted else "no options")
+        )
+    return factory(model, **options)

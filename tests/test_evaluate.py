@@ -1,0 +1,390 @@
+"""Evaluation: explainers behind one interface, the grid pointing game, localisation, deletion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+import bcosify
+from bcosify import BcosModel
+from bcosify.errors import BcosifyError, EvaluationError
+from bcosify.evaluate import (
+    EXPLAINER_NAMES,
+    Explainer,
+    PointingGameResult,
+    accuracy,
+    build_explainer,
+    deletion_auc,
+    deletion_curves,
+    gradcam_layer,
+    grid_pointing_game,
+    make_grids,
+    mask_localisation,
+    pointing_game_scores,
+)
+from bcosify.explain import explain
+from bcosify.nn import is_explaining
+from bcosify.train import Normalized
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+FAST = {"rise": {"n_masks": 40, "batch_size": 64}, "occlusion": {"window": 4, "stride": 4}}
+
+
+def tiny_cnn(num_classes: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    net = tiny_cnn()
+    return {
+        "original": Normalized(net, MEAN, STD).eval(),
+        "bcos": bcosify.convert(net, input_mean=MEAN, input_std=STD).model,
+    }
+
+
+# --- the grid pointing game ------------------------------------------------------------------
+
+
+def one_hot_cells(n: int, size: int = 4) -> Tensor:
+    """Explanation g, k puts all its (positive) mass on one pixel of cell k."""
+    maps = torch.zeros(2, n * n, n * size, n * size)
+    for k in range(n * n):
+        maps[:, k, (k // n) * size + 1, (k % n) * size + 2] = 3.0
+    return maps
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_perfect_explainer_scores_one_and_a_uniform_one_one_over_n_squared(n):
+    torch.testing.assert_close(pointing_game_scores(one_hot_cells(n), n), torch.ones(2, n * n))
+    uniform = torch.full((2, n * n, 3, 6 * n, 6 * n), 0.7)
+    expected = torch.full((2, n * n), 1 / n**2)
+    torch.testing.assert_close(pointing_game_scores(uniform, n), expected)
+    # with smoothing a uniform map stays uniform: windows over the border are not diluted
+    for k in (2, 3, 5):
+        torch.testing.assert_close(pointing_game_scores(uniform, n, smooth=k), expected)
+
+
+def test_negative_attributions_are_ignored_and_channels_are_summed():
+    maps = one_hot_cells(2)
+    maps -= 5.0 * (maps == 0)  # strong negative evidence everywhere else
+    torch.testing.assert_close(pointing_game_scores(maps, 2), torch.ones(2, 4))
+    # three channels that only sum to a positive value in the right cell
+    channels = torch.stack([maps, -maps / 2, torch.zeros_like(maps)], dim=2)
+    torch.testing.assert_close(pointing_game_scores(channels, 2), torch.ones(2, 4))
+    assert pointing_game_scores(-torch.ones(1, 4, 8, 8), 2).eq(0).all()  # no positive mass
+
+
+def test_pointing_game_scores_share_of_mass_and_bad_shapes():
+    maps = torch.zeros(1, 4, 4, 4)
+    maps[0, 0, 0, 0], maps[0, 0, 3, 3] = 3.0, 1.0  # 3/4 in cell 0, 1/4 in cell 3
+    assert pointing_game_scores(maps, 2)[0, 0].item() == pytest.approx(0.75)
+    with pytest.raises(EvaluationError, match="divisible by 2"):
+        pointing_game_scores(torch.zeros(1, 4, 5, 4), 2)
+    with pytest.raises(EvaluationError, match="a 3x3 grid"):
+        pointing_game_scores(torch.zeros(1, 4, 6, 6), 3)
+    with pytest.raises(EvaluationError, match="smooth"):
+        pointing_game_scores(maps, 2, smooth=-1)
+
+
+def labelled_images(num_classes: int, per_class: int, size: int = 4) -> tuple[Tensor, Tensor]:
+    """Image i is filled with a value that identifies it: its label + rank / 10."""
+    labels = torch.arange(num_classes).repeat(per_class)
+    rank = torch.arange(num_classes * per_class) // num_classes
+    values = labels + rank / 10
+    return values.view(-1, 1, 1, 1).expand(-1, 3, size, size).clone(), labels
+
+
+def test_make_grids_layout_and_cell_indexing():
+    images, labels = labelled_images(6, 1)
+    grids, cell_labels = make_grids(images, labels, torch.ones(6), 2, 5, seed=3)
+    assert grids.shape == (5, 3, 8, 8) and cell_labels.shape == (5, 4)
+    for g in range(5):
+        assert len(set(cell_labels[g].tolist())) == 4  # distinct classes
+        for k in range(4):
+            row, column = k // 2, k % 2
+            cell = grids[g, :, row * 4 : row * 4 + 4, column * 4 : column * 4 + 4]
+            torch.testing.assert_close(cell, images[int(cell_labels[g, k])])
+
+
+def test_make_grids_is_seeded_and_takes_the_most_confident_correct_images_first():
+    images, labels = labelled_images(5, 3)
+    confidences = torch.rand(len(labels), generator=torch.Generator().manual_seed(0)) / 2 + 0.5
+    first = make_grids(images, labels, confidences, 2, 4, seed=1)
+    again = make_grids(images, labels, confidences, 2, 4, seed=1)
+    other = make_grids(images, labels, confidences, 2, 4, seed=2)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other[1])
+
+    # class probabilities: the rank-0 image of every class is misclassified, the rank-1 image
+    # is classified correctly and confidently, the rank-2 image correctly but not confidently
+    probs = torch.zeros(len(labels), 5)
+    rank = torch.arange(len(labels)) // 5
+    wrong, right, unsure = rank == 0, rank == 1, rank == 2
+    probs[wrong, (labels[wrong] + 1) % 5], probs[wrong, labels[wrong]] = 0.9, 0.05
+    probs[right, labels[right]] = 0.95
+    probs[unsure, labels[unsure]] = 0.45
+    grids, cell_labels = make_grids(images, labels, probs, 2, 3, seed=0)
+    cells = grids.unfold(2, 4, 4).unfold(3, 4, 4)[:, 0, :, :, 0, 0].flatten(1)
+    torch.testing.assert_close(cells, cell_labels + 0.1)  # always the rank-1 image
+
+
+def test_make_grids_needs_enough_qualifying_classes():
+    images, labels = labelled_images(4, 2)
+    confidences = torch.ones(len(labels))
+    confidences[labels == 3] = 0.2  # class 3 never confident
+    with pytest.raises(EvaluationError, match=r"needs 4 distinct classes.*only 3 class"):
+        make_grids(images, labels, confidences, 2, 1)
+    with pytest.raises(EvaluationError, match="n must be an integer >= 2"):
+        make_grids(images, labels, confidences, 1, 1)
+    with pytest.raises(EvaluationError, match="confidences"):
+        make_grids(images, labels, confidences[:3], 2, 1)
+    assert issubclass(EvaluationError, BcosifyError) and issubclass(EvaluationError, ValueError)
+
+
+class ValueClassifier(nn.Module):
+    """Classifies images filled with a value near their label: logits -10 (mean - c)^2."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("centres", torch.arange(num_classes).float())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return -10 * (images.mean((1, 2, 3))[:, None] - self.centres) ** 2
+
+
+class OracleExplainer:
+    """All positive mass on the pixels holding the target class's image (value label + r/10)."""
+
+    name = "oracle"
+
+    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        near = (inputs - target.view(-1, 1, 1, 1).float()).abs() < 0.35
+        return near.float() - 0.5 * (~near).float()
+
+
+class UniformExplainer:
+    name = "uniform"
+
+    def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        return torch.ones_like(inputs)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_grid_pointing_game_end_to_end(n):
+    images, labels = labelled_images(10, 2, size=6)
+    data = TensorDataset(images, labels)
+    model = ValueClassifier(10)
+    assert isinstance(OracleExplainer(), Explainer)
+    perfect = grid_pointing_game(model, OracleExplainer(), data, n=n, num_grids=7, batch_size=9)
+    assert isinstance(perfect, PointingGameResult) and perfect.grid == n
+    assert perfect.scores.shape == (7, n * n)
+    assert perfect.mean == pytest.approx(1.0) and perfect.quartiles == pytest.approx((1, 1, 1))
+    assert torch.equal(labels[perfect.examples], perfect.cell_labels)
+    uniform = grid_pointing_game(model, UniformExplainer(), data, n=n, num_grids=7, batch_size=5)
+    assert uniform.mean == pytest.approx(1 / n**2)
+    assert torch.equal(uniform.cell_labels, perfect.cell_labels)  # same seed, same grids
+    assert f"{n}x{n} grid pointing game" in str(uniform)
+
+
+def test_grid_pointing_game_takes_items_with_masks_and_honours_the_confidence_option():
+    images, labels = labelled_images(4, 1, size=6)
+    data = TensorDataset(images, labels, torch.ones(4, 6, 6, dtype=torch.bool))
+    model = ValueClassifier(4)
+    result = grid_pointing_game(model, OracleExplainer(), data, num_grids=2)
+    assert result.mean == pytest.approx(1.0)
+    # every logit is <= 0, so no sigmoid probability is above 0.5
+    with pytest.raises(EvaluationError, match=r"only 0 class\(es\)"):
+        grid_pointing_game(model, OracleExplainer(), data, num_grids=2, confidence="sigmoid")
+
+
+# --- localisation in masks and deletion --------------------------------------------------------
+
+
+def test_mask_localisation_by_hand():
+    attributions = torch.zeros(3, 3, 2, 2)
+    attributions[0, :, 0, 0] = 1.0  # 3 inside
+    attributions[0, 0, 1, 1] = 1.0  # 1 outside
+    attributions[1, 0, 1, 1] = -4.0  # negative only
+    attributions[2, 1] = torch.tensor([[2.0, -1.0], [0.0, 2.0]])
+    masks = torch.tensor([[[True, False], [False, False]]]).expand(3, 2, 2)
+    expected = torch.tensor([0.75, 0.0, 0.5])
+    torch.testing.assert_close(mask_localisation(attributions, masks), expected)
+    torch.testing.assert_close(mask_localisation(attributions.sum(1), masks[:, None]), expected)
+    with pytest.raises(EvaluationError, match="masks must be"):
+        mask_localisation(attributions, masks[:, :1])
+
+
+class OnePixel(nn.Module):
+    """Two classes; the score of class 0 depends on pixel (1, 2) of channel 0 only."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        evidence = 20 * images[:, 0, 1, 2] - 10
+        return torch.stack([evidence, -evidence], 1)
+
+
+def test_deletion_auc_is_lower_for_the_attribution_that_points_at_the_evidence():
+    inputs = torch.ones(2, 3, 4, 4)
+    right, wrong = torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)
+    right[1, 1, 2] = 5.0  # any channel: pixels are ranked by the channel sum
+    wrong[0, 3, 3] = 5.0
+    attributions = torch.stack([right, wrong])
+    targets = torch.zeros(2, dtype=torch.long)
+    curves = deletion_curves(OnePixel(), inputs, targets, attributions, steps=4)
+    assert curves[0, 0] > 0.99 and curves[0, 1:].max() < 0.01  # gone with the first quarter
+    aucs = deletion_auc(OnePixel(), inputs, targets, attributions, steps=4, batch_size=3)
+    assert aucs.shape == (2,) and aucs[0] < 0.2 < aucs[1]
+    # with the evidence as the baseline, deleting it changes nothing
+    same = deletion_auc(OnePixel(), inputs, targets, attributions, baseline=torch.ones(3, 1, 1))
+    torch.testing.assert_close(same, torch.full((2,), float(torch.sigmoid(torch.tensor(20.0)))))
+    with pytest.raises(EvaluationError, match="shaped like the inputs"):
+        deletion_auc(OnePixel(), inputs, targets, attributions[:, :, :2])
+    with pytest.raises(EvaluationError, match="baseline"):
+        deletion_auc(OnePixel(), inputs, targets, attributions, baseline=torch.ones(5))
+
+
+def test_accuracy_reuses_validation():
+    images, labels = labelled_images(5, 2)
+    labels[0] = 3  # one wrong top-1, but within the top 5
+    result = accuracy(ValueClassifier(5), TensorDataset(images, labels), batch_size=4)
+    assert result == {"top1": pytest.approx(0.9), "top5": 1.0}
+
+
+# --- explainers ----------------------------------------------------------------------------------
+
+
+def module_state(model: nn.Module) -> list[tuple]:
+    return [
+        (name, m.training, {k: v.clone() for k, v in m.state_dict().items()})
+        for name, m in model.named_modules()
+    ]
+
+
+def has_hooks(model: nn.Module) -> bool:
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(m, kind, None) for m in model.modules() for kind in kinds)
+
+
+@pytest.mark.parametrize("kind", ["original", "bcos"])
+@pytest.mark.parametrize("name", EXPLAINER_NAMES)
+def test_every_explainer_gives_input_shaped_attributions_and_leaves_nothing_behind(
+    models, kind, name
+):
+    model = models[kind]
+    if name == "bcos" and kind == "original":
+        with pytest.raises(EvaluationError, match=r"needs a B-cos model.*bcosify.convert"):
+            build_explainer(name, model)
+        return
+    explainer = build_explainer(name, model, **FAST.get(name, {}))
+    assert explainer.name == name and isinstance(explainer, Explainer)
+    model.train()  # the explainer must evaluate in eval mode and give the flags back
+    before = module_state(model)
+    inputs = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 3, 4])
+    try:
+        attributions = explainer.attribute(inputs, targets)
+        after = module_state(model)
+    finally:
+        model.eval()
+    assert attributions.shape == inputs.shape and attributions.dtype == torch.float32
+    assert not attributions.requires_grad and attributions.isfinite().all()
+    assert attributions.abs().sum() > 0
+    assert inputs.grad is None and not inputs.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    assert not has_hooks(model) and not is_explaining(model)
+    for (name_b, training_b, state_b), (name_a, training_a, state_a) in zip(
+        before, after, strict=True
+    ):
+        assert name_b == name_a and training_b == training_a
+        for key in state_b:  # batch norm statistics untouched: evaluation mode throughout
+            torch.testing.assert_close(state_b[key], state_a[key])
+
+
+def test_bcos_explainer_is_the_models_own_explanation(models):
+    inputs, targets = torch.rand(2, 3, 16, 16), torch.tensor([1, 2])
+    attributions = build_explainer("bcos", models["bcos"]).attribute(inputs, targets)
+    expected = explain(models["bcos"], inputs, targets).input_contributions
+    torch.testing.assert_close(attributions, expected)
+
+
+def test_single_map_explainers_spread_the_map_over_the_channels(models):
+    inputs, targets = torch.rand(2, 3, 16, 16), torch.tensor([1, 2])
+    for name in ("gradcam", "rise"):
+        a = build_explainer(name, models["original"], **FAST.get(name, {})).attribute(
+            inputs, targets
+        )
+        assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 0], a[:, 2])
+
+
+def test_gradcam_layer_skips_the_classifier_that_conversion_moved_before_the_pooling(models):
+    example = torch.rand(1, 3, 16, 16)
+    assert gradcam_layer(models["original"], example)[0] == "model.4"
+    # the converted network runs its 1x1 classifier conv '9' last; the feature conv is '4'
+    assert gradcam_layer(models["bcos"], example)[0] == "network.4"
+    explainer = build_explainer("gradcam", models["bcos"], layer="network.0")
+    explainer.attribute(example, torch.tensor([0]))
+    assert explainer.options["layer"] == "network.0"
+    with pytest.raises(EvaluationError, match=r"no submodule 'network.99'"):
+        build_explainer("gradcam", models["bcos"], layer="network.99")
+    with pytest.raises(EvaluationError, match=r"no nn.Conv2d"):
+        build_explainer("gradcam", nn.Sequential(nn.Flatten(), nn.Linear(12, 2))).attribute(
+            torch.rand(1, 3, 2, 2), torch.tensor([0])
+        )
+
+
+def test_deeplift_refuses_a_reused_relu_with_a_clear_error():
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), relu, nn.Conv2d(4, 4, 3), relu)
+    model = nn.Sequential(model, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    explainer = build_explainer("deeplift", model)
+    with pytest.raises(EvaluationError, match=r"'0.1' \(2 times\).*own module"):
+        explainer.attribute(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+    assert not has_hooks(model)
+
+
+def test_rise_is_seeded_and_weighs_masks_by_the_class_probability(models):
+    inputs, targets = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
+    options = {"n_masks": 30, "batch_size": 8}
+    first = build_explainer("rise", models["original"], **options).attribute(inputs, targets)
+    again = build_explainer("rise", models["original"], **{**options, "batch_size": 60})
+    torch.testing.assert_close(first, again.attribute(inputs, targets))  # batching-independent
+    other = build_explainer("rise", models["original"], **{**options, "seed": 1})
+    assert not torch.allclose(first, other.attribute(inputs, targets))
+    # the model's probability of the one class it has is 1: the saliency is the mean mask / keep
+    ones = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 1))
+    single = build_explainer("rise", ones, n_masks=400, probability="softmax")
+    mean_mask = single.attribute(inputs[:1], torch.tensor([0])).sum(1)
+    assert mean_mask.mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_build_explainer_and_attribute_refuse_bad_requests(models):
+    with pytest.raises(EvaluationError, match=r"unknown explainer 'lime'.*saliency"):
+        build_explainer("lime", models["original"])
+    with pytest.raises(EvaluationError, match=r"no option.*n_step.*n_steps"):
+        build_explainer("integrated_gradients", models["original"], n_step=10)
+    with pytest.raises(EvaluationError, match="no options"):
+        build_explainer("input_x_gradient", models["original"], steps=3)
+    with pytest.raises(EvaluationError, match="positive integer"):
+        build_explainer("rise", models["original"], n_masks=0)
+    with pytest.raises(EvaluationError, match="'auto'"):
+        build_explainer("rise", models["original"], probability="logits")
+    explainer = build_explainer("saliency", models["original"])
+    with pytest.raises(EvaluationError, match=r"\(N, C, H, W\)"):
+        explainer.attribute(torch.rand(3, 16, 16), torch.tensor([0, 1, 2]))
+    with pytest.raises(EvaluationError, match="one integer class index per image"):
+        explainer.attribute(torch.rand(2, 3, 16, 16), torch.tensor([0, 1, 2]))
+    assert isinstance(models["bcos"], BcosModel)
