@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from bcosify import BcosModel, CheckpointError
 from bcosify.data import SyntheticShapes
-from bcosify.models import create
+from bcosify.models import IMAGENET_STD, create
 from bcosify.train import RecipeError, get_recipe, load_checkpoint, save_checkpoint, train
 
 
@@ -310,3 +310,24 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(out)["step"] == step + 2
+
+
+def test_prepared_models_follow_the_recipe():
+    from bcosify.train.prepare import prepare_model
+
+    torch.manual_seed(0)
+    original = small_cnn(3)
+    relus = sum(isinstance(m, nn.ReLU) for m in original.modules())
+    bcosified = prepare_model(original, get_recipe("bcosify-cnn"))
+    scratch = prepare_model(original, get_recipe("bcos-scratch"))
+    assert scratch.config.options.activations == "identity"  # the B-cos v2 design
+    assert sum(isinstance(m, nn.ReLU) for m in bcosified.modules()) == relus > 0
+    assert not any(isinstance(m, nn.ReLU) for m in scratch.modules())
+    first_conv = next(m for m in original.modules() if isinstance(m, nn.Conv2d))
+    kept = bcosified.state_dict()["network.0.weight"]
+    assert kept.shape[1] == 6 and kept.shape[0] == first_conv.out_channels
+    # B-cosified keeps the weights, folded into the [x, 1 - x] input (fold: W6 = [W (1 - m) / s,
+    # -W m / s], so the difference of the halves is W / s); from scratch does not
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(kept[:, :3] - kept[:, 3:], first_conv.weight / std)
+    assert not torch.allclose(scratch.state_dict()["network.0.weight"], kept)

@@ -49,8 +49,8 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
     into the first layer of a B-cosified one.
 
     - ``recipe.model == "original"``: an ordinary model, trained on normalised images.
-    - ``"bcosify"``: converted with :func:`bcosify.convert` at ``recipe.b`` (a model that is a
-      :class:`BcosModel` already is trained as it is).
+    - ``"bcosify"``: converted with :func:`bcosify.convert` at ``recipe.b`` with
+      ``recipe.activations`` (a model that is a :class:`BcosModel` already is trained as it is).
     - ``"bcos-scratch"``: converted, then every layer re-initialised.
 
     Example:
@@ -70,7 +70,9 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
         converted = model
     else:
         mean, std = input_normalization(model)
-        converted = convert(model, input_mean=mean, input_std=std, b=recipe.b).model
+        converted = convert(
+            model, input_mean=mean, input_std=std, b=recipe.b, activations=recipe.activations
+        ).model
     if recipe.model == "bcos-scratch":
         for module in converted.modules():
             if module is not converted and hasattr(module, "reset_parameters"):

@@ -33,6 +33,11 @@ class Recipe:
         agc_clip: adaptive gradient clipping factor (unit-wise, relative to the weight norm);
             None turns it off.
         b: the B of the B-cos layers; ``b_ramp_steps > 0`` ramps it linearly from 1.
+        activations: for the B-cos recipes, keep the model's activations in their dynamic-linear
+            forms (``"keep"``, what B-cosification does) or replace them by identities
+            (``"identity"``: the B-cos v2 design for models trained from scratch, whose
+            non-linearity is the B-cos transform itself; with ReLUs kept, a B-cos model from
+            random weights barely moves from chance in a short budget).
         ema_decay: keep an exponential moving average of the weights (evaluated and saved
             instead of the raw weights); None turns it off.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler).
@@ -57,6 +62,7 @@ class Recipe:
     agc_clip: float | None = None
     b: float = 2.0
     b_ramp_steps: int = 0
+    activations: Literal["keep", "identity"] = "keep"
     ema_decay: float | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_accumulation: int = 1
@@ -74,6 +80,7 @@ class Recipe:
             "schedule": ("cosine", "constant"),
             "precision": ("fp32", "bf16", "fp16"),
             "augment": ("standard", "none"),
+            "activations": ("keep", "identity"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -161,6 +168,7 @@ RECIPES: dict[str, Recipe] = {
         epochs=90,
         batch_size=256,
         agc_clip=0.01,
+        activations="identity",
         image_size=224,
     ),
 }
