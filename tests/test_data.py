@@ -52,6 +52,20 @@ def test_same_seed_and_index_give_the_same_image_and_other_seeds_do_not():
     assert torch.equal(SyntheticShapes(10, seed=3)[7][0], a[7][0])
 
 
+def test_the_cache_returns_exactly_the_rendered_examples():
+    plain = SyntheticShapes(12, image_size=32, seed=5, return_mask=True)
+    cached = SyntheticShapes(12, image_size=32, seed=5, return_mask=True, cache=True)
+    for _ in range(2):  # the first pass renders and stores, the second reads the cache
+        for i in range(12):
+            (x, y, m), (cx, cy, cm) = plain[i], cached[i]
+            assert torch.equal(x, cx) and y == cy and torch.equal(m, cm)
+    # what a caller does to an example does not reach the cache
+    cached[0][0].zero_()
+    cached[0][2].zero_()
+    assert torch.equal(cached[0][0], plain[0][0]) and torch.equal(cached[0][2], plain[0][2])
+    assert torch.equal(cached[-1][0], plain[11][0])
+
+
 def test_items_are_float_images_in_unit_range_with_int_labels_and_bool_masks():
     data = SyntheticShapes(12, image_size=48, return_mask=True)
     image, label, mask = data[5]
