@@ -364,6 +364,14 @@ def test_rise_is_seeded_and_weighs_masks_by_the_class_probability(models):
     torch.testing.assert_close(first, again.attribute(inputs, targets))  # batching-independent
     other = build_explainer("rise", models["original"], **{**options, "seed": 1})
     assert not torch.allclose(first, other.attribute(inputs, targets))
+    # an image explained for several classes is masked once; the result is per example
+    repeated = inputs[[0, 0, 1, 0]]
+    many = build_explainer("rise", models["original"], **options)
+    together = many.attribute(repeated, torch.tensor([0, 3, 1, 2]))
+    for i, (image, target) in enumerate(zip(repeated, (0, 3, 1, 2), strict=True)):
+        alone = many.attribute(image[None], torch.tensor([target]))
+        torch.testing.assert_close(together[i : i + 1], alone)
+    assert not torch.allclose(together[0], together[1])
     # the model's probability of the one class it has is 1: the saliency is the mean mask / keep
     ones = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 1))
     single = build_explainer("rise", ones, n_masks=400, probability="softmax")

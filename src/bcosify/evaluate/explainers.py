@@ -425,8 +425,12 @@ class _RiseExplainer(_Explainer):
         cell_h, cell_w = math.ceil(height / o["cells"]), math.ceil(width / o["cells"])
         shift_y = torch.randint(cell_h, (o["n_masks"],), generator=generator).tolist()
         shift_x = torch.randint(cell_w, (o["n_masks"],), generator=generator).tolist()
+        # one masked forward pass gives every class's score: an image that appears several
+        # times (explained for several classes, as in the pointing game) is masked only once
+        unique, row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
+        unique = unique.view(-1, *inputs.shape[1:])
         saliency = inputs.new_zeros(count, height, width)
-        step = max(1, o["batch_size"] // count)
+        step = max(1, o["batch_size"] // len(unique))
         for start in range(0, o["n_masks"], step):
             stop = min(start + step, o["n_masks"])
             upsampled = F.interpolate(
@@ -439,9 +443,9 @@ class _RiseExplainer(_Explainer):
             masks = torch.stack(
                 [upsampled[i, 0, y : y + height, x : x + width] for i, (y, x) in enumerate(shifts)]
             )
-            masked = (inputs[:, None] * masks[None, :, None]).flatten(0, 1)
+            masked = (unique[:, None] * masks[None, :, None]).flatten(0, 1)
             scores = probabilities(self.model(masked), o["probability"])
-            scores = scores.view(count, stop - start, -1)
+            scores = scores.view(len(unique), stop - start, -1)[row]
             weights = scores.gather(2, target.view(count, 1, 1).expand(-1, stop - start, 1))
             saliency += torch.einsum("nm,mhw->nhw", weights.squeeze(2), masks)
         saliency /= o["n_masks"] * o["keep"]
