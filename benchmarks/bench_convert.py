@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(rows, args.size, args.batch, args.repeats, command.strip())
     print(text)
     if args.write:
-        write_section(args.write, SECTION, "Converted CNNs against the originals", text)
+        write_section(args.write, SECTION, f"## Converted CNNs against the originals\n\n{text}")
     return 0
 
 

@@ -27,30 +27,21 @@ same function on unit-norm weights, so that like is compared with like.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import os
-import platform
 import statistics
 import sys
-import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from common import load_average, machine, timed, write_section
 from torch import Tensor, nn
 
 from bcosify.nn import BcosConv2d
 
-START = "<!-- bench_layers:start -->"
-END = "<!-- bench_layers:end -->"
-HEADER = (
-    "# Benchmarks\n\n"
-    "Measured numbers, written by the scripts in `benchmarks/`. Each section is rewritten by\n"
-    "its own script; edit outside the markers.\n"
-)
+SECTION = "bench_layers"
 CONV = "nn.Conv2d"
 OURS = "bcosify BcosConv2d"
 OFFICIAL = "bcos 0.1.3 BcosConv2d"
@@ -177,12 +168,6 @@ def run_forward_backward(layer: nn.Module, x: Tensor, grad: Tensor) -> None:
     torch.autograd.grad(layer(x), [x, *weights(layer)], grad)
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def saved_for_backward(layer: nn.Module, x: Tensor) -> tuple[int, int]:
     """Bytes autograd keeps for the backward pass: all of them, and those beyond input and weights.
 
@@ -233,27 +218,6 @@ def benchmark_shape(
                 results[name].forward.append(forward)
                 results[name].forward_backward.append(both)
     return list(results.values())
-
-
-def load_average() -> str:
-    """The 1-minute load average: above zero, other processes shared the cores."""
-    with contextlib.suppress(OSError, IndexError):
-        return Path("/proc/loadavg").read_text().split()[0]
-    return "unknown"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    cores = os.cpu_count()
-    return (
-        f"{cpu}, {cores} logical cores; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} intra-op threads; Python {platform.python_version()}"
-    )
 
 
 def mib(n: int) -> str:
@@ -348,20 +312,6 @@ def report(
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (between the markers), keeping everything else."""
-    block = f"{START}\n{section}\n{END}"
-    text = path.read_text() if path.exists() else HEADER
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None, shapes: Sequence[LayerShape] | None = None) -> int:
     """Run the benchmark; ``shapes`` replaces the ResNet-50 shapes (tests use tiny ones)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -385,7 +335,7 @@ def main(argv: Sequence[str] | None = None, shapes: Sequence[LayerShape] | None 
     text = report(results, repeats, warmup, command, (load_before, load_average()))
     print(text)
     if args.write:
-        write_section(Path(args.write), text)
+        write_section(args.write, SECTION, text)
     return 0
 
 

@@ -26,25 +26,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from bench_layers import machine
+from common import machine, timed, write_section
 from torch import Tensor, nn
 
 import bcosify
 from bcosify.models import create
 
-START = "<!-- bench_vit:start -->"
-END = "<!-- bench_vit:end -->"
-HEADER = (
-    "# Benchmarks\n\n"
-    "Measured numbers, written by the scripts in `benchmarks/`. Each section is rewritten by\n"
-    "its own script; edit outside the markers.\n"
-)
+SECTION = "bench_vit"
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
 
 
@@ -63,12 +55,6 @@ class Timings:
 
     def min_ms(self, measurement: str) -> float:
         return 1000 * min(self.seconds[measurement])
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def forward(model: nn.Module, x: Tensor) -> None:
@@ -170,19 +156,6 @@ def report(
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between this script's markers in ``path``, keeping everything else."""
-    block = f"{START}\n{section}\n{END}"
-    text = path.read_text() if path.exists() else HEADER
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", metavar="FILE", help="rewrite this script's section of FILE")
@@ -202,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(results, args.image_size, args.batch, repeats, warmup, command)
     print(text)
     if args.write:
-        write_section(Path(args.write), text)
+        write_section(args.write, SECTION, text)
     return 0
 
 

@@ -1,26 +1,31 @@
-"""The layer benchmark script runs (quick mode, tiny shapes) so that it cannot rot."""
+"""The benchmark scripts run (quick mode, tiny shapes) so that they cannot rot."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_layers", ROOT / "benchmarks/bench_layers.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def scripts():
+    """The benchmark modules, imported as the scripts import each other (from their folder)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield {name: importlib.import_module(name) for name in ("common", "bench_layers")}
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for name in ("common", "bench_layers"):
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def bench(scripts):
+    return scripts["bench_layers"]
 
 
 def tiny_shapes(bench):
@@ -40,15 +45,19 @@ def test_quick_run_prints_the_table_without_the_official_package(bench, capsys):
     assert "Machine:" in out and "torch" in out
 
 
-def test_write_replaces_only_its_own_section(bench, tmp_path):
+def test_write_replaces_only_its_own_section(scripts, tmp_path):
+    common = scripts["common"]
     docs = tmp_path / "docs" / "benchmarks.md"
-    bench.write_section(docs, "first")
+    common.write_section(docs, "bench_a", "first")
     assert docs.read_text().startswith("# Benchmarks")
     docs.write_text(docs.read_text() + "\n## Another section\n\nkept\n")
-    bench.write_section(docs, "second")
+    common.write_section(docs, "bench_b", "other")
+    common.write_section(docs, "bench_a", "second")
     text = docs.read_text()
-    assert "second" in text and "first" not in text
-    assert text.count(bench.START) == 1 and text.endswith("kept\n")
+    assert "second" in text and "first" not in text and "other" in text
+    start, end = common.markers("bench_a")
+    assert text.count(start) == 1 and text.count(end) == 1
+    assert text.index("kept") < text.index(common.markers("bench_b")[0])  # appended
 
 
 def test_missing_official_package_is_a_clear_error(bench, tmp_path):

@@ -1,0 +1,75 @@
+"""What every benchmark script shares: the machine description, a timer, and the docs writer.
+
+Each script owns one section of ``docs/benchmarks.md``, between the markers
+``<!-- <name>:start -->`` and ``<!-- <name>:end -->``, and rewrites only that section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = ["HEADER", "load_average", "machine", "markers", "timed", "write_section"]
+
+HEADER = (
+    "# Benchmarks\n\n"
+    "Measured numbers, written by the scripts in `benchmarks/`. Each section is rewritten by\n"
+    "its own script; edit outside the markers.\n"
+)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def load_average() -> str:
+    """The 1-minute load average: above zero, other processes shared the cores."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path("/proc/loadavg").read_text().split()[0]
+    return "unknown"
+
+
+def machine() -> str:
+    """The CPU, its logical cores, and the torch and Python versions, in one line."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads; Python {platform.python_version()}"
+    )
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The start and end markers of section ``name``."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def write_section(path: str | Path, name: str, text: str) -> None:
+    """Replace section ``name`` of ``path`` with ``text``, keeping everything else.
+
+    A missing file starts with :data:`HEADER`; a missing section is appended.
+    """
+    path = Path(path)
+    start, end = markers(name)
+    block = f"{start}\n{text.strip()}\n{end}"
+    current = path.read_text() if path.exists() else HEADER
+    if start in current and end in current:
+        before, rest = current.split(start, 1)
+        current = before + block + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(current)
