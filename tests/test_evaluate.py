@@ -356,6 +356,25 @@ def test_deeplift_refuses_a_reused_relu_with_a_clear_error():
     assert not has_hooks(model)
 
 
+def test_occlusion_of_repeated_images_equals_captum_per_class(models):
+    captum = pytest.importorskip("captum.attr")
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 12, 12)
+    inputs, targets = images[[0, 1, 0, 0, 1]], torch.tensor([2, 2, 0, 4, 1])
+    explainer = build_explainer("occlusion", models["original"], window=4, stride=2)
+    together = explainer.attribute(inputs, targets)
+    reference = captum.Occlusion(models["original"].eval())
+    for i in range(len(inputs)):
+        expected = reference.attribute(
+            inputs[i : i + 1],
+            sliding_window_shapes=(3, 4, 4),
+            strides=(3, 2, 2),
+            baselines=0.0,
+            target=int(targets[i]),
+        )
+        torch.testing.assert_close(together[i : i + 1], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_rise_is_seeded_and_weighs_masks_by_the_class_probability(models):
     inputs, targets = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
     options = {"n_masks": 30, "batch_size": 8}

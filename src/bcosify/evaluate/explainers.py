@@ -365,18 +365,34 @@ class _OcclusionExplainer(_Explainer):
                 f"occlusion window {window} is larger than the images ({height}, {width}); "
                 "pass a smaller window="
             )
-        return (
+        # Every occluded forward pass gives the scores of all classes: each distinct image is
+        # occluded once and its attributions for all the classes asked of it come out together
+        # (Captum attributes every element of a multi-output forward function; the pointing
+        # game explains each grid for four classes).
+        unique, row = distinct_images(inputs)
+        classes = [sorted(set(target[row == u].tolist())) for u in range(len(unique))]
+        width = max(map(len, classes))
+        table = torch.tensor([c + c[:1] * (width - len(c)) for c in classes], device=inputs.device)
+
+        def scores(batch: Tensor) -> Tensor:
+            # Captum stacks the perturbed copies of all distinct images along the batch
+            return self.model(batch).gather(1, table.repeat(len(batch) // len(unique), 1))
+
+        attributions = (
             _captum()
-            .Occlusion(self.model)
+            .Occlusion(scores)
             .attribute(
-                inputs,
+                unique,
                 sliding_window_shapes=(channels, *window),
                 strides=(channels, *stride),
                 baselines=self.options["baselines"],
-                target=target,
+                target=None,
                 perturbations_per_eval=self.options["perturbations_per_eval"],
             )
         )
+        attributions = attributions.view(len(unique), width, *inputs.shape[1:])
+        column = [classes[u].index(t) for u, t in zip(row.tolist(), target.tolist(), strict=True)]
+        return attributions[row, torch.tensor(column, device=row.device)]
 
 
 class _RiseExplainer(_Explainer):
@@ -427,8 +443,7 @@ class _RiseExplainer(_Explainer):
         shift_x = torch.randint(cell_w, (o["n_masks"],), generator=generator).tolist()
         # one masked forward pass gives every class's score: an image that appears several
         # times (explained for several classes, as in the pointing game) is masked only once
-        unique, row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
-        unique = unique.view(-1, *inputs.shape[1:])
+        unique, row = distinct_images(inputs)
         saliency = inputs.new_zeros(count, height, width)
         step = max(1, o["batch_size"] // len(unique))
         for start in range(0, o["n_masks"], step):
@@ -450,6 +465,19 @@ class _RiseExplainer(_Explainer):
             saliency += torch.einsum("nm,mhw->nhw", weights.squeeze(2), masks)
         saliency /= o["n_masks"] * o["keep"]
         return saliency[:, None] / inputs.shape[1]
+
+
+def distinct_images(inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct images of a batch and, for every image, the index of its distinct copy.
+
+    Example:
+        >>> x = torch.rand(2, 3, 4, 4)
+        >>> unique, row = distinct_images(x[[1, 0, 1]])
+        >>> len(unique), bool(torch.equal(unique[row], x[[1, 0, 1]]))
+        (2, True)
+    """
+    unique, row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
+    return unique.view(-1, *inputs.shape[1:]), row
 
 
 def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
