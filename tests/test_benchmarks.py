@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ("common", "bench_layers", "bench_demo")
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +17,10 @@ def scripts():
     """The benchmark modules, imported as the scripts import each other (from their folder)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield {name: importlib.import_module(name) for name in ("common", "bench_layers")}
+        yield {name: importlib.import_module(name) for name in SCRIPTS}
     finally:
         sys.path.remove(str(BENCHMARKS))
-        for name in ("common", "bench_layers"):
+        for name in SCRIPTS:
             sys.modules.pop(name, None)
 
 
@@ -63,3 +64,16 @@ def test_write_replaces_only_its_own_section(scripts, tmp_path):
 def test_missing_official_package_is_a_clear_error(bench, tmp_path):
     with pytest.raises(FileNotFoundError, match="pip install"):
         bench.load_official(tmp_path)
+
+
+def test_demo_benchmark_writes_its_section(scripts, tmp_path, capsys):
+    docs = tmp_path / "benchmarks.md"
+    argv = ["--preset", "test", "--out", str(tmp_path / "demo"), "--write", str(docs)]
+    assert scripts["bench_demo"].main(argv) == 0
+    text = docs.read_text()
+    start, end = scripts["common"].markers("bench_demo")
+    assert start in text and end in text
+    for row in ("| standard |", "| B-cosified |", "| bcos (B-cosified) |", "| rise (standard) |"):
+        assert row in text
+    assert "bench_demo.py --preset test" in text and "Machine:" in text
+    assert (tmp_path / "demo" / "report.html").is_file()
