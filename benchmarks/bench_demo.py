@@ -59,6 +59,14 @@ def report(metrics: dict[str, Any], preset: str, command: str, loads: tuple[str,
             f"| {name} | {_score(r['pointing_game_2x2'])} | {r['mask_localisation']:.3f} | "
             f"{r['deletion_auc']:.3f} | {1000 * r['seconds_per_image']:.1f} |"
         )
+    lines += [
+        "",
+        "Pointing game: 2 x 2 grids of confidently classified test images (1 is perfect, 0.25 "
+        "uniform). Inside the mask: share of the positive attribution on the object. Deletion "
+        "AUC (lower is better) compares explanations of one model only: the B-cos models' "
+        "probabilities are sigmoids (BCE training), the standard model's a softmax. Post-hoc "
+        "methods explain the standard model; ms / image is measured after a warm-up call.",
+    ]
     lines += ["", "Targets:", ""]
     lines += [
         f"- {name.replace('_', ' ')}: {'met' if met else 'NOT met'}"

@@ -23,7 +23,7 @@ from bcosify.train.losses import classification_loss
 
 SECTION = "bench_train"
 MODELS = {  # name -> (source, kwargs, image size)
-    "bcosify:small_cnn (demo)": ("bcosify:small_cnn", {"widths": [16, 32, 32, 64, 64, 64]}, 64),
+    "bcosify:small_cnn (demo)": ("bcosify:small_cnn", {"widths": [8, 16, 32, 64, 64, 64]}, 64),
     "torchvision:resnet18": ("torchvision:resnet18", {}, 64),
     "torchvision:resnet50": ("torchvision:resnet50", {}, 128),
 }
