@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-layers
+.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum,open-clip,transformers]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,3 +29,10 @@ test: lint
 
 bench-layers: .bench/official
 	$(BIN)/python benchmarks/bench_layers.py --official .bench/official --write docs/benchmarks.md
+
+# Each benchmark rewrites its own section of docs/benchmarks.md; run them one at a time, on an
+# otherwise idle machine.
+bench-convert bench-vit bench-train bench-demo bench-clip: bench-%: $(STAMP)
+	$(BIN)/python benchmarks/bench_$*.py --write docs/benchmarks.md
+
+bench: bench-layers bench-convert bench-vit bench-train bench-demo bench-clip

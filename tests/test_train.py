@@ -260,6 +260,14 @@ def test_bad_recipes_are_clear_errors(tmp_path):
             device="cpu",
             progress=False,
         )
+    with pytest.raises(RecipeError, match=r"needs a teacher.*bcosify.train.distill"):
+        train(
+            create("torchvision:resnet18", num_classes=10),
+            small_data(16),
+            get_recipe("bcosify-clip", batch_size=8),
+            tmp_path,
+            progress=False,
+        )
 
 
 def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):

@@ -8,7 +8,7 @@ The most used names are available at the top level::
 """
 
 from . import models, nn
-from .convert import BcosModel, ConversionReport, convert, load
+from .convert import BcosCLIP, BcosModel, ConversionReport, convert, convert_clip, load, load_clip
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
 from .explain import BcosAttribution, Explanation, explain
 from .nn import explanation_mode
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BcosAttribution",
+    "BcosCLIP",
     "BcosModel",
     "BcosifyError",
     "CheckpointError",
@@ -26,9 +27,11 @@ __all__ = [
     "ExplanationError",
     "__version__",
     "convert",
+    "convert_clip",
     "explain",
     "explanation_mode",
     "load",
+    "load_clip",
     "models",
     "nn",
 ]

@@ -7,10 +7,16 @@ import math
 import sys
 from pathlib import Path
 
-from ..convert import BcosModel
+from ..convert import BcosCLIP, BcosModel
 from ..data import IMAGE_EXTENSIONS, eval_transform, read_image
 from ..errors import BcosifyError, DataError
-from ..explain import explain, explanation_figure, save_colour_explanation, save_contribution_map
+from ..explain import (
+    Explanation,
+    explain,
+    explanation_figure,
+    save_colour_explanation,
+    save_contribution_map,
+)
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -21,7 +27,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "explain",
         help="explain images with a B-cos model: colour explanations and contribution maps",
         description=(
-            "Explain each image with the B-cos model's own explanation and write, per image, "
+            "Explain each image with the B-cos model's own explanation (for a B-cos CLIP model: "
+            "of its cosine similarity with --prompt) and write, per image, "
             "<name>_colour.png (the B-cos colour explanation), <name>_contributions.png (the "
             "signed contribution map) and <name>_figure.png (both, with the image and a scale)."
         ),
@@ -29,10 +36,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="a saved B-cos model or a run folder")
     parser.add_argument("--image", required=True, type=Path, help="an image file or a folder")
     parser.add_argument("--target", type=int, help="class to explain (default: the prediction)")
+    parser.add_argument(
+        "--prompt",
+        help="B-cos CLIP models: explain the cosine similarity of each image with this text, "
+        'e.g. "a photo of a dog"',
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, help="resize and centre-crop to this size")
     parser.add_argument("--smooth", type=int, default=0, help="alpha smoothing (15 at 224 px)")
     parser.set_defaults(run=run)
+
+
+def _explained(e: Explanation, names: list[str] | None, prompt: str | None) -> str:
+    """What was explained, for the printed line: the class and logit, or the prompt."""
+    if prompt is not None:
+        return f"prompt {prompt!r}, cosine similarity {float(e.scores[0]):.3f}"
+    target = int(e.targets[0]) if e.targets is not None else -1
+    label = names[target] if names and 0 <= target < len(names) else str(target)
+    return f"class {label}, logit {float(e.scores[0]):.3f}"
 
 
 def _images(path: Path) -> list[Path]:
@@ -48,13 +69,24 @@ def _images(path: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     model = load_model_argument(str(args.model), None, None)
-    if not isinstance(model, BcosModel):
+    if not isinstance(model, (BcosModel, BcosCLIP)):
         raise BcosifyError(
             f"{args.model} is an ordinary model; B-cosify it first (bcosify convert, or bcosify "
             "train --recipe bcosify-cnn) to get explanations that are exact by construction"
         )
-    size = args.image_size or (model.config.input_size or (None,))[0]
-    names = model.config.class_names
+    is_clip = isinstance(model, BcosCLIP)
+    if is_clip != (args.prompt is not None) or (is_clip and args.target is not None):
+        raise BcosifyError(
+            "a B-cos CLIP model explains how well an image matches a text: pass --prompt "
+            '"a photo of a ..." (and no --target)'
+            if is_clip
+            else "--prompt needs a B-cos CLIP model (bcosify.convert.convert_clip); this model "
+            "classifies, so pass --target or nothing"
+        )
+    config = model.visual.config if is_clip else model.config
+    size = args.image_size or (config.input_size or (None,))[0]
+    names = config.class_names
+    target = model.encode_text([args.prompt])[0] if is_clip else args.target
     failures = 0
     for path in _images(args.image):
         try:
@@ -64,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         image = eval_transform(size)(pixels) if size else pixels.float() / 255
-        e = explain(model, image[None], target=args.target)
-        target = int(e.targets[0])
-        label = names[target] if names and target < len(names) else str(target)
+        e = explain(model, image[None], target=target)
         scale = max(1, math.ceil(224 / image.shape[-1]))
         stem = args.out / path.stem
         save_colour_explanation(
@@ -75,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         save_contribution_map(f"{stem}_contributions.png", e.contribution_map[0], upscale=scale)
         explanation_figure(e, 0, smooth=args.smooth).savefig(f"{stem}_figure.png", dpi=90)
         print(
-            f"{path.name}: class {label}, logit {float(e.scores[0]):.3f}, completeness "
-            f"residual {float(e.residual[0]):.1e} -> {stem}_*.png"
+            f"{path.name}: {_explained(e, names, args.prompt)}, completeness residual "
+            f"{float(e.residual[0]):.1e} -> {stem}_*.png"
         )
     return 1 if failures else 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..convert import load as load_bcos_model
+from ..convert import load_clip
 from ..errors import CheckpointError
 from ..models import create, load_model
 
@@ -15,7 +16,8 @@ __all__ = ["load_model_argument"]
 
 
 def load_model_argument(spec: str, weights: str | None, num_classes: int | None) -> nn.Module:
-    """A source name, a saved model folder (B-cos or ordinary) or a run folder (its ``model/``).
+    """A source name, a saved model folder (B-cos, B-cos CLIP or ordinary) or a run folder (its
+    ``model/``).
 
     Example:
         >>> load_model_argument("torchvision:resnet18", None, 3).fc.out_features
@@ -29,6 +31,8 @@ def load_model_argument(spec: str, weights: str | None, num_classes: int | None)
         kind = json.loads(config.read_text()).get("format", "")
         if kind.startswith("bcosify-model"):
             return load_bcos_model(folder)
+        if kind.startswith("bcosify-clip"):
+            return load_clip(folder)
         return load_model(folder)
     if Path(spec).exists():
         raise CheckpointError(f"{spec!r} is a folder without a bcosify config.json")

@@ -1,5 +1,6 @@
 """Conversion of pretrained models into B-cos models: a rule table plus per-family glue."""
 
+from .clip import BcosCLIP, ClipConversion, convert_clip, load_clip
 from .converter import Conversion, ConversionReport, Replacement, convert
 from .loading import load
 from .model import BcosModel, ModelConfig
@@ -7,7 +8,9 @@ from .options import ConversionOptions
 from .rules import Rule, RuleContext, UnsupportedModule, default_rules, keep
 
 __all__ = [
+    "BcosCLIP",
     "BcosModel",
+    "ClipConversion",
     "Conversion",
     "ConversionOptions",
     "ConversionReport",
@@ -17,7 +20,9 @@ __all__ = [
     "RuleContext",
     "UnsupportedModule",
     "convert",
+    "convert_clip",
     "default_rules",
     "keep",
     "load",
+    "load_clip",
 ]

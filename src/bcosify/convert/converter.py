@@ -13,11 +13,13 @@ from torch import fx, nn
 
 from ..errors import ConversionError
 from ..models.sources import source_info
+from .clip_rules import image_tower
 from .encoding import encode_first_layer
 from .families import prepare_for_tracing
 from .graph import GraphProblems, check_and_rewrite, move_classifier_before_pool, trace
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
+from .products import rewrite_parameter_products
 from .rules import Rule, RuleContext, UnsupportedModule, default_rules, keep
 from .rules import qkv_projection as qkv_projection_rule
 
@@ -111,6 +113,13 @@ def convert(
     embedding and class, distillation and register tokens stay, reported by name as constant
     terms of every explanation (``report.constants``).
 
+    CLIP models (open_clip ``CLIP``, transformers ``CLIPModel``) and their image towers (open_clip
+    ``ModifiedResNet`` with its attention pooling and ``VisionTransformer``, transformers
+    ``CLIPVisionModel``) convert to their image tower, which outputs image embeddings and gets
+    no logit bias under ``"auto"``; :func:`bcosify.convert.convert_clip` keeps the text tower
+    beside it. A matrix product of the signal with a parameter (open_clip's ``x @ proj``)
+    becomes a linear layer and then a B-cos layer.
+
     Args:
         model: the pretrained model, in any state; models from :func:`bcosify.models.create`
             know their ``input_mean``/``input_std``, others must be given them.
@@ -156,8 +165,13 @@ def convert(
     report = ConversionReport(type(model).__name__)
 
     original = copy.deepcopy(model).eval()
+    tower = image_tower(original)
+    if tower is not None:  # a CLIP model or image tower: it outputs embeddings, not logits
+        original, note = tower
+        report.notes.append(note)
     report.notes += prepare_for_tracing(original)
     gm = trace(original, table)
+    report.notes += rewrite_parameter_products(gm)
     num_classes = _num_classes(gm)
     if options.classifier_before_pool:
         report.notes.append(move_classifier_before_pool(gm, _rule_applier(table, options)))
@@ -195,8 +209,10 @@ def convert(
         )
     gm.graph.lint()
     gm.recompile()
+    report.constants += _reported_constants(gm)
 
-    bias = _logit_bias(options, num_classes)
+    embedding = tower is not None and logit_bias == "auto"
+    bias = None if embedding else _logit_bias(options, num_classes)
     config = ModelConfig(
         options,
         info.name if info else None,
@@ -257,6 +273,15 @@ def _apply_rules(
         report.replaced.append(entry)
         parent, _, name = path.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, name, new)
+
+
+def _reported_constants(gm: fx.GraphModule) -> list[str]:
+    """The constants that modules made by rules report themselves (``reported_constants``)."""
+    return [
+        f"network.{path}.{name}: added to the signal in '{path}' ({type(module).__name__})"
+        for path, module in gm.named_modules()
+        for name in getattr(module, "reported_constants", ())
+    ]
 
 
 def _num_classes(gm: fx.GraphModule) -> int | None:

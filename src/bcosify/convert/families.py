@@ -3,7 +3,8 @@
 Only what the generic rules cannot see: squeeze-and-excitation blocks (``x * gate(x)``, whose
 gate is detached in explanation mode), the ``LayerNorm2d`` variants, stochastic depth, timm's
 fused ``BatchNormAct2d`` and ``LayerNorm``, and the switch of timm attention to its fused path
-before tracing. timm entries are added only when timm is installed.
+before tracing. timm entries are added only when timm is installed. CLIP models (open_clip,
+transformers) have their glue in :mod:`bcosify.convert.clip_rules`.
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ def _timm_rules() -> dict[type[nn.Module], Rule]:
 
 
 def family_rules() -> dict[type[nn.Module], Rule]:
-    """The rule-table entries for the torchvision and (if installed) timm families."""
-    return {**_torchvision_rules(), **_timm_rules()}
+    """The rule-table entries for the torchvision and (if installed) timm, open_clip and
+    transformers CLIP families (see :mod:`bcosify.convert.clip_rules`)."""
+    from .clip_rules import clip_rules
+
+    return {**_torchvision_rules(), **_timm_rules(), **clip_rules()}
 
 
 def prepare_for_tracing(model: nn.Module) -> list[str]:

@@ -39,8 +39,9 @@ class ConversionOptions:
             (without bias unless ``keep_bias``): queries and keys are constants of the
             explanation anyway, and the values then enter linearly. ``"bcos"`` makes them B-cos
             layers like every other linear layer.
-        logit_bias: ``"auto"`` adds ``-log(C - 1)`` to every logit unless ``keep_bias``; a number
-            adds that constant; None adds nothing.
+        logit_bias: ``"auto"`` adds ``-log(C - 1)`` to every logit unless ``keep_bias`` or the
+            model is a CLIP image tower (its outputs are embeddings); a number adds that
+            constant; None adds nothing.
 
     Example:
         >>> ConversionOptions(input_mean=(0.5, 0.5, 0.5), input_std=(0.25, 0.25, 0.25)).b

@@ -14,6 +14,7 @@ from .folder import (
     train_transform,
 )
 from .synthetic import SHAPES, SPLITS, SyntheticShapes, write_image_folder
+from .unlabelled import UnlabelledImages
 
 __all__ = [
     "DEFAULT_SYNTHETIC_SIZES",
@@ -22,6 +23,7 @@ __all__ = [
     "SPLITS",
     "ImageFolderDataset",
     "SyntheticShapes",
+    "UnlabelledImages",
     "build_dataset",
     "eval_transform",
     "mask_folder_for",

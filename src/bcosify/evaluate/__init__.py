@@ -1,4 +1,5 @@
-"""Evaluation: accuracy, and how well explanations localise and how faithful they are.
+"""Evaluation: accuracy (zero-shot for CLIP), and how well explanations localise and how
+faithful they are.
 
 Explainers (:func:`build_explainer`) put the model's own B-cos explanation and post-hoc baselines
 behind one interface; the metrics take any of them. Nothing else in bcosify imports this
@@ -16,13 +17,23 @@ from .metrics import (
     mask_localisation,
     pointing_game_scores,
 )
+from .zero_shot import (
+    DEFAULT_TEMPLATES,
+    ZeroShotResult,
+    class_embeddings,
+    zero_shot_accuracy,
+    zero_shot_evaluation,
+)
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
     "EXPLAINER_NAMES",
     "Explainer",
     "PointingGameResult",
+    "ZeroShotResult",
     "accuracy",
     "build_explainer",
+    "class_embeddings",
     "deletion_auc",
     "deletion_curves",
     "gradcam_layer",
@@ -30,4 +41,6 @@ __all__ = [
     "make_grids",
     "mask_localisation",
     "pointing_game_scores",
+    "zero_shot_accuracy",
+    "zero_shot_evaluation",
 ]

@@ -1,6 +1,7 @@
 """Explanations of B-cos models: batched, exact, and pictures of them."""
 
 from .core import BcosAttribution, Explanation, Target, explain
+from .targets import cosine_similarity_target
 from .visualize import (
     colour_explanation,
     contribution_map_image,
@@ -16,6 +17,7 @@ __all__ = [
     "Target",
     "colour_explanation",
     "contribution_map_image",
+    "cosine_similarity_target",
     "explain",
     "explanation_figure",
     "save_colour_explanation",

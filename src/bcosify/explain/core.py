@@ -17,12 +17,15 @@ from torch import Tensor, nn
 from ..errors import ExplanationError
 from ..nn.mode import explanation_mode
 from ..nn.trace import ExplanationTrace
+from .targets import cosine_similarity_target
 
 __all__ = ["BcosAttribution", "Explanation", "Target", "explain"]
 
 Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
 """What to explain: None (the predicted class), one class for every example, one class per
-example, or a callable mapping the model output to one score per example."""
+example, a floating-point embedding (the cosine similarity of the output with it, see
+:func:`~bcosify.explain.targets.cosine_similarity_target`), or a callable mapping the model output
+to one score per example."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,11 @@ def explain(model: nn.Module, inputs: Tensor, target: Target = None) -> Explanat
         model: a B-cos model (every module dynamic linear in explanation mode).
         inputs: a batch, ``(N, C, H, W)`` for images.
         target: None for the predicted class; an int for the same class for every example; a
-            list or 1-D tensor with one class per example; or a callable mapping the model output
-            to one score per example, shape ``(N,)``.
+            list or 1-D integer tensor with one class per example; a floating-point embedding
+            ``(D,)`` or ``(N, D)``, such as a CLIP text embedding, to explain the cosine
+            similarity of the output embedding with it (the output's norm detached, so the
+            explanation is exact); or a callable mapping the model output to one score per
+            example, shape ``(N,)``.
 
     Example:
         >>> import torch
@@ -163,6 +169,8 @@ class BcosAttribution:
 
 def _select(logits: Tensor, target: Target, batch_size: int) -> tuple[Tensor, Tensor | None]:
     """The explained score per example, and the class indices when target is not a callable."""
+    if isinstance(target, Tensor) and target.is_floating_point():
+        target = cosine_similarity_target(target)
     if callable(target) and not isinstance(target, Tensor):
         scores = target(logits)
         if not isinstance(scores, Tensor) or scores.shape != (batch_size,):

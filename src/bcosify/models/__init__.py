@@ -1,5 +1,7 @@
-"""Model sources: build torchvision and timm models by name, with weights from enums or files."""
+"""Model sources: build torchvision, timm and CLIP models by name, with weights from enums or
+files; CLIP models from any library behind one interface (:mod:`bcosify.models.clip`)."""
 
+from .clip import ClipModel, HFCLIPImageTower, as_clip
 from .saving import load_model, save_model
 from .sources import (
     IMAGENET_MEAN,
@@ -14,7 +16,10 @@ from .sources import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ClipModel",
+    "HFCLIPImageTower",
     "SourceInfo",
+    "as_clip",
     "create",
     "load_model",
     "load_state_dict_strictly",

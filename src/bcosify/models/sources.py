@@ -1,4 +1,5 @@
-"""Where pretrained models come from: ``"torchvision:<arch>"``, ``"timm:<arch>"``, local files.
+"""Where pretrained models come from: ``"torchvision:<arch>"``, ``"timm:<arch>"``, CLIP models
+(``"open_clip:<arch>"``, ``"hf:<folder>"``), local files.
 
 Weights download only when the user names downloadable weights (a torchvision weight enum or
 name, or ``weights="hub"`` for timm). A local file is read without executing code: safetensors,
@@ -64,8 +65,11 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
 
     Args:
         name: ``"torchvision:<arch>"`` (any ``torchvision.models`` classifier),
-            ``"timm:<arch>"`` (when timm is installed) or ``"bcosify:<arch>"`` (the small
-            built-in architectures of :mod:`bcosify.models.architectures`).
+            ``"timm:<arch>"`` (when timm is installed), ``"bcosify:<arch>"`` (the small
+            built-in architectures of :mod:`bcosify.models.architectures`), ``"open_clip:<arch>"``
+            (an open_clip CLIP; ``pretrained=`` is accepted for ``weights``) or
+            ``"hf:<folder>"`` (a transformers CLIP model saved in a local folder), see
+            :mod:`bcosify.models.clip`.
         weights: None for random weights; a local file (``.safetensors``, or a state dict
             ``.pt``/``.pth``/``.bin`` loaded with ``weights_only=True``); for torchvision a weight
             enum member or its name (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
@@ -85,8 +89,9 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
     library, sep, arch = name.partition(":")
     if not sep or not arch or library not in _LIBRARIES:
         raise ModelSourceError(
-            f"unknown model source {name!r}: use 'torchvision:<arch>', 'timm:<arch>' or "
-            "'bcosify:<arch>', e.g. 'torchvision:resnet50'"
+            f"unknown model source {name!r}: use 'torchvision:<arch>', 'timm:<arch>', "
+            "'bcosify:<arch>', 'open_clip:<arch>' or 'hf:<local folder>', e.g. "
+            "'torchvision:resnet50'"
         )
     model, info = _LIBRARIES[library](arch, weights, kwargs)
     model.bcosify_source = info  # type: ignore[assignment]
@@ -197,10 +202,24 @@ def _builtin(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module
     return model, SourceInfo(name, _json_kwargs(kwargs, name))
 
 
+def _open_clip(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
+    from .clip import open_clip_source
+
+    return open_clip_source(arch, weights, kwargs)
+
+
+def _hf(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
+    from .clip import hf_source
+
+    return hf_source(path, weights, kwargs)
+
+
 _LIBRARIES: dict[str, Callable[[str, Any, dict[str, Any]], tuple[nn.Module, SourceInfo]]] = {
     "torchvision": _torchvision,
     "timm": _timm,
     "bcosify": _builtin,
+    "open_clip": _open_clip,
+    "hf": _hf,
 }
 
 

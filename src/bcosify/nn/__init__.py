@@ -4,13 +4,22 @@ Every module here computes the same function as its ordinary counterpart (up to 
 B-cos changes) and becomes dynamic linear, ``y = W(x) x``, inside :func:`explanation_mode`.
 """
 
-from .activation import BcosGELU, BcosHardswish, BcosMish, BcosReLU6, BcosSiLU, GatedActivation
+from .activation import (
+    BcosGELU,
+    BcosHardswish,
+    BcosMish,
+    BcosQuickGELU,
+    BcosReLU6,
+    BcosSiLU,
+    GatedActivation,
+)
 from .attention import (
     BcosMultiheadAttention,
     BcosWindowAttention,
     DynamicAttention,
     dynamic_attention,
 )
+from .attention_pool import BcosAttentionPool2d
 from .bcos import BcosConv2d, BcosLinear
 from .constants import ConstantTerms
 from .encoding import InputEncoding, InputNormalization
@@ -22,6 +31,7 @@ from .pooled_norm import PooledLayerNorm
 from .trace import ExplanationTrace, traced_constant, traced_input
 
 __all__ = [
+    "BcosAttentionPool2d",
     "BcosBatchNorm2d",
     "BcosConv2d",
     "BcosGELU",
@@ -32,6 +42,7 @@ __all__ = [
     "BcosLinear",
     "BcosMish",
     "BcosMultiheadAttention",
+    "BcosQuickGELU",
     "BcosReLU6",
     "BcosSiLU",
     "BcosWindowAttention",

@@ -15,7 +15,18 @@ from torch import Tensor, nn
 
 from .mode import ExplanationAware
 
-__all__ = ["BcosGELU", "BcosHardswish", "BcosMish", "BcosReLU6", "BcosSiLU", "GatedActivation"]
+__all__ = [
+    "BcosGELU",
+    "BcosHardswish",
+    "BcosMish",
+    "BcosQuickGELU",
+    "BcosReLU6",
+    "BcosSiLU",
+    "GatedActivation",
+]
+
+# QuickGELU is defined with this slope: x * sigmoid(1.702 x) approximates GELU (Hendrycks & Gimpel)
+QUICK_GELU_SLOPE = 1.702
 
 
 class GatedActivation(ExplanationAware, nn.Module):
@@ -144,3 +155,20 @@ class BcosReLU6(GatedActivation):
 
     def activation(self, x: Tensor) -> Tensor:
         return F.relu6(x)
+
+
+class BcosQuickGELU(GatedActivation):
+    """QuickGELU, ``x * sigmoid(1.702 x)``: the activation of OpenAI's CLIP models.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(5)
+        >>> torch.allclose(BcosQuickGELU()(x), x * torch.sigmoid(1.702 * x))
+        True
+    """
+
+    def gate(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(QUICK_GELU_SLOPE * x)
+
+    def activation(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)

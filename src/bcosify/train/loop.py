@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -41,16 +41,36 @@ from .optim import (
     set_b_,
 )
 from .prepare import prepare_model, trained_network
-from .recipes import Recipe, RecipeError
+from .recipes import DISTILLATION_LOSSES, Recipe, RecipeError
 from .validation import validate
 
-__all__ = ["METRICS_FILE", "MODEL_DIR", "TrainResult", "train"]
+__all__ = ["METRICS_FILE", "MODEL_DIR", "Objective", "TrainResult", "train"]
 
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
 RECIPE_FILE = "recipe.json"
 # fields that may change between an interrupted run and its resumption
 _RESUMABLE_CHANGES = {"num_workers", "checkpoint_every"}
+
+
+class Objective(Protocol):
+    """A training loss other than the recipe's classification loss (e.g. distillation).
+
+    ``objective(outputs, images, labels)`` is the loss of a batch, from the model's outputs and
+    the batch itself; ``objective.validate(model, data, batch_size=..., dist=...)`` returns the
+    validation metrics (keys starting with ``val_``). An objective that is an ``nn.Module`` (one
+    holding a teacher, say) is moved to the training device.
+    """
+
+    def __call__(
+        self, outputs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of a batch: a scalar tensor."""
+
+    def validate(
+        self, model: nn.Module, data: Dataset, *, batch_size: int, dist: Distributed
+    ) -> dict[str, Any]:
+        """Validation metrics of ``model`` on ``data``, reduced over the processes."""
 
 
 @dataclass
@@ -86,6 +106,7 @@ def train(
     log_every: int = 10,
     progress: bool = True,
     tensorboard: bool = False,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` with ``recipe``; resumable, and DDP under ``torchrun``.
 
@@ -100,6 +121,9 @@ def train(
             :class:`bcosify.BcosModel`.
         train_data, val_data: datasets of ``(image, label[, ...])`` with images in ``[0, 1]``.
         max_steps: stop (with a checkpoint) after this many steps in all.
+        objective: the loss to train with instead of the recipe's classification loss (see
+            :class:`Objective`; :mod:`bcosify.train.distill` distils a CLIP image tower with
+            it). Accuracy is then neither computed nor logged.
 
     Example:
         >>> import tempfile, torch
@@ -112,6 +136,11 @@ def train(
         >>> result.step, result.finished
         (2, True)
     """
+    if objective is None and recipe.loss in DISTILLATION_LOSSES:
+        raise RecipeError(
+            f"recipe {recipe.name!r} distils with the {recipe.loss!r} loss, which needs a teacher: "
+            "run it with bcosify.train.distill(clip_model, data, out_dir, recipe=recipe)"
+        )
     dist = setup_distributed(device)
     out = Path(out_dir)
     if recipe.batch_size % (dist.world * recipe.grad_accumulation) != 0:
@@ -132,6 +161,8 @@ def train(
 
     torch.manual_seed(mix_seed(recipe.seed, -1, dist.rank))
     prepared = prepare_model(model, recipe).to(dist.device)
+    if isinstance(objective, nn.Module):
+        objective.to(dist.device)
     is_bcos = isinstance(prepared, BcosModel)
     optimizer = build_optimizer(recipe, prepared.parameters())
     ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
@@ -192,7 +223,7 @@ def train(
                 b = b_at(recipe, step)
                 if is_bcos:
                     set_b_(prepared, b)
-                loss, correct = _step(trained, optimizer, images, labels, recipe, scaler)
+                loss, correct = _step(trained, optimizer, images, labels, recipe, scaler, objective)
                 if ema:
                     ema.update(prepared)
                 step += 1
@@ -206,7 +237,7 @@ def train(
                             "epoch": epoch,
                             "loss": loss_sum / count,
                             "lr": lr,
-                            "accuracy": correct_sum / count,
+                            "accuracy": None if objective else correct_sum / count,
                             "b": b if is_bcos else None,
                             "time": time.perf_counter() - started,
                         }
@@ -220,14 +251,11 @@ def train(
                 stop = stop_requested.is_set() or step >= stop_after
                 if step % recipe.checkpoint_every == 0 or step % steps_per_epoch == 0 or stop:
                     if step % steps_per_epoch == 0 and val_data is not None:
-                        metrics = _evaluate(prepared, ema, val_data, per_process, dist)
+                        metrics = _evaluate(prepared, ema, val_data, per_process, dist, objective)
                         metrics.update(epoch=epoch + 1, step=step)
                         history.append(metrics)
                         log.write(metrics)
-                        bar.write(
-                            f"epoch {epoch + 1}: val accuracy {metrics['val_top1']:.2%}, "
-                            f"val loss {metrics['val_loss']:.4f}"
-                        )
+                        bar.write(f"epoch {epoch + 1}: {_summary(metrics)}")
                     checkpoint()
                 if stop:
                     break
@@ -251,8 +279,10 @@ def _step(
     labels: torch.Tensor,
     recipe: Recipe,
     scaler: torch.amp.GradScaler | None,
+    objective: Objective | None = None,
 ) -> tuple[float, int]:
-    """One optimizer step over ``grad_accumulation`` micro-batches; returns (loss, correct)."""
+    """One optimizer step over ``grad_accumulation`` micro-batches; returns (loss, correct)
+    (correct is 0 under an objective)."""
     model.train()
     total_loss, correct = 0.0, 0
     chunks = list(
@@ -269,11 +299,15 @@ def _step(
         )
         with sync, _autocast(recipe, images.device):
             logits = model(x)
-            loss = classification_loss(recipe.loss, logits.float(), y)
+            if objective is None:
+                loss = classification_loss(recipe.loss, logits.float(), y)
+            else:
+                loss = objective(logits.float(), x, y)
             scaled = loss * len(y) / len(labels)
             (scaler.scale(scaled) if scaler else scaled).backward()
         total_loss += float(loss.detach()) * len(y) / len(labels)
-        correct += int((logits.detach().argmax(1) == y).sum())
+        if objective is None:
+            correct += int((logits.detach().argmax(1) == y).sum())
     if scaler:
         scaler.unscale_(optimizer)
     if recipe.agc_clip is not None:
@@ -301,15 +335,25 @@ def _evaluate(
     data: Dataset,
     batch_size: int,
     dist: Distributed,
+    objective: Objective | None = None,
 ) -> dict[str, Any]:
+    check = validate if objective is None else objective.validate
     if ema is None:
-        return validate(model, data, batch_size=batch_size, dist=dist)
+        return check(model, data, batch_size=batch_size, dist=dist)
     raw = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(ema.state)
     try:
-        return validate(model, data, batch_size=batch_size, dist=dist)
+        return check(model, data, batch_size=batch_size, dist=dist)
     finally:
         model.load_state_dict(raw)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    """``val accuracy 91.20%, val loss 0.2345`` (classification), else every ``val_`` metric."""
+    if "val_top1" in metrics:
+        return f"val accuracy {metrics['val_top1']:.2%}, val loss {metrics['val_loss']:.4f}"
+    values = [(k, v) for k, v in metrics.items() if k.startswith("val_")]
+    return ", ".join(f"{k.removeprefix('val_').replace('_', ' ')} {v:.4f}" for k, v in values)
 
 
 def _resume(

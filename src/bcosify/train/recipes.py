@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from ..errors import BcosifyError
 
-__all__ = ["RECIPES", "Recipe", "RecipeError", "get_recipe"]
+__all__ = ["DISTILLATION_LOSSES", "RECIPES", "Recipe", "RecipeError", "get_recipe"]
+
+# losses of a student's embeddings against a frozen teacher's, run by bcosify.train.distill
+DISTILLATION_LOSSES = ("cosine", "siglip")
 
 
 class RecipeError(BcosifyError, ValueError):
@@ -24,7 +27,9 @@ class Recipe:
             converted to B-cos first, keeping its weights) or ``"bcos-scratch"`` (converted,
             then re-initialised: a B-cos model from random weights).
         loss: ``"ce"`` (cross-entropy) or ``"bce"`` (binary cross-entropy on one-hot targets
-            whose off-labels are raised to ``1 / C``, the B-cos recipe).
+            whose off-labels are raised to ``1 / C``, the B-cos recipe); for distilling a
+            CLIP image tower from its original (:func:`bcosify.train.distill`), ``"cosine"``
+            or ``"siglip"`` on the L2-normalised image embeddings.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"`` (momentum 0.9).
         lr, weight_decay: learning rate and weight decay.
         epochs, batch_size: the budget; ``batch_size`` is the global batch over all processes.
@@ -51,7 +56,7 @@ class Recipe:
 
     name: str
     model: Literal["original", "bcosify", "bcos-scratch"] = "original"
-    loss: Literal["ce", "bce"] = "ce"
+    loss: Literal["ce", "bce", "cosine", "siglip"] = "ce"
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -75,7 +80,7 @@ class Recipe:
     def __post_init__(self) -> None:
         choices = {
             "model": ("original", "bcosify", "bcos-scratch"),
-            "loss": ("ce", "bce"),
+            "loss": ("ce", "bce", *DISTILLATION_LOSSES),
             "optimizer": ("adamw", "adam", "sgd"),
             "schedule": ("cosine", "constant"),
             "precision": ("fp32", "bf16", "fp16"),
@@ -169,6 +174,19 @@ RECIPES: dict[str, Recipe] = {
         batch_size=256,
         agc_clip=0.01,
         activations="identity",
+        image_size=224,
+    ),
+    # distilling a B-cosified CLIP image tower from the frozen original (RECIPE 8); RECIPE 8
+    # gives no hyper-parameters, so these are the CNN recipe's
+    "bcosify-clip": Recipe(
+        "bcosify-clip",
+        model="bcosify",
+        loss="cosine",
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.0,
+        epochs=30,
+        batch_size=256,
         image_size=224,
     ),
 }

@@ -1,0 +1,212 @@
+"""Per-family glue for CLIP models: rule-table entries and the image tower to convert.
+
+- Rule-table entries for open_clip (``AttentionPool2d`` of its ResNets, its ``LayerNorm``
+  subclasses, ``QuickGELU``) and transformers (``CLIPAttention``, its activation modules).
+- :func:`image_tower`: a whole CLIP model is converted through its image tower, and a Hugging
+  Face vision model through :class:`~bcosify.models.clip.HFCLIPImageTower`, which torch.fx
+  can trace. A tower outputs embeddings, not logits: it gets no logit bias.
+
+Entries are added only for the libraries that are installed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..models.clip import HFCLIPImageTower
+from ..nn import BcosAttentionPool2d, BcosGELU, BcosMultiheadAttention, BcosQuickGELU
+from .rules import Rule, RuleContext, UnsupportedModule, activation, keep, layernorm
+from .rules import qkv_projection as qkv_projection_rule
+
+__all__ = ["HFSelfAttention", "attention_pool", "clip_rules", "hf_attention", "image_tower"]
+
+
+def attention_pool(module: nn.Module, context: RuleContext) -> nn.Module:
+    """open_clip's ``AttentionPool2d`` -> :class:`~bcosify.nn.BcosAttentionPool2d`.
+
+    The query, key and value layers follow the ``qkv_projection`` option, ``c_proj`` the table.
+
+    Example:
+        >>> from open_clip.modified_resnet import AttentionPool2d
+        >>> from bcosify.convert import ConversionOptions
+        >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "attnpool", lambda m, n: m)
+        >>> type(attention_pool(AttentionPool2d(2, 16, 2, 8), context)).__name__
+        'BcosAttentionPool2d'
+    """
+    projections = [
+        qkv_projection_rule(getattr(module, name), context)
+        for name in ("q_proj", "k_proj", "v_proj")
+    ]
+    return BcosAttentionPool2d(
+        *projections,
+        context.convert_child(module.c_proj, "c_proj"),
+        module.positional_embedding,
+        module.num_heads,
+    )
+
+
+class HFSelfAttention(nn.Module):
+    """A transformers ``CLIPAttention`` as a :class:`~bcosify.nn.BcosMultiheadAttention`.
+
+    Keeps the library's calling convention (``hidden_states``, ``attention_mask``; returns
+    ``(output, None)``), so the encoder layer around it is traced unchanged.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> inner = BcosMultiheadAttention(*(nn.Linear(8, 8) for _ in range(4)), num_heads=2,
+        ...                                batch_first=True)
+        >>> out, weights = HFSelfAttention(inner)(torch.randn(2, 5, 8))
+        >>> out.shape, weights
+        (torch.Size([2, 5, 8]), None)
+    """
+
+    def __init__(self, attention: BcosMultiheadAttention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(
+        self, hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
+    ) -> tuple[Tensor, None]:
+        out, _ = self.attention(
+            hidden_states,
+            hidden_states,
+            hidden_states,
+            attn_mask=attention_mask,
+            need_weights=False,
+        )
+        return out, None
+
+
+def hf_attention(module: nn.Module, context: RuleContext) -> nn.Module:
+    """transformers' ``CLIPAttention`` -> :class:`HFSelfAttention` (queries and keys detached
+    when explaining; projections as the ``qkv_projection`` option says).
+
+    Example:
+        >>> from transformers import CLIPVisionConfig
+        >>> from transformers.models.clip.modeling_clip import CLIPAttention
+        >>> from bcosify.convert import ConversionOptions
+        >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "attn", lambda m, n: m)
+        >>> config = CLIPVisionConfig(hidden_size=16, num_attention_heads=2)
+        >>> type(hf_attention(CLIPAttention(config), context)).__name__
+        'HFSelfAttention'
+    """
+    if not math.isclose(module.scale, module.head_dim**-0.5):
+        raise UnsupportedModule(
+            f"scales attention scores by {module.scale}, not head_dim ** -0.5; give it a rule"
+        )
+    attention = BcosMultiheadAttention(
+        *(qkv_projection_rule(getattr(module, n), context) for n in ("q_proj", "k_proj", "v_proj")),
+        context.convert_child(module.out_proj, "out_proj"),
+        module.num_heads,
+        dropout=module.dropout,
+        batch_first=True,
+    )
+    return HFSelfAttention(attention)
+
+
+def _open_clip_rules() -> dict[type[nn.Module], Rule]:
+    try:
+        from open_clip.modified_resnet import AttentionPool2d
+        from open_clip.transformer import LayerNorm, LayerNormFp32, QuickGELU
+    except ImportError:
+        return {}
+    return {
+        AttentionPool2d: attention_pool,
+        # both only cast around F.layer_norm (for fp16 training): the norm is nn.LayerNorm's
+        LayerNorm: layernorm,
+        LayerNormFp32: layernorm,
+        QuickGELU: activation(lambda m: BcosQuickGELU()),
+    }
+
+
+def _transformers_rules() -> dict[type[nn.Module], Rule]:
+    try:
+        from transformers.activations import (
+            GELUActivation,
+            GELUTanh,
+            NewGELUActivation,
+            QuickGELUActivation,
+        )
+        from transformers.models.clip.modeling_clip import CLIPAttention
+    except ImportError:
+        return {}
+    return {
+        CLIPAttention: hf_attention,
+        QuickGELUActivation: activation(lambda m: BcosQuickGELU()),
+        GELUActivation: activation(lambda m: BcosGELU()),
+        # the tanh approximation, in C (GELUTanh) or written out (NewGELUActivation)
+        GELUTanh: activation(lambda m: BcosGELU("tanh")),
+        NewGELUActivation: activation(lambda m: BcosGELU("tanh")),
+    }
+
+
+def clip_rules() -> dict[type[nn.Module], Rule]:
+    """Rule-table entries for open_clip and transformers CLIP modules (those installed).
+
+    Example:
+        >>> from open_clip.transformer import QuickGELU
+        >>> QuickGELU in clip_rules()
+        True
+    """
+    rules: dict[type[nn.Module], Rule] = {
+        BcosAttentionPool2d: keep,
+        HFSelfAttention: keep,
+        BcosQuickGELU: keep,
+    }
+    return {**rules, **_open_clip_rules(), **_transformers_rules()}
+
+
+def _tower_table() -> dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module]]]:
+    """Model type -> (what is converted, the module that computes it)."""
+    table: dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module]]] = {
+        HFCLIPImageTower: ("the image tower", lambda m: m),
+    }
+    try:
+        from open_clip.model import CLIP, CustomTextCLIP
+        from open_clip.modified_resnet import ModifiedResNet
+        from open_clip.transformer import VisionTransformer
+
+        table[CLIP] = table[CustomTextCLIP] = ("its image tower 'visual'", lambda m: m.visual)
+        table[ModifiedResNet] = table[VisionTransformer] = ("the image tower", lambda m: m)
+    except ImportError:
+        pass
+    try:
+        from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
+
+        projected = "its image tower (vision_model, then visual_projection)"
+        table[CLIPModel] = table[CLIPVisionModelWithProjection] = (
+            projected,
+            lambda m: HFCLIPImageTower(m.vision_model, m.visual_projection),
+        )
+        table[CLIPVisionModel] = ("pooler_output of the vision model", HFCLIPImageTower)
+    except ImportError:
+        pass
+    return table
+
+
+def image_tower(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The module to convert for a CLIP model or image tower, and a note; None for others.
+
+    Example:
+        >>> import open_clip
+        >>> vision = {"layers": 1, "width": 16, "head_width": 8, "patch_size": 8, "image_size": 16}
+        >>> text = {"layers": 1, "width": 16, "heads": 2, "context_length": 8}
+        >>> clip = open_clip.CLIP(8, vision, text)
+        >>> tower, note = image_tower(clip)
+        >>> tower is clip.visual
+        True
+    """
+    entry = _tower_table().get(type(model))
+    if entry is None:
+        return None
+    what, build = entry
+    tower = build(model)
+    return tower, (
+        f"{type(model).__name__}: converted {what} ({type(tower).__name__}), a CLIP image "
+        "tower, whose output is the image embedding (no logit bias)"
+    )

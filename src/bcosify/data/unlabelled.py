@@ -1,0 +1,55 @@
+"""Any folder of images, without labels: the data of a distillation (RECIPE 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .folder import IMAGE_EXTENSIONS, _images_in, eval_transform, read_image, train_transform
+
+__all__ = ["UnlabelledImages"]
+
+
+class UnlabelledImages(Dataset):
+    """Every image under a folder (subfolders included, in sorted order), with label 0.
+
+    Distilling an image tower needs images only: class folders, captions and labels are not
+    used, so any folder of images will do (ImageNet's train folder, a CC3M dump, photos).
+    Items are ``(image, 0)`` with ``image`` float ``(3, size, size)`` in ``[0, 1]``: the standard
+    training transform (random resized crop and flip) with ``train=True``, else resize and
+    centre crop.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "a").mkdir()
+        >>> Image.new("RGB", (40, 30)).save(root / "a" / "x.png")
+        >>> Image.new("RGB", (20, 20)).save(root / "y.jpg")
+        >>> data = UnlabelledImages(root, image_size=16)
+        >>> len(data), data[0][0].shape, data[0][1]
+        (2, torch.Size([3, 16, 16]), 0)
+    """
+
+    def __init__(self, root: str | Path, image_size: int = 224, *, train: bool = True) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root} is not a folder; pass a folder of images")
+        self.files, _ = _images_in(self.root)
+        if not self.files:
+            raise DataError(
+                f"{self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), in any subfolder"
+            )
+        self.transform = (train_transform if train else eval_transform)(image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(read_image(self.files[index])), 0
+
+    def __repr__(self) -> str:
+        return f"UnlabelledImages({str(self.root)!r}, {len(self)} images)"
