@@ -65,6 +65,53 @@ def test_batchnorm_explanation_mode_detaches_batch_variance():
     torch.testing.assert_close(grad, weights / (var + 1e-5).sqrt().view(1, -1, 1, 1))
 
 
+def _uncentered_reference(x, weight, explaining):
+    """The training-mode formula, by autograd: ``x * weight / sqrt(var + eps)``."""
+    var = x.var(dim=(0, 2, 3), unbiased=False)
+    inv_std = (var + 1e-5).rsqrt()
+    if explaining:
+        inv_std = inv_std.detach()
+    return x * (inv_std * weight).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("explaining", [False, True])
+def test_batchnorm_training_gradients_match_autograd_through_the_formula(explaining):
+    torch.manual_seed(0)
+    bn = BcosBatchNorm2d(5).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+    x = (torch.randn(3, 5, 4, 6, dtype=torch.float64) * 2 + 0.7).requires_grad_()
+    grad = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    with explanation_mode(bn, enabled=explaining):
+        out = bn(x)
+        dx, dw = torch.autograd.grad(out, (x, bn.weight), grad)
+    weight = bn.weight.detach().clone().requires_grad_()
+    ref = _uncentered_reference(x, weight, explaining)
+    ref_dx, ref_dw = torch.autograd.grad(ref, (x, weight), grad)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(dx, ref_dx)
+    torch.testing.assert_close(dw, ref_dw)
+
+
+def test_batchnorm_training_passes_gradcheck_gradgradcheck_and_vmap():
+    bn = BcosBatchNorm2d(3).double()
+    x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True) + 0.5
+
+    def f(x, w):
+        return torch.func.functional_call(bn, {"weight": w}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, w))
+    assert torch.autograd.gradgradcheck(f, (x, w))
+    jacobian = torch.autograd.functional.jacobian(lambda x: f(x, w), x)
+    vectorized = torch.autograd.functional.jacobian(lambda x: f(x, w), x, vectorize=True)
+    torch.testing.assert_close(vectorized, jacobian)
+    # torch.func transforms refuse in-place updates of running statistics (as for nn.BatchNorm2d)
+    stateless = BcosBatchNorm2d(3, track_running_stats=False).double()
+    jacrev = torch.func.jacrev(lambda x: torch.func.functional_call(stateless, {"weight": w}, x))
+    torch.testing.assert_close(jacrev(x), jacobian)
+
+
 @pytest.mark.parametrize(
     ("ours", "reference", "shape"),
     [

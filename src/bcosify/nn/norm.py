@@ -64,6 +64,80 @@ class _AffineNorm(ExplanationAware, nn.Module):
         return centred / self.detach_if_explaining(std)
 
 
+class _UncenteredBatchNorm(torch.autograd.Function):
+    """``y = x * weight / sqrt(var + eps)`` with the batch variance: training-mode batch norm.
+
+    Autograd through ``var`` and the products keeps several input-sized tensors and runs many
+    elementwise passes, and ``Tensor.var`` over ``(N, H, W)`` is slow on CPU (measured 21 ms
+    against 3 ms for a sum of squares of 8 x 256 x 56 x 56). This function saves only ``x`` and
+    two per-channel vectors; with ``r = 1 / sqrt(var + eps)`` and ``s = sum(dy * x)`` per channel
+    over the ``M = N H W`` positions:
+
+    - ``dx = weight r dy - weight r^3 s (x - mean) / M`` (the second term vanishes when the
+      variance is detached, in explanation mode);
+    - ``dweight = r s``.
+
+    Returns ``y`` and the biased batch variance (for the running statistics, not differentiable).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: Tensor, weight: Tensor | None, eps: float, detach_var: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        mean = x.mean(dim=(0, 2, 3))
+        squares = x - mean.view(1, -1, 1, 1)
+        squares.mul_(squares)
+        var = squares.mean(dim=(0, 2, 3))
+        inv_std = (var + eps).rsqrt()
+        scale = inv_std if weight is None else inv_std * weight
+        # mean and inv_std are returned only to be saved for backward (see setup_context)
+        return x * scale.view(1, -1, 1, 1), var, mean, inv_std
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, weight, eps, detach_var = inputs
+        _, var, mean, inv_std = output
+        ctx.mark_non_differentiable(var, mean, inv_std)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.detach_var = detach_var
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dy: Tensor | None, *_: Any
+    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+        if dy is None:
+            return None, None, None, None
+        x, weight, mean, inv_std = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # the backward is differentiated: the statistics must depend on x in the graph
+            mean = x.mean(dim=(0, 2, 3))
+            var = (x - mean.view(1, -1, 1, 1)).square().mean(dim=(0, 2, 3))
+            inv_std = (var + ctx.eps).rsqrt()
+            if ctx.detach_var:
+                inv_std = inv_std.detach()
+        channel = (1, -1, 1, 1)
+        a = inv_std if weight is None else inv_std * weight
+        needs_x, needs_weight = ctx.needs_input_grad[:2]
+        s = (dy * x).sum(dim=(0, 2, 3)) if needs_weight or not ctx.detach_var else None
+        dweight = s * inv_std if needs_weight and weight is not None else None
+        if not needs_x:
+            return None, dweight, None, None
+        if ctx.detach_var:
+            return dy * a.view(channel), dweight, None, None
+        assert s is not None
+        b = a * inv_std.square() * s / (x.numel() // x.shape[1])
+        if torch.is_grad_enabled():  # the backward is differentiated: no in-place passes
+            dx = dy * a.view(channel) - (x - mean.view(channel)) * b.view(channel)
+        else:
+            dx = torch.addcmul((mean * b).view(channel), dy, a.view(channel))
+            dx.addcmul_(x, b.view(channel), value=-1.0)
+        return dx, dweight, None, None
+
+
 class BcosBatchNorm2d(_AffineNorm):
     """Uncentered batch norm: ``y = weight * x / sqrt(var + eps) (+ bias)``.
 
@@ -156,6 +230,11 @@ class BcosBatchNorm2d(_AffineNorm):
         if x.ndim != 4:
             raise ValueError(f"BcosBatchNorm2d expects a 4-D input (N, C, H, W), got {x.ndim}-D")
         use_batch_stats = self.training or self.running_var is None
+        if use_batch_stats and self.bias is None:
+            y, var, _, _ = _UncenteredBatchNorm.apply(x, self.weight, self.eps, self.explaining)
+            if self.training and self.running_var is not None:
+                self._update_running_var(x, var)
+            return y
         if use_batch_stats:
             var = x.var(dim=(0, 2, 3), unbiased=False)
             if self.training and self.running_var is not None:
