@@ -310,6 +310,29 @@ def test_one_distillation_step_lowers_the_loss(tmp_path):
         distill(model, data, tmp_path / "siglip", recipe=recipe, loss="cosine", progress=False)
 
 
+def test_bcosify_train_distils_a_clip_model_from_a_folder_of_images(tmp_path, capsys):
+    from PIL import Image
+
+    model = clip_pair("resnet")
+    saved = model.save_pretrained(tmp_path / "bcos-clip")
+    for i, pixels in enumerate(images(64, n=8, seed=3)):  # nested folders, no labels needed
+        folder = tmp_path / "images" / ("a" if i % 2 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        array = (pixels.permute(1, 2, 0).numpy() * 255).astype("uint8")
+        Image.fromarray(array).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(saved), "--data", str(tmp_path / "images")]
+    argv += ["--recipe", "bcosify-clip", "--image-size", "64", "--batch-size", "4"]
+    argv += ["--epochs", "1", "--lr", "1e-3", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert "finished after 2 steps" in capsys.readouterr().out
+    assert json.loads((out / "distillation.json").read_text())["loss"] == "cosine"
+    distilled = load_clip(out / "clip")
+    x = images(64)
+    assert not torch.allclose(distilled(x), model(x))  # the tower trained
+    torch.testing.assert_close(distilled.encode_text([PROMPT]), model.encode_text([PROMPT]))
+
+
 def test_siglip_loss_is_the_pairwise_sigmoid_loss():
     student, teacher = torch.randn(3, 4), torch.randn(3, 4)
     s = torch.nn.functional.normalize(student, dim=-1)

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import build_dataset
+from ..data import UnlabelledImages, build_dataset
 from ..errors import CheckpointError
-from ..train import RecipeError, get_recipe, train
+from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, distill, get_recipe, train
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -20,9 +20,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train or B-cosify-and-fine-tune a model with a recipe",
         description=(
-            "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch). Resumes from "
-            "the checkpoint in --out if there is one. Under torchrun "
-            "(torchrun --nproc_per_node=N -m bcosify train ...) it trains with DDP."
+            "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch), or distil a "
+            "B-cosified CLIP image tower from the original (bcosify-clip: --model is a CLIP "
+            "model, --data any folder of images). Resumes from the checkpoint in --out if there "
+            "is one. Under torchrun (torchrun --nproc_per_node=N -m bcosify train ...) it trains "
+            "with DDP."
         ),
     )
     parser.add_argument(
@@ -74,6 +76,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, **_overrides(args))
+    if args.no_resume and (args.out / "checkpoint.safetensors").exists():
+        raise CheckpointError(f"{str(args.out)!r} already holds a run and --no-resume was given")
+    if recipe.loss in DISTILLATION_LOSSES:
+        return _distill(args, recipe)
     sizes = {"train": args.num_train, "val": args.num_val}
     data = {
         split: build_dataset(
@@ -83,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
     }
     classes = getattr(data["train"], "classes", None)
     model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
-    if args.no_resume and (args.out / "checkpoint.safetensors").exists():
-        raise CheckpointError(f"{str(args.out)!r} already holds a run and --no-resume was given")
     result = train(
         model,
         data["train"],
@@ -96,6 +100,45 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )
-    state = "finished" if result.finished else "stopped (resume by running the same command)"
-    print(f"{state} after {result.step} steps; run folder {args.out}/")
+    _print_result(result.finished, result.step, args.out)
     return 0
+
+
+def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
+    """A CLIP image tower distilled from the original: labels, if the data has any, unused."""
+    if args.data == "synthetic":
+        train_data, val_data = (
+            build_dataset("synthetic", split, recipe.image_size, num_examples=n, seed=recipe.seed)
+            for split, n in (("train", args.num_train), ("val", args.num_val))
+        )
+    else:
+        root = Path(args.data)
+        has_splits = (root / "train").is_dir()
+        train_data = UnlabelledImages(root / "train" if has_splits else root, recipe.image_size)
+        val_root = root / "val"
+        val_data = (
+            UnlabelledImages(val_root, recipe.image_size, train=False)
+            if has_splits and val_root.is_dir()
+            else None
+        )
+    model = load_model_argument(args.model, args.weights, None)
+    result = distill(
+        model,
+        train_data,
+        args.out,
+        recipe=recipe,
+        val_data=val_data,
+        max_steps=args.max_steps,
+        device=args.device,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    ).train
+    _print_result(result.finished, result.step, args.out)
+    if result.finished:
+        print(f"the B-cos CLIP is in {args.out}/clip/ (load it with bcosify.load_clip)")
+    return 0
+
+
+def _print_result(finished: bool, step: int, out: Path) -> None:
+    state = "finished" if finished else "stopped (resume by running the same command)"
+    print(f"{state} after {step} steps; run folder {out}/")
