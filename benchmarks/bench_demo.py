@@ -65,7 +65,8 @@ def report(metrics: dict[str, Any], preset: str, command: str, loads: tuple[str,
         "uniform). Inside the mask: share of the positive attribution on the object. Deletion "
         "AUC (lower is better) compares explanations of one model only: the B-cos models' "
         "probabilities are sigmoids (BCE training), the standard model's a softmax. Post-hoc "
-        "methods explain the standard model; ms / image is measured after a warm-up call.",
+        "methods explain the standard model; ms / image: a warm-up call, then the median of "
+        "up to 5 calls on 32 images (no more once 1 s has been spent).",
     ]
     lines += ["", "Targets:", ""]
     lines += [
