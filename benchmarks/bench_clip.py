@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import machine, write_section
+from common import command_line, machine, publish
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -383,14 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = replace(settings, **overrides)
     started = time.perf_counter()
     results = run(settings)
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/bench_clip.py", *given])
+    command = command_line("bench_clip.py", argv)
     text = report(results, settings, command)
     text += f"\n\nTotal time: {time.perf_counter() - started:.0f} s."
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, text)
-    return 0
+    return publish(text, SECTION, args.write)
 
 
 if __name__ == "__main__":

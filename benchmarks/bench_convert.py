@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
 import torch
-from common import machine, timed, write_section
+from common import command_line, machine, publish, timed
 from torch import nn
 
 import bcosify
@@ -120,12 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.models:
         rows[name] = measure(name, args.size, args.batch, args.repeats)
         print(f"{name}: {rows[name]}", flush=True)
-    command = "python benchmarks/bench_convert.py " + " ".join(argv or sys.argv[1:])
-    text = report(rows, args.size, args.batch, args.repeats, command.strip())
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, f"## Converted CNNs against the originals\n\n{text}")
-    return 0
+    text = report(rows, args.size, args.batch, args.repeats, command_line("bench_convert.py", argv))
+    return publish(f"## Converted CNNs against the originals\n\n{text}", SECTION, args.write)
 
 
 if __name__ == "__main__":

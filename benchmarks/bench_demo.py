@@ -10,14 +10,13 @@ issue's targets; and the wall-clock time of the whole run.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import load_average, machine, write_section
+from common import command_line, load_average, machine, publish
 
 from bcosify.cli.demo import PRESETS, run_demo
 
@@ -87,13 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     metrics = run_demo(PRESETS[args.preset], out, progress=False)
     print(f"demo finished in {time.perf_counter() - started:.0f} s; output in {out}")
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/bench_demo.py", *given])
+    command = command_line("bench_demo.py", argv)
     text = report(metrics, args.preset, command, (before, load_average()))
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, text)
-    return 0
+    return publish(text, SECTION, args.write)
 
 
 if __name__ == "__main__":

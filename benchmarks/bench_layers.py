@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from common import load_average, machine, timed, write_section
+from common import command_line, load_average, machine, publish, timed
 from torch import Tensor, nn
 
 from bcosify.nn import BcosConv2d
@@ -330,13 +330,9 @@ def main(argv: Sequence[str] | None = None, shapes: Sequence[LayerShape] | None 
     for shape in shapes or RESNET50_SHAPES:
         print(f"benchmarking {shape.name}: {shape.describe()}", file=sys.stderr, flush=True)
         results.extend(benchmark_shape(shape, official, repeats, warmup))
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/bench_layers.py", *given])
+    command = command_line("bench_layers.py", argv)
     text = report(results, repeats, warmup, command, (load_before, load_average()))
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, text)
-    return 0
+    return publish(text, SECTION, args.write)
 
 
 if __name__ == "__main__":

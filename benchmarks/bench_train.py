@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import sys
 from collections.abc import Sequence
 
 import torch
-from common import machine, timed, write_section
+from common import command_line, machine, publish, timed
 
 from bcosify.models import create
 from bcosify.train import get_recipe, prepare_model
@@ -72,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         medians = {name: statistics.median(values) for name, values in times.items()}
         rows.append((label, size, {n: args.batch / t for n, t in medians.items()}))
         print(label, medians, flush=True)
-    command = "python benchmarks/bench_train.py " + " ".join(argv or sys.argv[1:])
+    command = command_line("bench_train.py", argv)
     lines = [
-        f"Machine: {machine()}. Command: `{command.strip()}`.",
+        f"Machine: {machine()}. Command: `{command}`.",
         f"Batch {args.batch}, train mode, AdamW step included; medians of {args.repeats} "
         "interleaved repetitions after a warm-up.",
         "",
@@ -86,11 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {label} | {size} | {speed['standard']:.1f} | {speed['B-cosified']:.1f} "
             f"| {speed['B-cosified'] / speed['standard']:.2f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, f"## Training throughput\n\n{text}")
-    return 0
+    return publish("## Training throughput\n\n" + "\n".join(lines), SECTION, args.write)
 
 
 if __name__ == "__main__":

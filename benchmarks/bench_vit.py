@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from common import machine, timed, write_section
+from common import command_line, machine, publish, timed
 from torch import Tensor, nn
 
 import bcosify
@@ -170,13 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [
         benchmark_model(arch, args.image_size, args.batch, repeats, warmup) for arch in args.models
     ]
-    given = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/bench_vit.py", *given])
+    command = command_line("bench_vit.py", argv)
     text = report(results, args.image_size, args.batch, repeats, warmup, command)
-    print(text)
-    if args.write:
-        write_section(args.write, SECTION, text)
-    return 0
+    return publish(text, SECTION, args.write)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,23 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["HEADER", "load_average", "machine", "markers", "timed", "write_section"]
+__all__ = [
+    "HEADER",
+    "command_line",
+    "load_average",
+    "machine",
+    "markers",
+    "publish",
+    "timed",
+    "write_section",
+]
 
 HEADER = (
     "# Benchmarks\n\n"
@@ -73,3 +83,17 @@ def write_section(path: str | Path, name: str, text: str) -> None:
         current = current.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(current)
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """How ``benchmarks/<script>`` was run, for the report (``argv`` None: the real one)."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    return " ".join([".venv/bin/python", f"benchmarks/{script}", *given])
+
+
+def publish(text: str, name: str, write: str | Path | None) -> int:
+    """Print a script's report and, if ``write`` names a file, write it as section ``name``."""
+    print(text)
+    if write:
+        write_section(write, name, text)
+    return 0
