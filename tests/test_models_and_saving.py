@@ -153,3 +153,16 @@ def test_cli_convert_saves_a_loadable_model(tmp_path, capsys):
     assert bcosify.load(out)(torch.rand(1, 3, 32, 32)).shape == (1, 6)
     assert main(["convert", "--model", "nope:x", "--out", str(out)]) == 2
     assert "unknown model source" in capsys.readouterr().err
+
+
+def test_an_ordinary_model_without_a_source_loads_into_its_architecture(tmp_path):
+    from bcosify.models import load_model, save_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    save_model(net, tmp_path / "net")
+    with pytest.raises(CheckpointError, match=r"without a source.*model=MyNet"):
+        load_model(tmp_path / "net")
+    loaded = load_model(tmp_path / "net", model=nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()))
+    x = torch.rand(1, 3, 5, 5)
+    torch.testing.assert_close(loaded(x), net(x))

@@ -9,7 +9,6 @@ teacher of a distillation (:mod:`bcosify.train.distill`).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,8 +19,9 @@ from torch import Tensor, nn
 from ..errors import CheckpointError
 from ..models.clip import ClipModel, Tokenizer, as_clip
 from ..models.sources import create, load_state_dict_strictly, source_info
+from ..serialization import read_config_json, read_weights, write_pretrained
 from .converter import ConversionReport, convert
-from .model import CONFIG_FILE, WEIGHTS_FILE, BcosModel, _atomic_write, read_weights
+from .model import BcosModel
 from .options import ConversionOptions
 
 __all__ = ["BcosCLIP", "ClipConversion", "convert_clip", "load_clip"]
@@ -88,23 +88,15 @@ class BcosCLIP(nn.Module):
             >>> sorted(p.name for p in model.save_pretrained(tempfile.mkdtemp()).iterdir())
             ['config.json', 'model.safetensors']
         """
-        from safetensors.torch import save_file
-
         from .. import __version__
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(state, str(path)))
         config = {
             "format": _FORMAT,
             "bcosify_version": __version__,
             **self.source,
             "options": self.options.to_dict(),
         }
-        text = json.dumps(config, indent=2)
-        _atomic_write(directory / CONFIG_FILE, lambda path: path.write_text(text + "\n"))
-        return directory
+        return write_pretrained(directory, self, config)
 
 
 class ClipConversion(NamedTuple):
@@ -179,11 +171,7 @@ def load_clip(directory: str | Path, model: nn.Module | None = None) -> BcosCLIP
         >>> torch.equal(loaded(x), model(x))
         True
     """
-    path = Path(directory) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{str(path)!r} is not a readable config: {error}") from None
+    config = read_config_json(directory)
     if config.get("format") != _FORMAT:
         raise CheckpointError(
             f"{str(directory)!r} is not a saved B-cos CLIP (format {config.get('format')!r}); "

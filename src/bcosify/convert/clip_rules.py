@@ -153,11 +153,7 @@ def clip_rules() -> dict[type[nn.Module], Rule]:
         >>> QuickGELU in clip_rules()
         True
     """
-    rules: dict[type[nn.Module], Rule] = {
-        BcosAttentionPool2d: keep,
-        HFSelfAttention: keep,
-        BcosQuickGELU: keep,
-    }
+    rules: dict[type[nn.Module], Rule] = {HFSelfAttention: keep}
     return {**rules, **_open_clip_rules(), **_transformers_rules()}
 
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-import torch
 from torch import fx, nn
 
+from ..device import device_of
 from ..errors import ConversionError
 from ..models.sources import source_info
 from .clip_rules import image_tower
@@ -220,7 +220,7 @@ def convert(
         class_names or (info.class_names if info else None),
         info.input_size if info else None,
     )
-    converted = BcosModel(gm, config, bias).to(_device_of(model))
+    converted = BcosModel(gm, config, bias).to(device_of(model))
     if options.encoding == "paper":
         report.constants.append(
             "normalization.offset: the mean subtraction of the 'paper' "
@@ -271,8 +271,7 @@ def _apply_rules(
             report.kept.append(entry)
             continue
         report.replaced.append(entry)
-        parent, _, name = path.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, name, new)
+        gm.set_submodule(path, new)
 
 
 def _reported_constants(gm: fx.GraphModule) -> list[str]:
@@ -307,8 +306,3 @@ def _logit_bias(options: ConversionOptions, num_classes: int | None) -> float | 
             "last layer; pass logit_bias=<value> or logit_bias=None"
         )
     return -math.log(num_classes - 1)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

@@ -50,9 +50,9 @@ def encode_first_layer(
     (inputs,) = [n for n in gm.graph.nodes if n.op == "placeholder"][:1] or [None]
     # reading the input's shape (for checks, as ViTs do) is not a use of its values
     users = [u for u in inputs.users if not is_static(u)] if inputs is not None else []
-    first = _first_layer(gm, users[0]) if len(users) == 1 else None
+    first = _first_layer(users[0]) if len(users) == 1 else None
     module = gm.get_submodule(str(first.target)) if first is not None else None
-    if type(module) is nn.Conv2d and first is not None and first.args[:1] == (inputs,):
+    if type(module) is nn.Conv2d and first.args[:1] == (inputs,):
         new = _encode_conv(module, str(first.target), options, problems)
     elif type(module) is nn.Linear:
         new = _encode_patch_linear(gm, first, module, options, problems, input_size)
@@ -63,12 +63,11 @@ def encode_first_layer(
     if new is None:
         return ""
     path = str(first.target)
-    parent, _, name = path.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, new)
+    gm.set_submodule(path, new)
     return _NOTES[options.encoding].format(path)
 
 
-def _first_layer(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+def _first_layer(node: fx.Node) -> fx.Node | None:
     """The module call the input reaches through structural operations only, if there is one."""
     while node.op != "call_module":
         users = [u for u in node.users if not is_static(u)]

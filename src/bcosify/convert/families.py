@@ -87,7 +87,6 @@ def _torchvision_rules() -> dict[type[nn.Module], Rule]:
         StochasticDepth: keep,
         LayerNorm2d: layernorm2d,
         ShiftedWindowAttention: _swin_attention,
-        BcosWindowAttention: keep,
     }
 
 

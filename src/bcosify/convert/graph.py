@@ -488,7 +488,7 @@ def _rewrite_attention(gm: fx.GraphModule, node: fx.Node, rewrites: GraphRewrite
     new = _call_new_module(gm, node, "bcos_attention", DynamicAttention())
     operands = [*new.args[:3], *(new.kwargs.get(k) for k in ("query", "key", "value"))]
     found = {_projection(gm, operand) for operand in operands} - {None}
-    rewrites.qkv_projections.update(p for p in found if p is not None)
+    rewrites.qkv_projections.update(found)
     computed = f", projections {sorted(found)}" if found else ""
     rewrites.notes.append(
         f"{where(new)}: functional scaled_dot_product_attention -> module '{new.target}' "
@@ -559,7 +559,7 @@ def _rewrite_head(gm: fx.GraphModule, pool: fx.Node, linear_node: fx.Node) -> st
         conv.weight.copy_(linear.weight[:, :, None, None])
         if linear.bias is not None:
             conv.bias.copy_(linear.bias)
-    _set_submodule(gm, path, conv)
+    gm.set_submodule(path, conv)
     with gm.graph.inserting_before(pool):
         head = gm.graph.call_module(path, (features,))
     head.meta = dict(linear_node.meta)
@@ -591,7 +591,7 @@ def _rewrite_token_head(
     note = ""
     if norm is not None:
         node, pooled = norm
-        _set_submodule(gm, str(node.target), pooled)
+        gm.set_submodule(str(node.target), pooled)
         note = f"; '{node.target}' -> PooledLayerNorm (normalised like the average token)"
     gm.graph.lint()
     gm.recompile()
@@ -614,11 +614,6 @@ def _pooled_norm(
     if type(converted) is not BcosLayerNorm:
         return None
     return PooledLayerNorm.from_layernorm(converted, token_dim=1)
-
-
-def _set_submodule(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
 def _is_global_average_pool(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -8,8 +8,9 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.sources import create, load_state_dict_strictly
+from ..serialization import read_weights
 from .converter import convert
-from .model import BcosModel, read_config, read_weights
+from .model import BcosModel, read_config
 
 __all__ = ["load"]
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..nn import InputEncoding, InputNormalization, LogitBias
+from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
 from .options import ConversionOptions
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "BcosModel", "ModelConfig"]
+__all__ = ["BcosModel", "ModelConfig", "read_config"]
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 _FORMAT = "bcosify-model/1"
 
 
@@ -126,53 +121,16 @@ class BcosModel(nn.Module):
             >>> sorted(p.name for p in out.iterdir())
             ['config.json', 'model.safetensors']
         """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(state, str(path)))
-        text = json.dumps(self.config.to_dict(), indent=2)
-        _atomic_write(directory / CONFIG_FILE, lambda path: path.write_text(text + "\n"))
-        return directory
-
-
-def _atomic_write(target: Path, write) -> None:  # type: ignore[no-untyped-def]
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        return write_pretrained(directory, self, self.config.to_dict())
 
 
 def read_config(directory: str | Path) -> ModelConfig:
     """Read ``config.json`` of a saved model, with clear errors for missing or broken files."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"{str(directory)!r} is not a saved bcosify model: {CONFIG_FILE} is missing "
-            "(save one with model.save_pretrained(directory))"
-        )
+    data = read_config_json(directory)
     try:
-        data = json.loads(path.read_text())
         return ModelConfig.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise
+        path = Path(directory) / CONFIG_FILE
         raise CheckpointError(f"{str(path)!r} is not a valid bcosify config: {error}") from None
-
-
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Read ``model.safetensors`` of a saved model."""
-    from safetensors.torch import load_file
-
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} is missing: the saved model is incomplete")
-    try:
-        return load_file(str(path))
-    except Exception as error:
-        raise CheckpointError(f"could not read {str(path)!r}: {error}") from None

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..device import device_of
 from ..nn import (
+    BcosAttentionPool2d,
     BcosBatchNorm2d,
     BcosConv2d,
     BcosGELU,
@@ -26,8 +28,10 @@ from ..nn import (
     BcosLinear,
     BcosMish,
     BcosMultiheadAttention,
+    BcosQuickGELU,
     BcosReLU6,
     BcosSiLU,
+    BcosWindowAttention,
     ConstantTerms,
     DetachedGate,
     DynamicAttention,
@@ -157,7 +161,9 @@ def multihead_attention(module: nn.Module, context: RuleContext) -> nn.Module:
         weights = module.in_proj_weight.chunk(3)
     else:
         weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
-    biases = (None,) * 3 if module.in_proj_bias is None else module.in_proj_bias.chunk(3)
+    # the biases matter only to an equivalence check (keep_bias); otherwise they are dropped
+    with_bias = module.in_proj_bias is not None and context.options.keep_bias
+    biases = module.in_proj_bias.chunk(3) if with_bias else (None,) * 3
     projections = []
     for weight, bias in zip(weights, biases, strict=True):
         layer = nn.Linear(
@@ -188,7 +194,7 @@ def _copy_affine(source: nn.Module, target: nn.Module, keep_bias: bool) -> nn.Mo
             target.weight.copy_(source.weight)
         if keep_bias and getattr(source, "bias", None) is not None and target.bias is not None:
             target.bias.copy_(source.bias)
-    return target.to(next(iter(source.parameters()), torch.empty(0)).device)
+    return target.to(device_of(source))
 
 
 def _has(module: nn.Module, name: str) -> bool:
@@ -294,6 +300,9 @@ def default_rules() -> dict[type[nn.Module], Rule]:
         DetachedGate,
         DynamicAttention,
         BcosMultiheadAttention,
+        BcosWindowAttention,
+        BcosAttentionPool2d,
+        BcosQuickGELU,
         PooledLayerNorm,
         ConstantTerms,
     ):

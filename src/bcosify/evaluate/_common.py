@@ -15,7 +15,6 @@ __all__ = [
     "Probability",
     "check_batch",
     "check_positive",
-    "device_of",
     "has_bcos_layers",
     "probabilities",
     "resolve_probability",
@@ -63,18 +62,6 @@ def probabilities(logits: Tensor, kind: Literal["softmax", "sigmoid"]) -> Tensor
     """
     logits = logits.float()
     return logits.softmax(1) if kind == "softmax" else logits.sigmoid()
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any).
-
-    Example:
-        >>> device_of(torch.nn.Linear(2, 2)).type
-        'cpu'
-    """
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def check_batch(inputs: Tensor, target: Tensor | Sequence[int], what: str) -> tuple[Tensor, Tensor]:

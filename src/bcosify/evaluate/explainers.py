@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..device import device_of
 from ..errors import EvaluationError
 from ..explain.core import BcosAttribution, _evaluation
 from ..nn import explanation_mode
 from ._common import (
     check_batch,
     check_positive,
-    device_of,
     has_bcos_layers,
     probabilities,
     resolve_probability,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..device import device_of
 from ..errors import EvaluationError
 from ..explain.core import _evaluation
 from ..train.validation import validate
@@ -28,7 +29,6 @@ from ._common import (
     Probability,
     check_batch,
     check_positive,
-    device_of,
     probabilities,
     resolve_probability,
 )

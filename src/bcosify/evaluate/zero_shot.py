@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..device import device_of
 from ..errors import EvaluationError
 from ..explain.core import _evaluation
-from ._common import device_of
 
 __all__ = [
     "DEFAULT_TEMPLATES",

@@ -12,6 +12,7 @@ these models from local files only; nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..device import device_of
 from ..errors import ModelSourceError
 from .sources import SourceInfo, load_weights, source_info
 
@@ -149,10 +151,6 @@ class ClipModel(nn.Module):
         return self
 
 
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters(), torch.empty(0)).device
-
-
 def _normalisation(
     model: nn.Module, fallback: tuple[Sequence[float], Sequence[float]]
 ) -> tuple[Sequence[float], Sequence[float]]:
@@ -210,7 +208,7 @@ class OpenClipModel(ClipModel):
         return self._tokenizer(list(prompts))
 
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
-        return self.model.encode_text(self.tokenize(prompts).to(_device(self.model)))
+        return self.model.encode_text(self.tokenize(prompts).to(device_of(self.model)))
 
 
 class HFClipModel(ClipModel):
@@ -240,9 +238,10 @@ class HFClipModel(ClipModel):
         self._folder = folder or (info.name.partition(":")[2] if info else None)
         self._tokenizer = tokenizer
 
-    @property
+    @functools.cached_property
     def visual(self) -> nn.Module:
-        # built on demand: registering it would store the tower's weights twice
+        # built once, on first use, and not registered as a submodule: registering it would
+        # store the tower's weights twice (it holds the model's own modules)
         return HFCLIPImageTower(self.model.vision_model, self.model.visual_projection)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Tensor]:
@@ -252,7 +251,7 @@ class HFClipModel(ClipModel):
         return dict(self._tokenizer(list(prompts), padding=True, return_tensors="pt"))
 
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
-        device = _device(self.model)
+        device = device_of(self.model)
         tokens = {k: v.to(device) for k, v in self.tokenize(prompts).items()}
         features = self.model.get_text_features(**tokens)
         # transformers 5 returns an output object whose pooler_output is the projected embedding

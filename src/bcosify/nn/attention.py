@@ -19,6 +19,7 @@ __all__ = [
     "BcosWindowAttention",
     "DynamicAttention",
     "dynamic_attention",
+    "split_heads",
 ]
 
 
@@ -62,6 +63,16 @@ def dynamic_attention(
         scale=scale,
         **extra,
     )
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(N, L, heads * d)`` -> ``(N, heads, L, d)``.
+
+    Example:
+        >>> split_heads(torch.zeros(2, 5, 12), 3).shape
+        torch.Size([2, 3, 5, 4])
+    """
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
 class DynamicAttention(ExplanationAware, nn.Module):
@@ -154,7 +165,7 @@ class BcosMultiheadAttention(ExplanationAware, nn.Module):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         q, k, v = (
-            self._split_heads(projection(t))
+            split_heads(projection(t), self.num_heads)
             for projection, t in ((self.q_proj, query), (self.k_proj, key), (self.v_proj, value))
         )
         mask = self._additive_mask(attn_mask, key_padding_mask, q)
@@ -180,9 +191,6 @@ class BcosMultiheadAttention(ExplanationAware, nn.Module):
             )
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return (out if self.batch_first else out.transpose(0, 1)), weights
-
-    def _split_heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def _additive_mask(
         self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, q: Tensor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import dynamic_attention
+from .attention import dynamic_attention, split_heads
 from .mode import ExplanationAware
 from .trace import traced_constant
 
@@ -66,13 +66,11 @@ class BcosAttentionPool2d(ExplanationAware, nn.Module):
         )
         tokens = tokens + position.to(tokens.dtype)
         # only the average token's output is kept, so it is the only query computed
-        q = self._heads(self.q_proj(tokens[:, :1]))
-        k, v = self._heads(self.k_proj(tokens)), self._heads(self.v_proj(tokens))
+        q = split_heads(self.q_proj(tokens[:, :1]), self.num_heads)
+        k = split_heads(self.k_proj(tokens), self.num_heads)
+        v = split_heads(self.v_proj(tokens), self.num_heads)
         out = dynamic_attention(q, k, v, explaining=self.explaining)
         return self.c_proj(out.transpose(1, 2).flatten(2))[:, 0]
-
-    def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def extra_repr(self) -> str:
         tokens, channels = self.positional_embedding.shape

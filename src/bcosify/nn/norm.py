@@ -229,19 +229,12 @@ class BcosBatchNorm2d(_AffineNorm):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"BcosBatchNorm2d expects a 4-D input (N, C, H, W), got {x.ndim}-D")
-        use_batch_stats = self.training or self.running_var is None
-        if use_batch_stats and self.bias is None:
+        if self.training or self.running_var is None:  # batch statistics
             y, var, _, _ = _UncenteredBatchNorm.apply(x, self.weight, self.eps, self.explaining)
             if self.training and self.running_var is not None:
                 self._update_running_var(x, var)
-            return y
-        if use_batch_stats:
-            var = x.var(dim=(0, 2, 3), unbiased=False)
-            if self.training and self.running_var is not None:
-                self._update_running_var(x, var)
-        else:
-            var = self.running_var
-        inv_std = (var + self.eps).rsqrt()
+            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        inv_std = (self.running_var + self.eps).rsqrt()
         return self._affine(x * self.detach_if_explaining(inv_std).view(1, -1, 1, 1), 1)
 
     @torch.no_grad()

@@ -10,8 +10,6 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import CheckpointError
+from ..serialization import atomic_write
 
 __all__ = ["CHECKPOINT_FILE", "load_checkpoint", "save_checkpoint"]
 
@@ -42,14 +41,7 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     skeleton = _split(state, tensors, "")
     metadata = {"format": _FORMAT, "skeleton": json.dumps(skeleton)}
     target = directory / CHECKPOINT_FILE
-    handle, temporary = tempfile.mkstemp(prefix=f".{CHECKPOINT_FILE}.", dir=directory)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda path: save_file(tensors, str(path), metadata=metadata))
     return target
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..convert.clip import BcosCLIP, convert_clip
+from ..device import device_of
 from ..errors import CheckpointError
 from .distributed import Distributed
 from .loading import build_loader
@@ -156,7 +157,7 @@ class Distillation(nn.Module):
             data, batch_size=batch_size, seed=0, epoch=0, rank=dist.rank, world=dist.world,
             train=False,
         )  # fmt: skip
-        device = next(model.parameters()).device
+        device = device_of(model)
         try:
             for batch in loader:
                 images = batch[0].to(device)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..device import device_of
 from .distributed import Distributed
 from .loading import build_loader
 
@@ -30,7 +31,7 @@ def validate(
         1.0
     """
     dist = dist or Distributed()
-    device = next(model.parameters(), torch.empty(0)).device
+    device = device_of(model)
     was_training = model.training
     model.eval()
     loss = top1 = top5 = count = 0.0
