@@ -400,3 +400,31 @@ def test_a_small_cnn_needs_a_few_epochs_to_learn_the_shapes():
     accuracies = train_small_cnn()
     assert accuracies[0] < 0.8, f"learnt in one epoch: too easy ({accuracies})"
     assert accuracies[-1] >= 0.9, accuracies
+
+
+def test_build_dataset_augments_only_the_train_split_of_a_folder_and_only_when_asked(tmp_path):
+    make_folder(tmp_path / "train", {"cat": 2, "dog": 2})
+    make_folder(tmp_path / "val", {"cat": 1, "dog": 1})
+    noise = torch.randint(0, 256, (30, 40, 3), generator=torch.Generator().manual_seed(0))
+    Image.fromarray(noise.to(torch.uint8).numpy()).save(tmp_path / "train" / "cat" / "0.png")
+    plain = build_dataset(tmp_path, "train", 16, augment=False)
+    assert torch.equal(plain[0][0], plain[0][0])  # the evaluation transform: deterministic
+    augmented = build_dataset(tmp_path, "train", 16)
+    torch.manual_seed(0)
+    draws = [augmented[0][0] for _ in range(4)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+
+
+@pytest.mark.filterwarnings("ignore:skipped:UserWarning")
+def test_bcosify_train_skips_corrupt_images_when_asked_and_says_so(tmp_path, capsys):
+    from bcosify.cli import main
+
+    for split in ("train", "val"):
+        corrupt_folder(tmp_path / "data" / split)
+    argv = ["train", "--model", "bcosify:small_cnn", "--data", str(tmp_path / "data")]
+    argv += ["--recipe", "standard", "--epochs", "1", "--batch-size", "2", "--image-size", "16"]
+    argv += ["--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "strict")]) == 2
+    assert "skip_corrupt=True" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "run"), "--skip-corrupt"]) == 0
+    assert "2 unreadable images skipped: 1.png, 2.png" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from typing import Any
 from ..data import UnlabelledImages, build_dataset
 from ..errors import CheckpointError
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, distill, get_recipe, train
+from ..train.checkpoint import CHECKPOINT_FILE
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -50,6 +51,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-train", type=int, help="synthetic data: training examples")
     parser.add_argument("--num-val", type=int, help="synthetic data: validation examples")
+    parser.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip (and count) unreadable images of a folder instead of stopping at the first",
+    )
     parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N steps")
     parser.add_argument("--no-resume", action="store_true", help="refuse to resume: fail instead")
     parser.add_argument("--device", help="cpu, cuda (default: cuda if available)")
@@ -76,30 +82,27 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, **_overrides(args))
-    if args.no_resume and (args.out / "checkpoint.safetensors").exists():
+    if args.no_resume and (args.out / CHECKPOINT_FILE).exists():
         raise CheckpointError(f"{str(args.out)!r} already holds a run and --no-resume was given")
     if recipe.loss in DISTILLATION_LOSSES:
         return _distill(args, recipe)
-    sizes = {"train": args.num_train, "val": args.num_val}
-    data = {
-        split: build_dataset(
-            args.data, split, recipe.image_size, num_examples=sizes[split], seed=recipe.seed
-        )
-        for split in ("train", "val")
-    }
-    classes = getattr(data["train"], "classes", None)
+    train_data, val_data = _splits(args, recipe)
+    classes = getattr(train_data, "classes", None)
     model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
     result = train(
         model,
-        data["train"],
+        train_data,
         recipe,
         args.out,
-        val_data=data["val"],
+        val_data=val_data,
         max_steps=args.max_steps,
         device=args.device,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )
+    for data in (train_data, val_data):
+        if getattr(data, "num_skipped", 0):
+            print(data.summary())
     _print_result(result.finished, result.step, args.out)
     return 0
 
@@ -107,14 +110,15 @@ def run(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
     """A CLIP image tower distilled from the original: labels, if the data has any, unused."""
     if args.data == "synthetic":
-        train_data, val_data = (
-            build_dataset("synthetic", split, recipe.image_size, num_examples=n, seed=recipe.seed)
-            for split, n in (("train", args.num_train), ("val", args.num_val))
-        )
+        train_data, val_data = _splits(args, recipe)
     else:
         root = Path(args.data)
         has_splits = (root / "train").is_dir()
-        train_data = UnlabelledImages(root / "train" if has_splits else root, recipe.image_size)
+        train_data = UnlabelledImages(
+            root / "train" if has_splits else root,
+            recipe.image_size,
+            train=recipe.augment == "standard",
+        )
         val_root = root / "val"
         val_data = (
             UnlabelledImages(val_root, recipe.image_size, train=False)
@@ -137,6 +141,24 @@ def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
     if result.finished:
         print(f"the B-cos CLIP is in {args.out}/clip/ (load it with bcosify.load_clip)")
     return 0
+
+
+def _splits(args: argparse.Namespace, recipe: Recipe) -> tuple[Any, Any]:
+    """The training and validation sets of ``--data`` (synthetic, or a train/val folder)."""
+    sizes = {"train": args.num_train, "val": args.num_val}
+    train_data, val_data = (
+        build_dataset(
+            args.data,
+            split,
+            recipe.image_size,
+            num_examples=sizes[split],
+            seed=recipe.seed,
+            skip_corrupt=args.skip_corrupt,
+            augment=recipe.augment == "standard",
+        )
+        for split in ("train", "val")
+    )
+    return train_data, val_data
 
 
 def _print_result(finished: bool, step: int, out: Path) -> None:

@@ -25,13 +25,16 @@ def build_dataset(
     seed: int = 0,
     return_mask: bool = False,
     skip_corrupt: bool = False,
+    augment: bool = True,
 ) -> Dataset:
     """The dataset ``"synthetic"`` (:class:`SyntheticShapes`) or the image folder at a path.
 
     For ``"synthetic"``, images are rendered at ``image_size`` and ``num_examples`` defaults to
     :data:`DEFAULT_SYNTHETIC_SIZES` of the split. For a folder (:class:`ImageFolderDataset`),
-    the train split gets the random training transform and the other splits the evaluation
-    transform, at ``image_size``; ``num_examples`` and ``seed`` do not apply.
+    the train split gets the random training transform (unless ``augment`` is False) and the
+    other splits the evaluation transform, at ``image_size``; ``num_examples`` and ``seed`` do not
+    apply. The synthetic shapes are never augmented: every example is already a fresh random
+    scene.
 
     Example:
         >>> data = build_dataset("synthetic", "val", 32, num_examples=8)
@@ -55,5 +58,10 @@ def build_dataset(
             f"{path.resolve()}. Pass 'synthetic' or the path of an image folder."
         )
     return ImageFolderDataset(
-        path, split, image_size=image_size, skip_corrupt=skip_corrupt, return_mask=return_mask
+        path,
+        split,
+        image_size=image_size,
+        transform="auto" if augment else "eval",
+        skip_corrupt=skip_corrupt,
+        return_mask=return_mask,
     )

@@ -288,12 +288,14 @@ class SyntheticShapes(Dataset):
         """The label of every example, without rendering any."""
         return [i % len(self.classes) for i in range(self.num_examples)]
 
-    def _rng(self, index: int) -> tuple[np.random.Generator, int]:
+    def _key(self, index: int) -> int:
+        """The example's position in ``[0, num_examples)`` (negative indices count from the end)."""
         if not -self.num_examples <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples")
-        index %= self.num_examples
-        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
-        return rng, index % len(self.classes)
+        return index % self.num_examples
+
+    def _rng(self, key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, SPLITS.index(self.split), key])
 
     def example(self, index: int) -> tuple[Tensor, int, Tensor]:
         """Example ``index`` as ``(image, label, mask)``, untransformed, whatever ``return_mask``.
@@ -303,12 +305,12 @@ class SyntheticShapes(Dataset):
             >>> image.shape, label, mask.shape
             (torch.Size([3, 64, 64]), 0, torch.Size([64, 64]))
         """
-        rng, label = self._rng(index)
-        key = index % self.num_examples
+        key = self._key(index)
+        label = key % len(self.classes)
         if self._cache is not None and key in self._cache:
             pixels, mask = self._cache[key]
             return pixels.float() / 255, label, mask.clone()
-        image, alpha = _render(rng, self.classes[label], self.image_size)
+        image, alpha = _render(self._rng(key), self.classes[label], self.image_size)
         tensor, mask = _to_tensor(image), torch.from_numpy(alpha >= 0.5)
         if self._cache is not None:
             self._cache[key] = ((tensor * 255).round().to(torch.uint8), mask.clone())
@@ -326,8 +328,9 @@ class SyntheticShapes(Dataset):
             >>> bool(changed[mask].all()), int(changed.sum()) < 1.5 * int(mask.sum())
             (True, True)
         """
-        rng, label = self._rng(index)
-        image, _ = _render(rng, self.classes[label], self.image_size, with_object=False)
+        key = self._key(index)
+        shape = self.classes[key % len(self.classes)]
+        image, _ = _render(self._rng(key), shape, self.image_size, with_object=False)
         return _to_tensor(image)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:

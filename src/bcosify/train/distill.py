@@ -12,7 +12,7 @@ is data (:class:`~bcosify.data.UnlabelledImages`). The fine-tuning engine
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,12 +133,6 @@ class Distillation(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.config = config
 
-    def train(self, mode: bool = True) -> Distillation:
-        # the teacher stays in evaluation mode (batch norm statistics, dropout)
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
     def forward(self, outputs: Tensor, images: Tensor, labels: Tensor) -> Tensor:
         with torch.no_grad():
             target = self.teacher(images).float()
@@ -229,6 +223,7 @@ def distill(
     config = (
         loss if isinstance(loss, DistillationConfig) else DistillationConfig(loss or recipe.loss)
     )
+    recipe = replace(recipe, loss=config.loss)  # recipe.json records the loss trained with
     out = Path(out_dir)
     _check_resumable(out, config, train_options.get("resume", True))
     if isinstance(model, BcosCLIP):

@@ -164,6 +164,7 @@ def train(
     if isinstance(objective, nn.Module):
         objective.to(dist.device)
     is_bcos = isinstance(prepared, BcosModel)
+    b_set: float | None = None  # the B the layers have, once the loop has set it
     optimizer = build_optimizer(recipe, prepared.parameters())
     ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
     scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
@@ -221,8 +222,9 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 b = b_at(recipe, step)
-                if is_bcos:
+                if is_bcos and b != b_set:  # B changes only while it is ramped
                     set_b_(prepared, b)
+                    b_set = b
                 loss, correct = _step(trained, optimizer, images, labels, recipe, scaler, objective)
                 if ema:
                     ema.update(prepared)
@@ -368,10 +370,9 @@ def _resume(
         return 0
     state = load_checkpoint(out)
     saved = Recipe.from_dict(state["recipe"])
+    now = recipe.to_dict()
     changed = sorted(
-        k
-        for k, v in saved.to_dict().items()
-        if recipe.to_dict()[k] != v and k not in _RESUMABLE_CHANGES
+        k for k, v in saved.to_dict().items() if now[k] != v and k not in _RESUMABLE_CHANGES
     )
     if changed:
         raise CheckpointError(
@@ -388,7 +389,8 @@ def _resume(
             f"the optimizer state in {str(out)!r} does not fit: {error}"
         ) from None
     if ema and state.get("ema"):
-        ema.state = {k: v.to(model.state_dict()[k].device) for k, v in state["ema"].items()}
+        current = model.state_dict()
+        ema.state = {k: v.to(current[k].device) for k, v in state["ema"].items()}
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return int(state["step"])

@@ -69,12 +69,11 @@ def b_at(recipe: Recipe, step: int) -> float:
     return 1.0 + (recipe.b - 1.0) * min(1.0, step / recipe.b_ramp_steps)
 
 
-def set_b_(model: nn.Module, b: float) -> int:
-    """Set B of every B-cos layer of ``model``; returns how many layers were set."""
-    layers = [m for m in model.modules() if isinstance(m, (BcosConv2d, BcosLinear))]
-    for layer in layers:
-        layer.b = float(b)
-    return len(layers)
+def set_b_(model: nn.Module, b: float) -> None:
+    """Set B of every B-cos layer of ``model``."""
+    for layer in model.modules():
+        if isinstance(layer, (BcosConv2d, BcosLinear)):
+            layer.b = float(b)
 
 
 @torch.no_grad()

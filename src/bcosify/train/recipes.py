@@ -48,7 +48,9 @@ class Recipe:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler).
         grad_accumulation: micro-batches per optimizer step (must divide the per-process batch).
         image_size: training and evaluation image size.
-        augment: ``"standard"`` (random resized crop and flip) or ``"none"``.
+        augment: ``"standard"`` (random resized crop and flip) or ``"none"``, for the training
+            images of a folder that ``bcosify train`` reads (a dataset passed to
+            :func:`bcosify.train.train` brings its own transform).
         seed: seeds data order, augmentation and every random operation.
         checkpoint_every: steps between checkpoints (besides every epoch end).
         num_workers: data-loading processes.
