@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,7 +208,9 @@ def one_thread():
 
 def fused_layer(case):
     c_in, c_out, k, stride, padding, dilation, groups, mode = case
-    torch.manual_seed(sum(map(hash, map(str, case))) % 1000)
+    # a seed of the case itself: str hashes change from process to process, and one seed in
+    # about a thousand puts an output next to the kink of |w . x|, where finite differences fail
+    torch.manual_seed(zlib.crc32(repr(case).encode()))
     layer = BcosConv2d(
         c_in, c_out, k, stride, padding, dilation, groups, padding_mode=mode, b=2.0
     ).double()
