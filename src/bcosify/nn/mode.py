@@ -8,11 +8,32 @@ output with respect to the input is exactly the dynamic weight ``W(x)``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ExplanationAware", "explanation_mode", "is_explaining"]
+
+
+def _as_leaf(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Call ``module``: torch.fx records this as one operation (see ExplanationAware)."""
+    return module(*args, **kwargs)
+
+
+torch.fx.wrap("_as_leaf")
+
+
+def _leaf_when_traced(forward: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(forward)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if torch.fx._symbolic_trace.is_fx_tracing():
+            return _as_leaf(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
+
+    return wrapper
 
 
 class ExplanationAware:
@@ -32,6 +53,14 @@ class ExplanationAware:
     """
 
     explaining: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Traced by torch.fx (torchvision's create_feature_extractor, a user's fx pass), a
+        # B-cos module is one call of itself, not its operations: its explanation mode and
+        # fused kernels keep working in the traced graph, whose mode is not fixed at tracing.
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _leaf_when_traced(cls.__dict__["forward"])  # type: ignore[attr-defined]
 
     def detach_if_explaining(self, tensor: Tensor) -> Tensor:
         """Return ``tensor`` detached in explanation mode, unchanged otherwise."""
