@@ -3,14 +3,15 @@
 The most used names are available at the top level::
 
     import bcosify
+    model, report = bcosify.convert(original)   # the package bcosify.convert, callable
     with bcosify.explanation_mode(model): ...
     explanation = bcosify.explain(model, images, target=labels)
 """
 
-from . import models, nn
-from .convert import BcosCLIP, BcosModel, ConversionReport, convert, convert_clip, load, load_clip
+from . import convert, explain, models, nn
+from .convert import BcosCLIP, BcosModel, ConversionReport, convert_clip, load, load_clip
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
-from .explain import BcosAttribution, Explanation, explain
+from .explain import BcosAttribution, Explanation
 from .nn import explanation_mode
 
 __version__ = "0.1.0"

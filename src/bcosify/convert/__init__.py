@@ -1,4 +1,7 @@
-"""Conversion of pretrained models into B-cos models: a rule table plus per-family glue."""
+"""Conversion of pretrained models into B-cos models: a rule table plus per-family glue.
+
+The package is callable: ``bcosify.convert(model)`` is :func:`bcosify.convert.convert`.
+"""
 
 from .clip import BcosCLIP, ClipConversion, convert_clip, load_clip
 from .converter import Conversion, ConversionReport, Replacement, convert
@@ -26,3 +29,7 @@ __all__ = [
     "load",
     "load_clip",
 ]
+
+from .._callable import make_callable
+
+make_callable(__name__, convert)

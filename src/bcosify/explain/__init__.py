@@ -1,4 +1,7 @@
-"""Explanations of B-cos models: batched, exact, and pictures of them."""
+"""Explanations of B-cos models: batched, exact, and pictures of them.
+
+The package is callable: ``bcosify.explain(model, images)`` is :func:`bcosify.explain.explain`.
+"""
 
 from .core import BcosAttribution, Explanation, Target, explain
 from .targets import cosine_similarity_target
@@ -24,3 +27,7 @@ __all__ = [
     "save_contribution_map",
     "save_image",
 ]
+
+from .._callable import make_callable
+
+make_callable(__name__, explain)
