@@ -110,8 +110,8 @@ def test_resnet_tower_attention_pool_and_vit_projection_become_bcos():
     assert any(isinstance(m, BcosQuickGELU) for m in vit.modules())
     assert any("x @ proj" in note for note in report.notes)
     assert {c.split(":")[0] for c in report.constants} == {
-        "network.constants.class_embedding",
-        "network.constants.positional_embedding",
+        "network.class_embedding",
+        "network.positional_embedding",
     }
 
 
@@ -129,8 +129,8 @@ def clip_pair(kind: str) -> BcosCLIP:
         (
             "vit",
             {
-                "visual.network.constants.class_embedding",
-                "visual.network.constants.positional_embedding",
+                "visual.network.class_embedding",
+                "visual.network.positional_embedding",
             },
         ),
     ],
@@ -230,8 +230,8 @@ def test_hf_clip_vision_models_are_equivalent_and_explained(tmp_path):
     text = pair.encode_text([PROMPT])
     e = bcosify.explain(pair, x, target=text[0])
     assert set(e.constants) == {
-        "visual.network.constants.embeddings.class_embedding",
-        "visual.network.constants.embeddings.position_embedding.weight",
+        "visual.network.embeddings.class_embedding",
+        "visual.network.embeddings.position_embedding.weight",
     }
     assert (e.residual.abs() <= 1e-4 * e.scores.abs()).all(), e.residual
 

@@ -136,13 +136,13 @@ def check_completeness(arch: str, constants: set[str]) -> None:
     x = images(arch)
     model = keep_signal_alive(converted(arch), x)
     e = explain(model, x)
-    expected = {f"network.constants.{name}" for name in constants} | {"logit_bias.bias"}
+    expected = {f"network.{name}" for name in constants} | {"logit_bias.bias"}
     assert set(e.constants) == expected
     # the input carries real signal: the contributions have not underflowed
     mass = e.contributions.abs().flatten(1).sum(1)
     assert (mass > 0.1).all(), mass
     for name in constants:
-        assert (e.constants[f"network.constants.{name}"].abs() > 1e-6).all(), name
+        assert (e.constants[f"network.{name}"].abs() > 1e-6).all(), name
     assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
     assert e.contribution_map.shape == (x.shape[0], *x.shape[2:])  # input resolution
     biases = [name for name, _ in model.named_parameters() if name.endswith("bias")]
@@ -189,8 +189,8 @@ def test_report_names_attention_constants_and_head():
     pytest.importorskip("timm")
     model, report = bcosify.convert(original("timm_vit_small_avgpool"))
     text = str(report)
-    assert "network.constants.pos_embed: added to the signal" in text
-    assert "network.constants.cls_token: concatenated with the signal" in text
+    assert "network.pos_embed: added to the signal" in text
+    assert "network.cls_token: concatenated with the signal" in text
     assert "12 x Linear -> Linear" in text  # the qkv projections stay plain, bias-free
     assert "DynamicAttention: queries and keys detached" in text
     assert "applied to every token before the token average" in text
@@ -309,7 +309,7 @@ def test_user_vit_with_functional_attention():
     assert [type(getattr(model.network, n)) for n in "qkv"] == [nn.Linear] * 3
     assert any(isinstance(m, DynamicAttention) for m in model.modules())
     e = explain(keep_signal_alive(model, x), x)
-    assert set(e.constants) == {"network.constants.cls", "network.constants.pos", "logit_bias.bias"}
+    assert set(e.constants) == {"network.cls", "network.pos", "logit_bias.bias"}
     assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
 
 
@@ -482,7 +482,7 @@ def test_patch_linear_embedding_is_folded_per_pixel(patchify):
     assert same.network.proj.layer.weight.shape == (16, 96)  # [x, 1 - x] per pixel
     model, _ = bcosify.convert(original_model, **stats)
     e = explain(keep_signal_alive(model, x), x)
-    assert set(e.constants) == {"network.constants.pos", "logit_bias.bias"}
+    assert set(e.constants) == {"network.pos", "logit_bias.bias"}
     assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "DataError",
     "EvaluationError",
     "ExplanationError",
+    "InputRangeError",
     "ModelSourceError",
 ]
 
@@ -39,3 +40,7 @@ class CheckpointError(BcosifyError, ValueError):
 
 class EvaluationError(BcosifyError, ValueError):
     """An explainer or metric cannot run on the given model, data or options."""
+
+
+class InputRangeError(BcosifyError, ValueError):
+    """A B-cos model was given images that are not RGB in ``[0, 1]`` (normalised, or 0-255)."""

@@ -49,30 +49,27 @@ def attention_pool(module: nn.Module, context: RuleContext) -> nn.Module:
     )
 
 
-class HFSelfAttention(nn.Module):
+class HFSelfAttention(BcosMultiheadAttention):
     """A transformers ``CLIPAttention`` as a :class:`~bcosify.nn.BcosMultiheadAttention`.
 
     Keeps the library's calling convention (``hidden_states``, ``attention_mask``; returns
-    ``(output, None)``), so the encoder layer around it is traced unchanged.
+    ``(output, None)``), so the encoder layer around it runs unchanged, and the original's
+    ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` under their names.
 
     Example:
         >>> import torch
         >>> from torch import nn
-        >>> inner = BcosMultiheadAttention(*(nn.Linear(8, 8) for _ in range(4)), num_heads=2,
-        ...                                batch_first=True)
-        >>> out, weights = HFSelfAttention(inner)(torch.randn(2, 5, 8))
+        >>> attention = HFSelfAttention(*(nn.Linear(8, 8) for _ in range(4)), num_heads=2,
+        ...                             batch_first=True)
+        >>> out, weights = attention(torch.randn(2, 5, 8))
         >>> out.shape, weights
         (torch.Size([2, 5, 8]), None)
     """
 
-    def __init__(self, attention: BcosMultiheadAttention) -> None:
-        super().__init__()
-        self.attention = attention
-
-    def forward(
+    def forward(  # type: ignore[override]
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs: Any
     ) -> tuple[Tensor, None]:
-        out, _ = self.attention(
+        out, _ = super().forward(
             hidden_states,
             hidden_states,
             hidden_states,
@@ -99,14 +96,13 @@ def hf_attention(module: nn.Module, context: RuleContext) -> nn.Module:
         raise UnsupportedModule(
             f"scales attention scores by {module.scale}, not head_dim ** -0.5; give it a rule"
         )
-    attention = BcosMultiheadAttention(
+    return HFSelfAttention(
         *(qkv_projection_rule(getattr(module, n), context) for n in ("q_proj", "k_proj", "v_proj")),
         context.convert_child(module.out_proj, "out_proj"),
         module.num_heads,
         dropout=module.dropout,
         batch_first=True,
     )
-    return HFSelfAttention(attention)
 
 
 def _open_clip_rules() -> dict[type[nn.Module], Rule]:

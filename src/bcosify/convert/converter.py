@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from torch import fx, nn
+from torch import nn
 
 from ..device import device_of
 from ..errors import ConversionError
 from ..models.sources import source_info
+from ..nn import BcosConv2d, BcosLinear
 from .clip_rules import image_tower
 from .encoding import encode_first_layer
-from .families import prepare_for_tracing
-from .graph import GraphProblems, check_and_rewrite, move_classifier_before_pool, trace
+from .families import prepare_for_tracing, traced_methods
+from .graph import GraphProblems
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
-from .products import rewrite_parameter_products
-from .rules import Rule, RuleContext, UnsupportedModule, default_rules, keep
-from .rules import qkv_projection as qkv_projection_rule
+from .rules import Rule, default_rules
+from .tracing import TraceFailure, trace_method
+from .tree import convert_tree, root_call
 
 __all__ = ["Conversion", "ConversionReport", "Replacement", "convert"]
 
@@ -164,40 +164,39 @@ def convert(
     table = {**default_rules(), **(rules or {})}
     report = ConversionReport(type(model).__name__)
 
-    original = copy.deepcopy(model).eval()
-    tower = image_tower(original)
+    network = copy.deepcopy(model).eval()
+    tower = image_tower(network)
     if tower is not None:  # a CLIP model or image tower: it outputs embeddings, not logits
-        original, note = tower
+        network, note = tower
         report.notes.append(note)
-    report.notes += prepare_for_tracing(original)
-    gm = trace(original, table)
-    report.notes += rewrite_parameter_products(gm)
-    num_classes = _num_classes(gm)
-    if options.classifier_before_pool:
-        report.notes.append(move_classifier_before_pool(gm, _rule_applier(table, options)))
+    report.notes += prepare_for_tracing(network)
     problems = GraphProblems()
+    method, fixed = traced_methods(network, "")[0]
+    call = root_call(network, method)
+    try:
+        first = trace_method(network, "", method, {**call.variants()[0], **fixed}, call.signal)
+    except TraceFailure as error:
+        raise ConversionError(
+            f"torch.fx could not trace {type(network).__name__}.{method}: {error}\n"
+            "Its code probably branches on tensor values. Give the model a rule "
+            "(convert(..., rules={TheModule: rule})) so that it is converted as a whole."
+        ) from error
     report.notes.append(
-        encode_first_layer(gm, options, problems, info.input_size if info else None)
+        encode_first_layer(first, options, problems, info.input_size if info else None)
     )
-    rewrites = check_and_rewrite(gm, options, lambda m: type(m) in table, problems)
-    report.notes += rewrites.notes
-    report.constants += [f"network.{line}" for line in rewrites.constants]
-    if rewrites.qkv_projections:
+    tree = convert_tree(network, table, options, problems, traced_methods)
+    report.notes += tree.notes
+    report.constants += [f"network.{line}" for line in tree.constants]
+    report.replaced += [Replacement(*entry) for entry in tree.replaced]
+    report.kept += [Replacement(*entry) for entry in tree.kept]
+    if tree.rewritten:
         report.notes.append(
-            f"{len(rewrites.qkv_projections)} query/key/value projection(s) converted as "
-            f"qkv_projection={options.qkv_projection!r}"
-        )
-    if not problems.lines:
-        # the layers that compute queries, keys and values follow the qkv_projection option
-        overrides = dict.fromkeys(rewrites.qkv_projections, qkv_projection_rule)
-        # modules that only compute constants keep their function
-        overrides.update(dict.fromkeys(rewrites.off_path_modules, keep))
-        _apply_rules(gm, _rule_applier(table, options, overrides), report, problems)
-        if rewrites.off_path_modules:
-            report.notes.append(
-                "kept as they are, because they only compute constants (off the explained "
-                f"path): {', '.join(sorted(rewrites.off_path_modules))}"
+            "rewritten code (everything else keeps its own): "
+            + ", ".join(
+                f"{path or type(network).__name__}.{'/'.join(names)}"
+                for path, names in tree.rewritten.items()
             )
+        )
     if problems.lines:
         raise ConversionError(
             f"cannot convert {type(model).__name__}: {len(problems.lines)} part(s) have no "
@@ -207,9 +206,8 @@ def convert(
             "linear: bcosify.convert.rules.keep). Wrap a functional call in a module to give it "
             "a rule."
         )
-    gm.graph.lint()
-    gm.recompile()
-    report.constants += _reported_constants(gm)
+    report.constants += _reported_constants(network)
+    num_classes = _num_classes(network, tree.leaves)
 
     embedding = tower is not None and logit_bias == "auto"
     bias = None if embedding else _logit_bias(options, num_classes)
@@ -220,7 +218,7 @@ def convert(
         class_names or (info.class_names if info else None),
         info.input_size if info else None,
     )
-    converted = BcosModel(gm, config, bias).to(device_of(model))
+    converted = BcosModel(network, config, bias).to(device_of(model))
     if options.encoding == "paper":
         report.constants.append(
             "normalization.offset: the mean subtraction of the 'paper' "
@@ -235,63 +233,24 @@ def convert(
     return Conversion(converted.eval(), report)
 
 
-def _rule_applier(
-    table: dict[type[nn.Module], Rule],
-    options: ConversionOptions,
-    overrides: dict[str, Rule] | None = None,
-) -> Callable[[nn.Module, str], nn.Module]:
-    """``apply(module, path)``: the module's replacement by the rule for its path or type."""
-
-    def apply(module: nn.Module, path: str) -> nn.Module:
-        rule = (overrides or {}).get(path) or table.get(type(module))
-        if rule is None:
-            raise UnsupportedModule("no conversion rule for this module type")
-        context = RuleContext(options, path, lambda child, name: apply(child, f"{path}.{name}"))
-        return rule(module, context)
-
-    return apply
-
-
-def _apply_rules(
-    gm: fx.GraphModule,
-    apply: Callable[[nn.Module, str], nn.Module],
-    report: ConversionReport,
-    problems: GraphProblems,
-) -> None:
-    targets = dict.fromkeys(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
-    for path in targets:
-        module = gm.get_submodule(path)
-        try:
-            new = apply(module, path)
-        except UnsupportedModule as error:
-            problems.add(f"'{path}' ({type(module).__name__})", str(error))
-            continue
-        entry = Replacement(path, type(module).__name__, type(new).__name__)
-        if new is module:
-            report.kept.append(entry)
-            continue
-        report.replaced.append(entry)
-        gm.set_submodule(path, new)
-
-
-def _reported_constants(gm: fx.GraphModule) -> list[str]:
+def _reported_constants(network: nn.Module) -> list[str]:
     """The constants that modules made by rules report themselves (``reported_constants``)."""
     return [
         f"network.{path}.{name}: added to the signal in '{path}' ({type(module).__name__})"
-        for path, module in gm.named_modules()
+        for path, module in network.named_modules()
         for name in getattr(module, "reported_constants", ())
     ]
 
 
-def _num_classes(gm: fx.GraphModule) -> int | None:
-    """Output size of the last Linear or Conv2d called: the classifier's, in a classifier."""
-    for node in reversed(gm.graph.nodes):
-        if node.op == "call_module":
-            module = gm.get_submodule(str(node.target))
-            if isinstance(module, nn.Linear):
-                return module.out_features
-            if isinstance(module, nn.Conv2d):
-                return module.out_channels
+def _num_classes(network: nn.Module, leaves: list[str]) -> int | None:
+    """Output size of the last linear layer or convolution called: the classifier's."""
+    for path in reversed(leaves):
+        module = network.get_submodule(path)
+        module = getattr(module, "layer", module)  # Biased (keep_bias=True)
+        if isinstance(module, (nn.Linear, BcosLinear)):
+            return module.out_features
+        if isinstance(module, (nn.Conv2d, BcosConv2d)):
+            return module.out_channels
     return None
 
 

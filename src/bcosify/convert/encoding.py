@@ -2,10 +2,12 @@
 
 The first layer is either a ``Conv2d`` that takes the image directly (CNN stems, ViT patch
 embeddings as convolutions) or a patch-linear embedding: an ``nn.Linear`` applied to patches
-that reshapes of the image cut out (``unfold``, ``reshape``/``permute``). For the latter the
-layout of a patch vector is found by running the model's own reshapes on probe images whose
-pixels hold their channel and position, so that the rule is applied per pixel of the patch
-whatever the layout.
+that reshapes of the image cut out (``unfold``, ``reshape``/``permute``). It is found by
+following the image through the code of the network and, when the image goes straight into a
+submodule (a stem ``Sequential``, a ``PatchEmbed``), through that submodule's code. For a
+patch-linear embedding the layout of a patch vector is found by running the module's own
+reshapes on probe images whose pixels hold their channel and position, so that the rule is
+applied per pixel of the patch whatever the layout.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor, fx, nn
 
 from .graph import GraphProblems, is_static, is_structural
 from .options import ConversionOptions
+from .tracing import ModuleGraph, TraceFailure, is_torch_builtin, trace_call
 
 __all__ = ["encode_first_layer"]
 
@@ -31,40 +34,52 @@ _NOTES = {
 
 
 def encode_first_layer(
-    gm: fx.GraphModule,
+    graph: ModuleGraph,
     options: ConversionOptions,
     problems: GraphProblems,
     input_size: tuple[int, int] | None = None,
 ) -> str:
     """Re-weight the layer that first sees the image; returns a note, or adds a problem.
 
-    ``input_size`` is tried first when probing the layout of a patch-linear embedding.
+    ``graph`` is the network's traced method that receives the image; ``input_size`` is tried
+    first when probing the layout of a patch-linear embedding.
 
     Example:
         >>> import torch
-        >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 2)))
+        >>> from bcosify.convert.tracing import trace_method
+        >>> net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 2)))
+        >>> graph = trace_method(net, "", "forward", {}, {"input"})
         >>> options = ConversionOptions((0.5,) * 3, (0.25,) * 3)
-        >>> encode_first_layer(gm, options, GraphProblems()), gm.get_submodule("0").in_channels
-        ("first layer '0' folded for the [x, 1 - x] input: no affine offset remains", 6)
+        >>> encode_first_layer(graph, options, GraphProblems()), net[0][0].in_channels
+        ("first layer '0.0' folded for the [x, 1 - x] input: no affine offset remains", 6)
     """
-    (inputs,) = [n for n in gm.graph.nodes if n.op == "placeholder"][:1] or [None]
+    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"][:1]
     # reading the input's shape (for checks, as ViTs do) is not a use of its values
-    users = [u for u in inputs.users if not is_static(u)] if inputs is not None else []
+    users = [u for u in inputs[0].users if not is_static(u)] if inputs else []
     first = _first_layer(users[0]) if len(users) == 1 else None
-    module = gm.get_submodule(str(first.target)) if first is not None else None
-    if type(module) is nn.Conv2d and first.args[:1] == (inputs,):
-        new = _encode_conv(module, str(first.target), options, problems)
+    module = graph.submodule(str(first.target)) if first is not None else None
+    direct = first is not None and first.args[:1] == (inputs[0],)
+    if type(module) is nn.Conv2d and direct:
+        new = _encode_conv(module, graph.full_path(str(first.target)), options, problems)
     elif type(module) is nn.Linear:
-        new = _encode_patch_linear(gm, first, module, options, problems, input_size)
+        new = _encode_patch_linear(graph, first, module, options, problems, input_size)
+    elif module is not None and direct and not is_torch_builtin(module):
+        try:  # the image goes straight into a submodule: its code has the first layer
+            inner = trace_call(graph, first)
+        except TraceFailure:
+            inner = None
+        if inner is not None:
+            return encode_first_layer(inner, options, problems, input_size)
+        new = None
+        problems.add(f"'{graph.full_path(str(first.target))}'", "could not be traced")
     else:
-        found = ", ".join(f"{u.op} {u.target}" for u in users) or "nothing"
-        problems.add("the input", f"{_REQUIREMENT}; it goes to {found}")
+        found = ", ".join(f"{u.op} {graph.full_path(str(u.target))}" for u in users)
+        problems.add("the input", f"{_REQUIREMENT}; it goes to {found or 'nothing'}")
         return ""
     if new is None:
         return ""
-    path = str(first.target)
-    gm.set_submodule(path, new)
-    return _NOTES[options.encoding].format(path)
+    graph.set_submodule(str(first.target), new)
+    return _NOTES[options.encoding].format(graph.full_path(str(first.target)))
 
 
 def _first_layer(node: fx.Node) -> fx.Node | None:
@@ -121,7 +136,7 @@ def _encode_conv(
 
 
 def _encode_patch_linear(
-    gm: fx.GraphModule,
+    graph: ModuleGraph,
     node: fx.Node,
     linear: nn.Linear,
     options: ConversionOptions,
@@ -129,9 +144,9 @@ def _encode_patch_linear(
     input_size: tuple[int, int] | None,
 ) -> nn.Module | None:
     """Fold a Linear on patch tokens: each weight column belongs to one channel of one pixel."""
-    where = f"'{node.target}' (Linear)"
+    where = f"'{graph.full_path(str(node.target))}' (Linear)"
     channels = len(options.input_mean)
-    layouts = _patch_layouts(gm, node, channels, linear.in_features, input_size)
+    layouts = _patch_layouts(graph, node, channels, linear.in_features, input_size)
     if isinstance(layouts, str):
         problems.add("the input", f"{_REQUIREMENT}; it reaches {where} {layouts}")
         return None
@@ -155,7 +170,7 @@ def _encode_patch_linear(
 
 
 def _patch_layouts(
-    gm: fx.GraphModule,
+    graph: ModuleGraph,
     node: fx.Node,
     channels: int,
     features: int,
@@ -163,7 +178,7 @@ def _patch_layouts(
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | str:
     """``(channel, pixel)`` of every feature of one patch token, for the image and for the
     encoded ``[x, 1 - x]`` input; or why they could not be found."""
-    reshapes = _up_to(gm, node)
+    reshapes = _up_to(graph, node)
     patch = math.isqrt(features // channels)
     sizes = [input_size] if input_size else []
     sizes += [(patch * k, patch * k) for k in (1, 2, 4, 8, 16)]
@@ -184,15 +199,15 @@ def _patch_layouts(
     )
 
 
-def _up_to(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
-    """A module computing the input of ``node`` from the model's input (asserts included)."""
-    graph, copies = fx.Graph(), {}
-    for original in gm.graph.nodes:
+def _up_to(graph: ModuleGraph, node: fx.Node) -> fx.GraphModule:
+    """A module computing the input of ``node`` from the module's input (asserts included)."""
+    partial, copies = fx.Graph(), {}
+    for original in graph.graph.nodes:
         if original is node:
             break
-        copies[original] = graph.node_copy(original, lambda n: copies[n])
-    graph.output(copies[node.args[0]])
-    return fx.GraphModule(gm, graph)
+        copies[original] = partial.node_copy(original, lambda n: copies[n])
+    partial.output(copies[node.args[0]])
+    return fx.GraphModule(graph.module, partial)
 
 
 def _probe(

@@ -1,42 +1,38 @@
-"""Tracing a model with torch.fx, and checking and rewriting its functional calls.
+"""Checking and rewriting the operations in one module's own code.
 
-Modules with a rule are leaves of the trace; everything else is traced through, so a custom
-block's ``forward`` is checked operation by operation: structural and linear operations pass,
-functional activations and ``F.scaled_dot_product_attention`` are rewritten to their
-dynamic-linear modules, parameters and buffers added to or concatenated with the token sequence
-(positional embeddings, class and register tokens) are routed through
-:class:`~bcosify.nn.ConstantTerms` so that explanations report them by name, and everything else
-(a functional sigmoid, a product of two input-dependent tensors, an explicitly computed
-attention, a bias added to the signal) is reported with the path of the module whose
-``forward`` does it. Computations that do not depend on the input (shape arithmetic, a
-position bias computed from a table) are not on the explained path and are left alone.
+Each module that has no rule is traced on its own, its submodules as leaves
+(:mod:`bcosify.convert.tracing`), and its graph is checked operation by operation: structural
+and linear operations pass, functional activations and ``F.scaled_dot_product_attention`` are
+rewritten to calls of their dynamic-linear modules, parameters and buffers added to or
+concatenated with the token sequence (positional embeddings, class and register tokens) are
+routed through :class:`~bcosify.nn.ConstantTerms` so that explanations report them by name, and
+everything else (a functional sigmoid, a product of two input-dependent tensors, an explicitly
+computed attention, a bias added to the signal) is reported with the path of the module whose
+``forward`` does it. Computations that do not depend on the signal (shape arithmetic, a position
+bias computed from a table, an attention mask) are not on the explained path and are left alone.
 """
 
 from __future__ import annotations
 
-import functools
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import ConversionError
 from ..nn import (
     BcosGELU,
     BcosHardswish,
-    BcosLayerNorm,
     BcosMish,
     BcosReLU6,
     BcosSiLU,
     ConstantTerms,
     DynamicAttention,
-    PooledLayerNorm,
 )
 from .options import ConversionOptions
-from .rules import UnsupportedModule
+from .tracing import ModuleGraph
 
 __all__ = [
     "GraphProblems",
@@ -44,43 +40,8 @@ __all__ = [
     "check_and_rewrite",
     "is_static",
     "is_structural",
-    "move_classifier_before_pool",
-    "trace",
+    "signal_nodes",
 ]
-
-
-def trace(model: nn.Module, leaf_types: Iterable[type[nn.Module]]) -> fx.GraphModule:
-    """Trace ``model`` with the rule-table types as leaves; a failure names the module."""
-    tracer = _LeafTracer(tuple(leaf_types))
-    try:
-        graph = tracer.trace(model)
-    except Exception as error:
-        where = tracer.failed_in or "the model"
-        raise ConversionError(
-            f"torch.fx could not trace {where}: {type(error).__name__}: {error}\n"
-            "Its forward probably branches on tensor values. Give that module a rule "
-            "(convert(..., rules={TheModule: rule})) so that it is converted as a whole."
-        ) from error
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
-
-
-class _LeafTracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type[nn.Module], ...]) -> None:
-        super().__init__()
-        self.leaf_types = leaf_types
-        self.failed_in: str | None = None
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return type(m) in self.leaf_types or super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m, forward, args, kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_in is None:  # the innermost module is the one to blame
-                path = self.path_of_module(m)
-                self.failed_in = f"'{path}' ({type(m).__name__})"
-            raise
 
 
 @dataclass
@@ -91,16 +52,6 @@ class GraphProblems:
 
     def add(self, where: str, what: str) -> None:
         self.lines.append(f"  - {where}: {what}")
-
-
-def where(node: fx.Node) -> str:
-    """The path and type of the module whose forward created ``node``."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "the model's own forward"
-    path, owner = list(stack.values())[-1]
-    name = owner if isinstance(owner, str) else getattr(owner, "__name__", str(owner))
-    return f"'{path}' ({name.rsplit('.', 1)[-1]})"
 
 
 # Operations that only move, select, combine or average values: linear (or a selection).
@@ -214,75 +165,95 @@ except ImportError:  # pragma: no cover - torchvision is a dependency
 
 @dataclass
 class GraphRewrites:
-    """What :func:`check_and_rewrite` changed in the graph.
+    """What :func:`check_and_rewrite` found and changed in one module's graph.
 
     Attributes:
         notes: one line per rewrite, for the conversion report.
         constants: one line per constant routed through :class:`~bcosify.nn.ConstantTerms`,
-            starting with the name explanations report it under (relative to the graph).
-        qkv_projections: paths of the linear layers that compute queries, keys or values of an
-            attention (converted as the ``qkv_projection`` option says).
-        off_path_modules: paths of the modules that are only called on constants (an MLP
-            computing a position bias): they are not on the explained path and keep their
-            function.
+            starting with the name explanations report it under (relative to the network).
+        qkv_projections: paths (relative to the module) of the linear layers that compute
+            queries, keys or values of an attention (converted as the ``qkv_projection`` option
+            says).
     """
 
     notes: list[str] = field(default_factory=list)
     constants: list[str] = field(default_factory=list)
     qkv_projections: set[str] = field(default_factory=set)
-    off_path_modules: set[str] = field(default_factory=set)
 
 
 def check_and_rewrite(
-    gm: fx.GraphModule,
-    options: ConversionOptions,
-    has_rule: Callable[[nn.Module], bool],
-    problems: GraphProblems,
+    graph: ModuleGraph, options: ConversionOptions, problems: GraphProblems
 ) -> GraphRewrites:
-    """Check every node of ``gm``; rewrite functional activations, attention and constants.
+    """Check every operation of one module's own code; rewrite functional activations,
+    attention and constants in it.
 
-    Adds a line to ``problems`` for everything that cannot be converted.
+    Calls of submodules are not checked here: the converter looks at each submodule on its
+    own. Adds a line to ``problems`` for everything that cannot be converted.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.convert.options import ConversionOptions
+        >>> from bcosify.convert.tracing import trace_method
+        >>> class Block(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.nn.functional.gelu(x) + torch.tanh(x)
+        >>> graph = trace_method(Block(), "block", "forward", {}, {"x"})
+        >>> problems = GraphProblems()
+        >>> rewrites = check_and_rewrite(graph, ConversionOptions((0.5,), (0.5,)), problems)
+        >>> rewrites.notes
+        ["'block' (Block): functional gelu -> module 'bcos_act_0' (BcosGELU)"]
+        >>> problems.lines
+        ["  - 'block' (Block): calls tanh, which has no dynamic-linear form"]
     """
     rewrites = GraphRewrites()
-    signal: set[fx.Node] = set()  # nodes whose value depends on the input
-    on_path: set[str] = set()
-    off_path: set[str] = set()
-    for node in list(gm.graph.nodes):
+    signal: set[fx.Node] = set()
+    for node in list(graph.graph.nodes):
         depends = any(arg in signal for arg in _data_inputs(node))
         if node.op == "placeholder":
-            signal.add(node)
+            if node.target in graph.signal_inputs:
+                signal.add(node)
             continue
-        if node.op in ("get_attr", "output"):
-            continue
-        if node.op == "call_module":
-            module = gm.get_submodule(str(node.target))
-            if not depends:  # computes a constant, such as an MLP on relative coordinates
-                off_path.add(str(node.target))
-            elif not has_rule(module):
-                problems.add(
-                    f"'{node.target}' ({type(module).__name__})",
-                    "no conversion rule for this module type",
-                )
-            else:
-                on_path.add(str(node.target))
-        elif not depends or is_static(node):
+        if not depends or is_static(node):
             # a constant of the network (shape arithmetic, a position bias computed from a
             # table): not on the explained path; where it joins the signal is checked there
             continue
+        if node.op in ("get_attr", "output", "call_module"):
+            pass  # submodules are converted on their own
         elif node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS:
-            node = _rewrite_activation(gm, node, options, rewrites)
+            node = _rewrite_activation(graph, node, options, rewrites)
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
-            node = _rewrite_attention(gm, node, rewrites)
+            node = _rewrite_attention(graph, node, rewrites)
         else:
-            problem = _route_constants(gm, node, signal, rewrites) or _check_operation(node, signal)
+            problem = _route_constants(graph, node, signal, rewrites) or _check_operation(
+                node, signal
+            )
             if problem:
-                problems.add(where(node), problem)
-        if depends:
-            signal.add(node)
-    rewrites.off_path_modules = off_path - on_path
-    gm.graph.lint()
-    gm.recompile()
+                problems.add(graph.label, problem)
+        signal.add(node)
     return rewrites
+
+
+def signal_nodes(graph: ModuleGraph) -> set[fx.Node]:
+    """The nodes whose values (not only shapes) depend on the signal inputs.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.convert.tracing import trace_method
+        >>> class Net(torch.nn.Module):
+        ...     def forward(self, x, mask):
+        ...         return (x * 2).view(x.shape[0], -1) + mask
+        >>> graph = trace_method(Net(), "", "forward", {}, {"x"})
+        >>> sorted(n.name for n in signal_nodes(graph))
+        ['add', 'mul', 'output', 'view', 'x']
+    """
+    signal: set[fx.Node] = set()
+    for node in graph.graph.nodes:
+        if node.op == "placeholder":
+            if node.target in graph.signal_inputs:
+                signal.add(node)
+        elif not is_static(node) and any(arg in signal for arg in _data_inputs(node)):
+            signal.add(node)
+    return signal
 
 
 def is_static(node: fx.Node) -> bool:
@@ -363,7 +334,7 @@ def _is_zero(value: object) -> bool:
 
 
 def _route_constants(
-    gm: fx.GraphModule, node: fx.Node, signal: set[fx.Node], rewrites: GraphRewrites
+    graph: ModuleGraph, node: fx.Node, signal: set[fx.Node], rewrites: GraphRewrites
 ) -> str | None:
     """Route the constants added to or concatenated with the signal through ConstantTerms.
 
@@ -379,6 +350,8 @@ def _route_constants(
         verb = "adds a constant to the signal"
     elif node.op == "call_function" and node.target in _CONCATENATIONS:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        if isinstance(tensors, fx.Node):  # a list the module was passed (DenseNet's features)
+            tensors = [tensors]
         constants = [a for a in tensors if a not in signal]
         like = None
         verb = "concatenates a constant with the signal"
@@ -392,7 +365,7 @@ def _route_constants(
                 "B-cos network has no offsets. Remove it, or give the module a rule that "
                 "reports it as a constant"
             )
-        biases = [s for s in source if like is not None and not _varies_along_two_dims(gm, s)]
+        biases = [s for s in source if like is not None and not _varies_along_two_dims(graph, s)]
         if biases:
             return (
                 f"{verb} ({_name(node)}): '{biases[0]}' has one value per channel, a bias; a "
@@ -400,16 +373,18 @@ def _route_constants(
             )
     for operand, source in zip(constants, sources, strict=True):
         assert isinstance(operand, fx.Node)
-        container = _constant_terms(gm)
+        container = _constant_terms(graph)
         label = "+".join(source)
-        with gm.graph.inserting_before(node):
-            term = gm.graph.call_module(
+        with graph.graph.inserting_before(node):
+            term = graph.graph.call_module(
                 container, (label, operand, operand if like is None else like)
             )
         term.meta = dict(node.meta)
         node.replace_input_with(operand, term)
+        graph.changed = True
         how = "concatenated with" if like is None else "added to"
-        rewrites.constants.append(f"{container}.{label}: {how} the signal in {where(node)}")
+        name = "+".join(graph.full_path(s) for s in source)
+        rewrites.constants.append(f"{name}: {how} the signal in {graph.label}")
     return None
 
 
@@ -433,38 +408,36 @@ def _constant_sources(value: object) -> list[str] | None:
     return sources
 
 
-def _varies_along_two_dims(gm: fx.GraphModule, target: str) -> bool:
-    tensor = functools.reduce(getattr, target.split("."), gm)
+def _varies_along_two_dims(graph: ModuleGraph, target: str) -> bool:
+    tensor = graph.attribute(target)
     return sum(size > 1 for size in tensor.shape) >= 2
 
 
-def _constant_terms(gm: fx.GraphModule) -> str:
-    """The name of the graph's ConstantTerms module, added on first use."""
+def _constant_terms(graph: ModuleGraph) -> str:
+    """The name of the module's ConstantTerms submodule, added on first use."""
     name = "constants"
-    while hasattr(gm, name) and not isinstance(getattr(gm, name), ConstantTerms):
+    while hasattr(graph.module, name) and not isinstance(
+        getattr(graph.module, name), ConstantTerms
+    ):
         name = f"bcos_{name}"
-    if not hasattr(gm, name):
-        gm.add_submodule(name, ConstantTerms())
+    if not hasattr(graph.module, name):
+        graph.module.add_module(name, ConstantTerms())
     return name
 
 
-def _call_new_module(gm: fx.GraphModule, node: fx.Node, prefix: str, module: nn.Module) -> fx.Node:
+def _call_new_module(graph: ModuleGraph, node: fx.Node, prefix: str, module: nn.Module) -> fx.Node:
     """Replace ``node`` by a call of ``module`` (added as ``<prefix>_<i>``) on its arguments."""
-    index = 0
-    while hasattr(gm, f"{prefix}_{index}"):
-        index += 1
-    name = f"{prefix}_{index}"
-    gm.add_submodule(name, module)
-    with gm.graph.inserting_after(node):
-        new = gm.graph.call_module(name, node.args, dict(node.kwargs))
+    name = graph.add_submodule(prefix, module)
+    with graph.graph.inserting_after(node):
+        new = graph.graph.call_module(name, node.args, dict(node.kwargs))
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
-    gm.graph.erase_node(node)
+    graph.graph.erase_node(node)
     return new
 
 
 def _rewrite_activation(
-    gm: fx.GraphModule, node: fx.Node, options: ConversionOptions, rewrites: GraphRewrites
+    graph: ModuleGraph, node: fx.Node, options: ConversionOptions, rewrites: GraphRewrites
 ) -> fx.Node:
     """Replace a functional activation by a call of its module; returns the new node."""
     replacement = (
@@ -472,37 +445,37 @@ def _rewrite_activation(
         if options.activations == "identity"
         else _FUNCTIONAL_ACTIVATIONS[node.target](node)
     )
-    new = _call_new_module(gm, node, "bcos_act", replacement)
+    new = _call_new_module(graph, node, "bcos_act", replacement)
     new.args = new.args[:1]  # the activation modules take the tensor only
     new.kwargs = {}
     rewrites.notes.append(
-        f"{where(new)}: functional {_name(node)} -> module '{new.target}' "
+        f"{graph.label}: functional {_name(node)} -> module '{new.target}' "
         f"({type(replacement).__name__})"
     )
     return new
 
 
-def _rewrite_attention(gm: fx.GraphModule, node: fx.Node, rewrites: GraphRewrites) -> fx.Node:
+def _rewrite_attention(graph: ModuleGraph, node: fx.Node, rewrites: GraphRewrites) -> fx.Node:
     """Replace ``F.scaled_dot_product_attention`` by a :class:`DynamicAttention` call, and
     record the linear layers that compute its queries, keys and values."""
-    new = _call_new_module(gm, node, "bcos_attention", DynamicAttention())
+    new = _call_new_module(graph, node, "bcos_attention", DynamicAttention())
     operands = [*new.args[:3], *(new.kwargs.get(k) for k in ("query", "key", "value"))]
-    found = {_projection(gm, operand) for operand in operands} - {None}
+    found = {_projection(graph, operand) for operand in operands} - {None}
     rewrites.qkv_projections.update(found)
     computed = f", projections {sorted(found)}" if found else ""
     rewrites.notes.append(
-        f"{where(new)}: functional scaled_dot_product_attention -> module '{new.target}' "
+        f"{graph.label}: functional scaled_dot_product_attention -> module '{new.target}' "
         f"(DynamicAttention: queries and keys detached when explaining{computed})"
     )
     return new
 
 
-def _projection(gm: fx.GraphModule, value: object) -> str | None:
+def _projection(graph: ModuleGraph, value: object) -> str | None:
     """The path of the ``nn.Linear`` that computes ``value``, looking back through reshapes,
     selections and modules without a weight matrix (norms, dropout); None if there is none."""
     while isinstance(value, fx.Node):
         if value.op == "call_module":
-            module = gm.get_submodule(str(value.target))
+            module = graph.submodule(str(value.target))
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
                 return str(value.target) if type(module) is nn.Linear else None
@@ -510,137 +483,3 @@ def _projection(gm: fx.GraphModule, value: object) -> str | None:
             return None
         value = value.args[0] if value.args else None
     return None
-
-
-def move_classifier_before_pool(
-    gm: fx.GraphModule, convert_module: Callable[[nn.Module, str], nn.Module]
-) -> str:
-    """Apply a linear classifier that follows global average pooling before the pooling.
-
-    For a CNN, ``pool -> [flatten | dropout | identity]* -> Linear`` becomes
-    ``1x1 conv -> pool -> ...``, the conv carrying the Linear's weights under the Linear's name.
-    For a transformer, ``tokens.mean(dim=1) -> [LayerNorm] -> [dropout | identity]* -> Linear``
-    becomes ``LayerNorm of the average token, per token -> Linear per token -> mean``, with the
-    norm converted by ``convert_module`` (the rule table) into a
-    :class:`~bcosify.nn.PooledLayerNorm`. Averaging and a linear map commute, so with the
-    original layers the function is unchanged; with B-cos layers the head sees every position
-    on its own. The last pooling of the graph is the one considered. Returns a note saying what
-    was done, or why not.
-    """
-    pools = [n for n in gm.graph.nodes if _is_global_average_pool(gm, n) or _is_token_mean(n)]
-    if not pools:
-        return "classifier kept after pooling: no global average pooling followed by a Linear"
-    pool = pools[-1]
-    spatial = _is_global_average_pool(gm, pool)
-    node, norm = pool, None
-    while len(node.users) == 1:
-        (user,) = node.users
-        if user.op == "call_module" and type(gm.get_submodule(str(user.target))) is nn.Linear:
-            if spatial:
-                return _rewrite_head(gm, pool, user)
-            return _rewrite_token_head(gm, pool, norm, user)
-        pooled = None if spatial or norm else _pooled_norm(gm, user, convert_module)
-        if pooled is not None:
-            norm = (user, pooled)
-        elif not _is_passthrough(gm, user):
-            return f"classifier kept after pooling: {where(user)} follows the pooling"
-        node = user
-    return "classifier kept after pooling: the pooled features are used more than once"
-
-
-def _rewrite_head(gm: fx.GraphModule, pool: fx.Node, linear_node: fx.Node) -> str:
-    path = str(linear_node.target)
-    linear = gm.get_submodule(path)
-    features = pool.args[0]
-    assert isinstance(linear, nn.Linear) and isinstance(features, fx.Node)
-    conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
-    conv = conv.to(linear.weight.device, linear.weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(linear.weight[:, :, None, None])
-        if linear.bias is not None:
-            conv.bias.copy_(linear.bias)
-    gm.set_submodule(path, conv)
-    with gm.graph.inserting_before(pool):
-        head = gm.graph.call_module(path, (features,))
-    head.meta = dict(linear_node.meta)
-    pool.replace_input_with(features, head)
-    linear_node.replace_all_uses_with(linear_node.args[0])
-    gm.graph.erase_node(linear_node)
-    gm.graph.lint()
-    gm.recompile()
-    return f"classifier '{path}' applied as a 1x1 convolution before the global average pooling"
-
-
-def _rewrite_token_head(
-    gm: fx.GraphModule,
-    mean: fx.Node,
-    norm: tuple[fx.Node, nn.Module] | None,
-    linear_node: fx.Node,
-) -> str:
-    tokens = mean.args[0]
-    assert isinstance(tokens, fx.Node)
-    for user in list(mean.users):
-        user.replace_input_with(mean, tokens)
-    with gm.graph.inserting_after(linear_node):
-        average = gm.graph.create_node(
-            mean.op, mean.target, (linear_node, *mean.args[1:]), dict(mean.kwargs)
-        )
-    average.meta = dict(mean.meta)
-    linear_node.replace_all_uses_with(average, delete_user_cb=lambda user: user is not average)
-    gm.graph.erase_node(mean)
-    note = ""
-    if norm is not None:
-        node, pooled = norm
-        gm.set_submodule(str(node.target), pooled)
-        note = f"; '{node.target}' -> PooledLayerNorm (normalised like the average token)"
-    gm.graph.lint()
-    gm.recompile()
-    return (
-        f"classifier '{linear_node.target}' applied to every token before the token average" + note
-    )
-
-
-def _pooled_norm(
-    gm: fx.GraphModule, node: fx.Node, convert_module: Callable[[nn.Module, str], nn.Module]
-) -> nn.Module | None:
-    """The :class:`PooledLayerNorm` for a layer norm module that follows a token average."""
-    if node.op != "call_module":
-        return None
-    path = str(node.target)
-    try:
-        converted = convert_module(gm.get_submodule(path), path)
-    except UnsupportedModule:
-        return None
-    if type(converted) is not BcosLayerNorm:
-        return None
-    return PooledLayerNorm.from_layernorm(converted, token_dim=1)
-
-
-def _is_global_average_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        module = gm.get_submodule(str(node.target))
-        return type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1))
-    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
-        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-        return size in (1, (1, 1))
-    if node.op == "call_method" and node.target == "mean":
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return isinstance(dims, (tuple, list)) and tuple(dims) in ((2, 3), (-2, -1))
-    return False
-
-
-def _is_token_mean(node: fx.Node) -> bool:
-    """``tokens.mean(dim=1)`` or ``torch.mean(tokens, 1)``: the average over a token sequence."""
-    is_mean = (node.op == "call_method" and node.target == "mean") or (
-        node.op == "call_function" and node.target is torch.mean
-    )
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    return is_mean and dim in (1, (1,), [1])
-
-
-def _is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return type(gm.get_submodule(str(node.target))) in (nn.Flatten, nn.Dropout, nn.Identity)
-    if node.op == "call_function":
-        return node.target in (torch.flatten, F.dropout)
-    return node.op == "call_method" and node.target in ("flatten", "view", "reshape")

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputRangeError
 from ..nn import InputEncoding, InputNormalization, LogitBias
 from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
 from .options import ConversionOptions
 
-__all__ = ["BcosModel", "ModelConfig", "read_config"]
+__all__ = ["INPUT_TOLERANCE", "BcosModel", "ModelConfig", "read_config"]
 
 _FORMAT = "bcosify-model/1"
 
@@ -66,11 +69,35 @@ class ModelConfig:
         )
 
 
+InputCheck = Literal["error", "warn", "off"]
+
+INPUT_TOLERANCE = 0.1
+"""How far outside ``[0, 1]`` an input may go before :class:`BcosModel` objects: resampling
+(bicubic interpolation of a tensor) overshoots a little, a normalised image (about -2 to 2.6)
+or a 0-255 image far more."""
+
+# the parts of a timm model's interface that a converted timm model keeps (see __getattr__)
+_FAMILY_METHODS = ("forward_features", "forward_head", "reset_classifier")
+
+
 class BcosModel(nn.Module):
     """A B-cos model made by :func:`bcosify.convert`: takes RGB images in ``[0, 1]``.
 
     ``forward`` encodes the images as ``[x, 1 - x]`` (for the ``"paper"`` encoding followed by the
     normalisation layer), runs the converted network and adds the logit bias.
+
+    ``network`` is the original model's own module tree, converted in place: every module path
+    of the original exists under ``network.`` (``model.network.layer4[-1]``), with the original
+    classes, and runs in the forward pass, so hooks, Captum's layer methods, GradCAM and
+    torchvision's feature extraction work on it as on the original. A converted timm model
+    keeps timm's interface on the model itself: ``forward_features`` (on images in ``[0, 1]``),
+    ``forward_head``, ``reset_classifier`` (the new head a B-cos layer, the logit bias
+    updated), ``num_classes`` and a ``pretrained_cfg`` with mean 0 and std 1, so that
+    ``timm.data.resolve_data_config(model=model)`` gives transforms that feed ``[0, 1]``.
+
+    Inputs outside ``[0, 1]`` (by more than :data:`INPUT_TOLERANCE`), the likeliest silent
+    mistake, raise :class:`~bcosify.errors.InputRangeError`; set ``model.input_check`` to
+    ``"warn"`` or ``"off"`` to change that.
 
     Example:
         >>> import torch, bcosify
@@ -78,12 +105,15 @@ class BcosModel(nn.Module):
         ...     bcosify.models.create("torchvision:resnet18", num_classes=4))
         >>> model(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 4])
+        >>> type(model.network.layer4[-1]).__name__
+        'BasicBlock'
     """
 
     def __init__(self, network: nn.Module, config: ModelConfig, logit_bias: float | None) -> None:
         super().__init__()
         options = config.options
         self.config = config
+        self.input_check: InputCheck = "error"
         self.encoding = InputEncoding()
         if options.encoding == "paper":
             mean = [*options.input_mean, *(1.0 - m for m in options.input_mean)]
@@ -91,21 +121,101 @@ class BcosModel(nn.Module):
         else:
             self.normalization = nn.Identity()
         self.network = network
-        self.logit_bias: nn.Module = (
-            LogitBias(logit_bias) if logit_bias is not None else nn.Identity()
-        )
+        self.set_logit_bias(logit_bias)
 
     @property
     def in_channels(self) -> int:
         return len(self.config.options.input_mean)
 
+    @property
+    def num_classes(self) -> int | None:
+        """The number of outputs of the classifier, when the network says (timm models)."""
+        value = getattr(self.network, "num_classes", None)
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data config for this model: the original's, with the input in ``[0, 1]``
+        (mean 0, std 1), so timm's ``resolve_data_config``/``create_transform`` fit it."""
+        cfg = dict(getattr(self.network, "pretrained_cfg", None) or {})
+        size = self.config.input_size
+        if size and "input_size" not in cfg:
+            cfg["input_size"] = (self.in_channels, *size)
+        cfg.update(
+            mean=(0.0,) * self.in_channels, std=(1.0,) * self.in_channels, input_range=(0.0, 1.0)
+        )
+        return cfg
+
+    default_cfg = pretrained_cfg
+
+    def set_logit_bias(self, value: float | None) -> None:
+        """Replace the logit bias (None: no logit bias)."""
+        self.logit_bias: nn.Module = LogitBias(value) if value is not None else nn.Identity()
+
     def forward(self, images: Tensor) -> Tensor:
+        return self.logit_bias(self.network(self._encode(images)))
+
+    def __getattr__(self, name: str) -> Any:
+        # timm's interface, only where the converted network has it (so hasattr tells the truth)
+        if name in _FAMILY_METHODS:
+            network = self._modules.get("network")
+            if network is not None and callable(getattr(network, name, None)):
+                return getattr(self, f"_{name}")
+        return super().__getattr__(name)
+
+    def _forward_features(self, images: Tensor) -> Tensor:
+        """timm's ``forward_features``, on images in ``[0, 1]``."""
+        return self.network.forward_features(self._encode(images))
+
+    def _forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """timm's ``forward_head``: the logits (logit bias included) from the features."""
+        out = self.network.forward_head(features, pre_logits=pre_logits)
+        return out if pre_logits else self.logit_bias(out)
+
+    def _reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
+        """timm's ``reset_classifier``: a new head for ``num_classes`` classes, converted like
+        the original one (a B-cos layer, before the pooling), and the logit bias for them."""
+        from .families import reset_timm_classifier
+
+        reset_timm_classifier(self.network, self.config.options, num_classes, *args, **kwargs)
+        self.config.class_names = None
+        self.config.source_kwargs["num_classes"] = num_classes
+        options = self.config.options
+        auto = options.logit_bias == "auto" and not options.keep_bias
+        bias = (-math.log(num_classes - 1) if num_classes > 1 else None) if auto else None
+        if options.logit_bias not in ("auto", None):
+            bias = float(options.logit_bias)
+        device = next(self.parameters()).device
+        self.set_logit_bias(bias if num_classes else None)
+        self.logit_bias.to(device)
+
+    def _encode(self, images: Tensor) -> Tensor:
+        if _checking():
+            self._check(images)
+        return self.normalization(self.encoding(images))
+
+    def _check(self, images: Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected images of shape (N, {self.in_channels}, H, W) with values in [0, 1], "
                 f"got {tuple(images.shape)}"
             )
-        return self.logit_bias(self.network(self.normalization(self.encoding(images))))
+        if self.input_check == "off" or not images.numel():
+            return
+        low, high = (float(v) for v in images.detach().aminmax())
+        if low >= -INPUT_TOLERANCE and high <= 1 + INPUT_TOLERANCE:
+            return
+        message = (
+            f"the images range from {low:.3g} to {high:.3g}, but a B-cos model takes RGB "
+            "images in [0, 1], not normalised (its first layer holds the normalisation) nor "
+            "0-255. Pass the images before normalising them (timm: "
+            "resolve_data_config(model=model) gives mean 0 and std 1), or set "
+            "model.input_check = 'warn' or 'off'."
+        )
+        if self.input_check == "warn":
+            warnings.warn(message, stacklevel=3)
+            return
+        raise InputRangeError(message)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` to ``directory``; returns it.
@@ -134,3 +244,9 @@ def read_config(directory: str | Path) -> ModelConfig:
             raise
         path = Path(directory) / CONFIG_FILE
         raise CheckpointError(f"{str(path)!r} is not a valid bcosify config: {error}") from None
+
+
+def _checking() -> bool:
+    """Whether inputs are checked: not while torch.fx, TorchScript or torch.compile trace."""
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
+    return not (torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing() or compiling)

@@ -15,13 +15,17 @@ import operator
 import torch
 from torch import fx, nn
 
+from .graph import signal_nodes
+from .tracing import ModuleGraph
+
 __all__ = ["rewrite_parameter_products"]
 
 _MATMULS = {operator.matmul, torch.matmul}
 
 
-def rewrite_parameter_products(gm: fx.GraphModule) -> list[str]:
-    """Rewrite every ``signal @ P`` (``P`` a 2-D parameter) into an ``nn.Linear`` call.
+def rewrite_parameter_products(graph: ModuleGraph) -> list[str]:
+    """Rewrite every ``signal @ P`` (``P`` a 2-D parameter of the module) into an ``nn.Linear``
+    call.
 
     A parameter is rewritten only when every use of it is such a product, so that no copy of
     it is left behind to drift apart in training; the linear layer takes its name. Returns a
@@ -29,45 +33,41 @@ def rewrite_parameter_products(gm: fx.GraphModule) -> list[str]:
 
     Example:
         >>> import torch
+        >>> from bcosify.convert.tracing import trace_method
         >>> class Head(torch.nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
         ...         self.proj = torch.nn.Parameter(torch.randn(4, 2))
         ...     def forward(self, x):
         ...         return x @ self.proj
-        >>> gm = torch.fx.symbolic_trace(Head())
-        >>> rewrite_parameter_products(gm)
-        ["'proj' (a parameter applied as x @ proj) -> linear layer 'proj' (4 -> 2)"]
-        >>> type(gm.proj).__name__, tuple(gm.proj.weight.shape)
+        >>> head = Head()
+        >>> rewrite_parameter_products(trace_method(head, "head", "forward", {}, {"x"}))
+        ["'head.proj' (a parameter applied as x @ proj) -> linear layer 'head.proj' (4 -> 2)"]
+        >>> type(head.proj).__name__, tuple(head.proj.weight.shape)
         ('Linear', (2, 4))
     """
-    signal: set[fx.Node] = set()
+    signal = signal_nodes(graph)
     reads: dict[str, list[fx.Node]] = {}
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(a in signal for a in node.all_input_nodes):
-            signal.add(node)
+    for node in graph.graph.nodes:
         if node.op == "get_attr":
             reads.setdefault(str(node.target), []).append(node)
     notes = []
     for target, nodes in reads.items():
-        parameter = _parameter(gm, target)
+        parameter = _parameter(graph, target)
         users = list(dict.fromkeys(user for node in nodes for user in node.users))
         if parameter is None or not users:
             continue
         if not all(_is_product_with(user, target, signal) for user in users):
             continue
-        notes.append(_rewrite(gm, target, parameter, users))
+        notes.append(_rewrite(graph, target, parameter, users))
         for node in nodes:
-            gm.graph.erase_node(node)
-    if notes:
-        gm.graph.lint()
-        gm.recompile()
+            graph.graph.erase_node(node)
     return notes
 
 
-def _parameter(gm: fx.GraphModule, target: str) -> nn.Parameter | None:
+def _parameter(graph: ModuleGraph, target: str) -> nn.Parameter | None:
     owner_path, _, name = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
+    owner = graph.submodule(owner_path) if owner_path else graph.module
     value = owner._parameters.get(name)
     return value if value is not None and value.ndim == 2 else None
 
@@ -87,24 +87,24 @@ def _is_product_with(node: fx.Node, target: str, signal: set[fx.Node]) -> bool:
     )
 
 
-def _rewrite(gm: fx.GraphModule, target: str, parameter: nn.Parameter, users: list[fx.Node]) -> str:
+def _rewrite(graph: ModuleGraph, target: str, parameter: nn.Parameter, users: list[fx.Node]) -> str:
     features_in, features_out = parameter.shape
     linear = nn.Linear(
         features_in, features_out, bias=False, device=parameter.device, dtype=parameter.dtype
     )
     with torch.no_grad():
         linear.weight.copy_(parameter.t())
-    owner_path, _, name = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    del owner._parameters[name]
-    owner.add_module(name, linear)
+    graph.set_submodule(target, linear)
     for user in users:
-        with gm.graph.inserting_before(user):
-            call = gm.graph.call_module(target, (user.args[0],))
+        with graph.graph.inserting_before(user):
+            call = graph.graph.call_module(target, (user.args[0],))
         call.meta = dict(user.meta)
         user.replace_all_uses_with(call)
-        gm.graph.erase_node(user)
+        graph.graph.erase_node(user)
+    graph.changed = True
+    name = target.rpartition(".")[2]
+    path = graph.full_path(target)
     return (
-        f"'{target}' (a parameter applied as x @ {name}) -> linear layer '{target}' "
+        f"'{path}' (a parameter applied as x @ {name}) -> linear layer '{path}' "
         f"({features_in} -> {features_out})"
     )

@@ -16,9 +16,10 @@ class ConstantTerms(nn.Module):
     or register tokens in front of them. These are not input, so an explanation must account for
     them as constant terms (their contribution is ``c * dy/dc``). The converter routes each such
     constant through ``terms(name, value, like)``: during an explanation the constant becomes a
-    per-example leaf recorded as ``<path of this module>.<name>``, where ``name`` is the constant's
-    qualified name in the network (``"pos_embed"``); otherwise ``value`` passes unchanged, so
-    training still updates the constant.
+    per-example leaf recorded as ``<path of the module that owns this one>.<name>``, where
+    ``name`` is the constant's name in that module (``"pos_embed"``), so that the explanation
+    names it by the parameter's own path; otherwise ``value`` passes unchanged, so training
+    still updates the constant.
 
     Example:
         >>> import torch
@@ -30,6 +31,8 @@ class ConstantTerms(nn.Module):
         >>> list(trace.constants), tuple(trace.constants["pos_embed"].shape)
         (['pos_embed'], (2, 4, 8))
     """
+
+    names_relative_to_parent = True  # read by ExplanationTrace
 
     def forward(self, name: str, value: Tensor, like: Tensor) -> Tensor:
         return traced_constant(self, name, value, like)

@@ -19,7 +19,8 @@ class PooledLayerNorm(BcosLayerNorm):
     must then give, averaged over tokens, exactly ``norm(mean_t x_t)``. This module centres each
     token on its own channel mean (centring commutes with the average) and divides it by the
     standard deviation of the *average* token (one scale per example, detached in explanation
-    mode), so ``mean_t PooledLayerNorm(x)_t == LayerNorm(mean_t x)``.
+    mode), so ``mean_t PooledLayerNorm(x)_t == LayerNorm(mean_t x)``. Given the average itself
+    (no token dimension), it is the layer norm of it.
 
     Example:
         >>> import torch
@@ -65,6 +66,8 @@ class PooledLayerNorm(BcosLayerNorm):
         return pooled
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim <= self.token_dim + 1:  # already pooled (timm's forward_head(pre_logits))
+            return super().forward(x)
         average = x.mean(self.token_dim, keepdim=True)
         centred_average = average - average.mean(-1, keepdim=True)
         std = (centred_average.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()

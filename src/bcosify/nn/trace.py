@@ -62,6 +62,8 @@ class ExplanationTrace:
                 f"{type(module).__name__} was called during the explanation but is not a "
                 "submodule of the explained model; register it as a submodule."
             )
+        if getattr(module, "names_relative_to_parent", False):
+            path = path.rpartition(".")[0]
         return f"{path}.{name}" if path else name
 
 

@@ -1,0 +1,271 @@
+"""A converted model is still the user's model: its module tree, classes, hooks and tools.
+
+For every architecture of the conversion tests: every module path of the original exists under
+``network.``, containers keep their classes, and a forward hook on every container fires as
+often as on the original. Then the tools users hook into a model with (GradCAM, Captum's layer
+attributions, torchvision's feature extraction) and timm's own interface.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections import Counter
+
+import pytest
+import torch
+from nets import keep_signal_alive
+from test_convert import TIMM, TORCHVISION, PlainCNN, normalise, randomise_statistics
+from test_convert_vit import ARCHITECTURES as VITS
+from test_convert_vit import original as vit_original
+from torch import nn
+
+import bcosify
+from bcosify.errors import InputRangeError
+from bcosify.models import create
+from bcosify.nn import BcosConv2d, BcosLinear
+
+SIZE = 64
+
+
+def _builders() -> dict[str, tuple]:
+    """id -> (build the original, image size, input mean, input std)."""
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    builders = {
+        f"torchvision_{arch}": (
+            functools.partial(create, f"torchvision:{arch}", num_classes=10),
+            SIZE,
+            *imagenet,
+        )
+        for arch in TORCHVISION
+    }
+    builders |= {
+        f"timm_{arch}": (functools.partial(create, f"timm:{arch}", num_classes=10), SIZE, *imagenet)
+        for arch in TIMM
+    }
+    builders["plain_cnn"] = (PlainCNN, SIZE, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    for arch, (_, _, size, _) in VITS.items():  # the ViT tests' originals, copied
+        builders[arch] = (lambda arch=arch: copy.deepcopy(vit_original(arch)), size, *imagenet)
+    return builders
+
+
+BUILDERS = _builders()
+
+
+def needs(arch: str) -> None:
+    if "timm" in arch:
+        pytest.importorskip("timm")
+
+
+@functools.cache
+def pair(arch: str) -> tuple[nn.Module, bcosify.BcosModel]:
+    build, _, mean, std = BUILDERS[arch]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        original = randomise_statistics(build())
+    mean = getattr(getattr(original, "bcosify_source", None), "input_mean", mean)
+    std = getattr(getattr(original, "bcosify_source", None), "input_std", std)
+    model, _ = bcosify.convert(original, input_mean=mean, input_std=std)
+    return original, model
+
+
+def hook_counts(model: nn.Module, paths: list[str], x: torch.Tensor) -> Counter:
+    counts: Counter = Counter()
+    handles = [
+        model.get_submodule(p).register_forward_hook(
+            lambda *_, p=p: counts.update([p])  # type: ignore[misc]
+        )
+        for p in paths
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_module_paths_classes_and_hooks_are_the_originals(arch):
+    needs(arch)
+    original, model = pair(arch)
+    _, size, mean, std = BUILDERS[arch]
+    ours = dict(model.network.named_modules())
+    theirs = dict(original.named_modules())
+    missing = sorted(set(theirs) - set(ours))
+    assert not missing, missing
+    containers = [p for p, m in theirs.items() if p and next(m.children(), None) is not None]
+    rules = bcosify.convert.default_rules()
+    for path in containers:  # a module without a rule keeps its class (or a subclass of it)
+        if type(theirs[path]) not in rules:
+            assert isinstance(ours[path], type(theirs[path])), (path, type(ours[path]))
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    info = getattr(original, "bcosify_source", None)
+    mean, std = (info.input_mean, info.input_std) if info else (mean, std)
+    expected = hook_counts(original, ["", *containers], normalise(x, mean, std))
+    got = hook_counts(model.network, ["", *containers], model.encoding(x))
+    assert expected[""] == 1 and got == expected
+
+
+def test_a_block_that_needs_no_change_keeps_its_class_and_code():
+    original, model = pair("torchvision_resnet18")
+    block = model.network.layer4[-1]
+    assert type(block) is type(original.layer4[-1])  # BasicBlock itself, not a subclass
+    assert isinstance(block.conv1, BcosConv2d)
+    assert model.network.fc is model.network.get_submodule("fc")  # torchvision's attribute
+    # only the module whose own code moves the classifier before the pooling was rewritten
+    assert type(model.network).__name__ == "ResNet"
+    assert type(model.network) is not type(original)
+    assert isinstance(model.network, type(original))
+
+
+def test_reused_modules_fire_as_often_as_in_the_original():
+    original, model = pair("torchvision_resnet18")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    path = "layer4.1.relu"  # BasicBlock calls its ReLU twice
+    assert hook_counts(model.network, [path], model.encoding(x))[path] == 2
+    assert hook_counts(original, [path], normalise(x))[path] == 2
+
+
+def signal_alive(arch: str) -> bcosify.BcosModel:
+    _, model = pair(arch)
+    size = BUILDERS[arch][1]
+    return keep_signal_alive(model, torch.rand(4, 3, size, size))
+
+
+def test_gradcam_runs_on_a_layer_of_a_converted_resnet():
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = signal_alive("torchvision_resnet18")
+    cam = grad_cam.GradCAM(model=model, target_layers=[model.network.layer4[-1]])
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
+    assert maps.shape == (2, SIZE, SIZE)
+    assert (maps.reshape(2, -1).max(1) > 0).all()  # a map, not a constant
+
+
+def test_captum_layer_integrated_gradients_on_a_block():
+    captum = pytest.importorskip("captum.attr")
+    model = signal_alive("torchvision_resnet18")
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    block = model.network.layer3
+    method = captum.LayerIntegratedGradients(model, block)
+    attributions, delta = method.attribute(
+        x, target=[0, 1], n_steps=8, return_convergence_delta=True
+    )
+    with torch.no_grad():
+        features = {}
+        handle = block.register_forward_hook(lambda m, a, out: features.setdefault("out", out))
+        model(x)
+        handle.remove()
+    assert attributions.shape == features["out"].shape
+    assert attributions.abs().sum() > 0 and torch.isfinite(delta).all()
+
+
+def test_torchvision_feature_extraction_with_the_original_node_names():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    original, model = pair("torchvision_resnet18")
+    nodes = {"layer2": "mid", "layer4.1.relu_1": "late"}
+    theirs = create_feature_extractor(original, nodes)
+    ours = create_feature_extractor(model.network, nodes)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        a, b = theirs(normalise(x)), ours(model.encoding(x))
+        assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+        # the same features as the converted model computes itself
+        seen = {}
+        handle = model.network.layer2.register_forward_hook(
+            lambda m, i, out: seen.setdefault("mid", out)
+        )
+        model(x)
+        handle.remove()
+        torch.testing.assert_close(b["mid"], seen["mid"])
+    # and on the whole model, images in [0, 1], with the paths under "network."
+    whole = create_feature_extractor(model, {"network.layer2": "mid"})
+    with torch.no_grad():
+        torch.testing.assert_close(whole(x)["mid"], seen["mid"])
+
+
+@pytest.mark.parametrize(
+    "arch", ["timm_resnet18", "timm_convnext_atto", "timm_vit_tiny", "timm_vit_small_avgpool"]
+)
+def test_timm_interface_is_kept(arch):
+    needs(arch)
+    from timm.data import create_transform, resolve_data_config
+
+    original, model = pair(arch)
+    size = BUILDERS[arch][1]
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(5))
+    info = original.bcosify_source
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert (
+            features.shape
+            == original.forward_features(normalise(x, info.input_mean, info.input_std)).shape
+        )
+        torch.testing.assert_close(model.forward_head(features), model(x))
+        pre = model.forward_head(features, pre_logits=True)
+        assert pre.shape == original.forward_head(original.forward_features(x), True).shape
+    assert model.num_classes == 10
+    config = resolve_data_config(model=model)
+    assert config["mean"] == (0.0, 0.0, 0.0) and config["std"] == (1.0, 1.0, 1.0)
+    transform = create_transform(**config)
+    from PIL import Image
+
+    image = transform(Image.new("RGB", (300, 280), (255, 0, 128)))
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+@pytest.mark.parametrize("arch", ["timm_resnet18", "timm_vit_small_avgpool"])
+def test_timm_reset_classifier_gives_a_bcos_head_and_exact_explanations(arch):
+    needs(arch)
+    _, converted = pair(arch)
+    model = copy.deepcopy(converted)
+    model.reset_classifier(5)
+    assert model.num_classes == 5
+    assert float(model.logit_bias.bias) == pytest.approx(-torch.log(torch.tensor(4.0)).item())
+    head = model.network.get_submodule("fc" if "resnet" in arch else "head")
+    assert isinstance(head, (BcosConv2d, BcosLinear))
+    size = BUILDERS[arch][1]
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(6))
+    model = keep_signal_alive(model, x)
+    e = bcosify.explain(model, x, target=[0, 2, 4])
+    assert e.logits.shape == (3, 5)
+    assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
+    assert not any(n.endswith("bias") for n, _ in model.named_parameters())
+
+
+def test_inputs_outside_zero_one_are_refused_by_default():
+    _, model = pair("torchvision_resnet18")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    normalised = normalise(x)
+    with pytest.raises(InputRangeError, match=r"range from -\d.* a B-cos model takes RGB"):
+        model(normalised)
+    with pytest.raises(InputRangeError):
+        model(x * 255)
+    with pytest.raises(InputRangeError):
+        model(torch.full_like(x, float("nan")))
+    model(x.clamp(0, 1) * 1.05 - 0.02)  # resampling overshoot is tolerated
+    model.input_check = "warn"
+    try:
+        with pytest.warns(UserWarning, match="takes RGB images in"):
+            model(normalised)
+        model.input_check = "off"
+        model(normalised)
+    finally:
+        model.input_check = "error"
+
+
+def test_top_level_functions_do_not_hide_their_packages():
+    assert callable(bcosify.convert) and callable(bcosify.explain)
+    assert nn.Identity in bcosify.convert.default_rules()
+    from bcosify.convert import convert
+    from bcosify.explain import save_colour_explanation
+
+    assert callable(convert) and callable(save_colour_explanation)
+    model, report = bcosify.convert(create("torchvision:resnet18", num_classes=3))
+    e = bcosify.explain(model, torch.rand(1, 3, 32, 32))
+    assert e.logits.shape == (1, 3) and report.replaced
