@@ -230,8 +230,8 @@ def test_hf_clip_vision_models_are_equivalent_and_explained(tmp_path):
     text = pair.encode_text([PROMPT])
     e = bcosify.explain(pair, x, target=text[0])
     assert set(e.constants) == {
-        "visual.network.embeddings.class_embedding",
-        "visual.network.embeddings.position_embedding.weight",
+        "visual.network.vision_model.embeddings.class_embedding",
+        "visual.network.vision_model.embeddings.position_embedding.weight",
     }
     assert (e.residual.abs() <= 1e-4 * e.scores.abs()).all(), e.residual
 

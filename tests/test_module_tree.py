@@ -70,6 +70,7 @@ def pair(arch: str) -> tuple[nn.Module, bcosify.BcosModel]:
 
 
 def hook_counts(model: nn.Module, paths: list[str], x: torch.Tensor) -> Counter:
+    """How often a forward hook fires on each of ``paths`` in one forward pass."""
     counts: Counter = Counter()
     handles = [
         model.get_submodule(p).register_forward_hook(
@@ -86,11 +87,12 @@ def hook_counts(model: nn.Module, paths: list[str], x: torch.Tensor) -> Counter:
     return counts
 
 
-@pytest.mark.parametrize("arch", list(BUILDERS))
-def test_module_paths_classes_and_hooks_are_the_originals(arch):
-    needs(arch)
-    original, model = pair(arch)
-    _, size, mean, std = BUILDERS[arch]
+def check_tree(
+    original: nn.Module, run_original, model: bcosify.BcosModel, x: torch.Tensor, whole=True
+):
+    """Paths, classes and container hooks of ``model.network`` against ``original``, whose
+    forward is ``run_original`` (on images normalised as the original expects); ``whole``:
+    ``run_original`` calls ``original`` itself (not only its parts)."""
     ours = dict(model.network.named_modules())
     theirs = dict(original.named_modules())
     missing = sorted(set(theirs) - set(ours))
@@ -100,12 +102,91 @@ def test_module_paths_classes_and_hooks_are_the_originals(arch):
     for path in containers:  # a module without a rule keeps its class (or a subclass of it)
         if type(theirs[path]) not in rules:
             assert isinstance(ours[path], type(theirs[path])), (path, type(ours[path]))
-    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    counts: list[Counter] = []
+    for root, run in ((original, run_original), (model.network, model.network)):
+        counter: Counter = Counter()
+        handles = [
+            root.get_submodule(p).register_forward_hook(
+                lambda *_, p=p, counter=counter: counter.update([p])
+            )
+            for p in ["", *containers]
+        ]
+        try:
+            with torch.no_grad():
+                run(x if root is original else model.encoding(x))
+        finally:
+            for handle in handles:
+                handle.remove()
+        counts.append(counter)
+    expected, got = counts
+    if not whole:
+        del got[""]
+    assert expected[""] == int(whole) and got == expected
+
+
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_module_paths_classes_and_hooks_are_the_originals(arch):
+    needs(arch)
+    original, model = pair(arch)
+    _, size, mean, std = BUILDERS[arch]
     info = getattr(original, "bcosify_source", None)
     mean, std = (info.input_mean, info.input_std) if info else (mean, std)
-    expected = hook_counts(original, ["", *containers], normalise(x, mean, std))
-    got = hook_counts(model.network, ["", *containers], model.encoding(x))
-    assert expected[""] == 1 and got == expected
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def run(images):
+        return original(normalise(images, mean, std) if images.shape[1] == 3 else images)
+
+    check_tree(original, run, model, x)
+
+
+def _hf_config(transformers):
+    tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
+    tower["num_attention_heads"] = 2
+    return transformers.CLIPConfig(
+        text_config=tower,
+        projection_dim=8,
+        vision_config={**tower, "image_size": 16, "patch_size": 8},
+    )
+
+
+@pytest.mark.parametrize("kind", ["open_clip_resnet", "open_clip_vit", "hf_clip", "hf_clip_vision"])
+def test_clip_image_towers_keep_their_module_tree(kind):
+    stats = {"input_mean": (0.5, 0.4, 0.3), "input_std": (0.2, 0.3, 0.25)}
+    if kind.startswith("open_clip"):
+        pytest.importorskip("open_clip")
+        from test_clip import OPEN_CLIP, open_clip_model
+
+        clip = open_clip_model(kind.removeprefix("open_clip_"))
+        size, tower, run = OPEN_CLIP[kind.removeprefix("open_clip_")][2], clip.visual, clip.visual
+        stats = {"input_mean": clip.bcosify_source.input_mean}
+        stats["input_std"] = clip.bcosify_source.input_std
+    else:
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        clip = transformers.CLIPModel(_hf_config(transformers)).eval()
+        size = 16
+        if kind == "hf_clip":
+            tower = nn.ModuleDict(
+                {"vision_model": clip.vision_model, "visual_projection": clip.visual_projection}
+            )
+
+            def run(images):
+                return clip.get_image_features(pixel_values=images)
+        else:
+            clip = tower = clip.vision_model
+
+            def run(images):
+                return clip(pixel_values=images)
+
+    model, _ = bcosify.convert(clip, **stats)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(stats["input_mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(stats["input_std"]).view(1, -1, 1, 1)
+
+    def normalised_run(images):
+        return run((images - mean) / std)
+
+    check_tree(tower, normalised_run, model, x, whole=kind != "hf_clip")
 
 
 def test_a_block_that_needs_no_change_keeps_its_class_and_code():
@@ -220,7 +301,7 @@ def test_timm_interface_is_kept(arch):
 
 
 @pytest.mark.parametrize("arch", ["timm_resnet18", "timm_vit_small_avgpool"])
-def test_timm_reset_classifier_gives_a_bcos_head_and_exact_explanations(arch):
+def test_timm_reset_classifier_gives_a_bcos_head_and_exact_explanations(arch, tmp_path):
     needs(arch)
     _, converted = pair(arch)
     model = copy.deepcopy(converted)
@@ -236,6 +317,9 @@ def test_timm_reset_classifier_gives_a_bcos_head_and_exact_explanations(arch):
     assert e.logits.shape == (3, 5)
     assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
     assert not any(n.endswith("bias") for n, _ in model.named_parameters())
+    loaded = bcosify.load(model.save_pretrained(tmp_path / "reset"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
 def test_inputs_outside_zero_one_are_refused_by_default():

@@ -2,9 +2,10 @@
 
 - Rule-table entries for open_clip (``AttentionPool2d`` of its ResNets, its ``LayerNorm``
   subclasses, ``QuickGELU``) and transformers (``CLIPAttention``, its activation modules).
-- :func:`image_tower`: a whole CLIP model is converted through its image tower, and a Hugging
-  Face vision model through :class:`~bcosify.models.clip.HFCLIPImageTower`, which torch.fx
-  can trace. A tower outputs embeddings, not logits: it gets no logit bias.
+- :func:`image_tower`: a whole CLIP model is converted through its image tower. A tower
+  outputs embeddings, not logits: it gets no logit bias. transformers' vision modules branch on
+  image sizes and return output objects, which torch.fx cannot trace: their ``forward`` is
+  replaced by the same computation on tensors (:func:`hf_traceable`), module tree kept.
 
 Entries are added only for the libraries that are installed.
 """
@@ -15,14 +16,25 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from ..models.clip import HFCLIPImageTower
+from ..errors import ConversionError
+from ..models.clip import HFImageFeatures
 from ..nn import BcosAttentionPool2d, BcosGELU, BcosMultiheadAttention, BcosQuickGELU
 from .rules import Rule, RuleContext, UnsupportedModule, activation, keep, layernorm
 from .rules import qkv_projection as qkv_projection_rule
+from .tracing import replace_methods
 
-__all__ = ["HFSelfAttention", "attention_pool", "clip_rules", "hf_attention", "image_tower"]
+__all__ = [
+    "HFImageTower",
+    "HFSelfAttention",
+    "attention_pool",
+    "clip_rules",
+    "hf_attention",
+    "hf_traceable",
+    "image_tower",
+]
 
 
 def attention_pool(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -153,10 +165,96 @@ def clip_rules() -> dict[type[nn.Module], Rule]:
     return {**rules, **_open_clip_rules(), **_transformers_rules()}
 
 
+class HFImageTower(nn.Module):
+    """The image tower of a transformers ``CLIPModel``: its ``vision_model`` and
+    ``visual_projection``, under those names, without the text tower.
+
+    Example:
+        >>> from transformers import CLIPConfig, CLIPModel
+        >>> tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        ...          "num_attention_heads": 2}
+        >>> clip = CLIPModel(CLIPConfig(text_config=tower, projection_dim=8,
+        ...                             vision_config={**tower, "image_size": 16, "patch_size": 8}))
+        >>> image = HFImageTower(clip.vision_model, clip.visual_projection)
+        >>> image.vision_model is clip.vision_model
+        True
+    """
+
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module) -> None:
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.visual_projection(self.vision_model(pixel_values))
+
+
+def _hf_embeddings(self: nn.Module, pixel_values: Tensor, interpolate_pos_encoding: bool = False):
+    # the positional embedding as the table it is: the model looks it up at 0..L-1
+    patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+    cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+    return torch.cat([cls, patches], 1) + self.position_embedding.weight
+
+
+def _hf_encoder(self: nn.Module, inputs_embeds: Tensor, attention_mask=None, **kwargs: Any):
+    hidden = inputs_embeds
+    for layer in self.layers:
+        hidden = layer(hidden, attention_mask)
+    return hidden
+
+
+def _hf_vision_model(self: nn.Module, pixel_values: Tensor, *args: Any, **kwargs: Any):
+    hidden = self.encoder(self.pre_layrnorm(self.embeddings(pixel_values)))
+    return self.post_layernorm(hidden[:, 0])  # pooler_output
+
+
+def _hf_projected(self: nn.Module, pixel_values: Tensor, *args: Any, **kwargs: Any):
+    return self.visual_projection(self.vision_model(pixel_values))
+
+
+def hf_traceable(tower: nn.Module) -> list[str]:
+    """Replace the ``forward`` of transformers' CLIP vision modules in ``tower`` (a copy) by
+    the same computation on tensors, which torch.fx can trace; returns the replaced types.
+
+    Embeddings, encoder and vision model then return tensors (the vision model its
+    ``pooler_output``) instead of output objects; every module keeps its path and class.
+
+    Raises:
+        ConversionError: for a model that looks its positional embedding up at other positions
+            than ``0..L-1``.
+    """
+    try:
+        from transformers.models.clip import modeling_clip as clip
+    except ImportError:
+        return []
+    forwards = {
+        clip.CLIPVisionEmbeddings: _hf_embeddings,
+        clip.CLIPEncoder: _hf_encoder,
+        clip.CLIPVisionModel: _hf_vision_model,
+        clip.CLIPVisionModelWithProjection: _hf_projected,
+    }
+    replaced = []
+    for module in tower.modules():
+        forward = forwards.get(type(module))
+        if forward is None:
+            continue
+        if forward is _hf_embeddings:
+            positions = torch.arange(module.position_embedding.num_embeddings)
+            if not torch.equal(module.position_ids.flatten().cpu(), positions):
+                raise ConversionError(
+                    "the CLIP vision model looks its positional embedding up at positions "
+                    "other than 0..L-1 (position_ids was changed); bcosify supports the "
+                    "standard layout"
+                )
+        replaced.append(type(module).__name__)
+        replace_methods(module, {"forward": forward})
+    return replaced
+
+
 def _tower_table() -> dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module]]]:
     """Model type -> (what is converted, the module that computes it)."""
     table: dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module]]] = {
-        HFCLIPImageTower: ("the image tower", lambda m: m),
+        HFImageTower: ("the image tower", lambda m: m),
     }
     try:
         from open_clip.model import CLIP, CustomTextCLIP
@@ -171,11 +269,16 @@ def _tower_table() -> dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module
         from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
         projected = "its image tower (vision_model, then visual_projection)"
-        table[CLIPModel] = table[CLIPVisionModelWithProjection] = (
+        table[CLIPModel] = (
             projected,
-            lambda m: HFCLIPImageTower(m.vision_model, m.visual_projection),
+            lambda m: HFImageTower(m.vision_model, m.visual_projection),
         )
-        table[CLIPVisionModel] = ("pooler_output of the vision model", HFCLIPImageTower)
+        table[HFImageFeatures] = (
+            projected,
+            lambda m: HFImageTower(m.model.vision_model, m.model.visual_projection),
+        )
+        table[CLIPVisionModelWithProjection] = (projected, lambda m: m)
+        table[CLIPVisionModel] = ("pooler_output of the vision model", lambda m: m)
     except ImportError:
         pass
     return table
@@ -198,7 +301,14 @@ def image_tower(model: nn.Module) -> tuple[nn.Module, str] | None:
         return None
     what, build = entry
     tower = build(model)
+    replaced = hf_traceable(tower)
+    traceable = (
+        f"; the forward of {', '.join(dict.fromkeys(replaced))} replaced by the same "
+        "computation on tensors (traceable)"
+        if replaced
+        else ""
+    )
     return tower, (
         f"{type(model).__name__}: converted {what} ({type(tower).__name__}), a CLIP image "
-        "tower, whose output is the image embedding (no logit bias)"
+        "tower, whose output is the image embedding (no logit bias)" + traceable
     )

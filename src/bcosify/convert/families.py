@@ -239,6 +239,7 @@ def reset_timm_classifier(
     """
     from .graph import GraphProblems
     from .rules import default_rules
+    from .tracing import replace_methods
     from .tree import convert_tree
 
     cls = type(network)
@@ -247,7 +248,7 @@ def reset_timm_classifier(
         raise ConversionError(f"{cls.__name__} is not a timm classifier with reset_classifier")
     original.reset_classifier(network, num_classes, *args, **kwargs)
     # the original forward_head, on top of the converted forward_features
-    network.__class__ = type(cls.__name__, (cls,), {"forward_head": original.forward_head})
+    replace_methods(network, {"forward_head": original.forward_head})
     problems = GraphProblems()
 
     def head_only(module: nn.Module, path: str) -> list[tuple[str, dict[str, Any]]]:

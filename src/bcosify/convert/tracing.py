@@ -26,6 +26,7 @@ __all__ = [
     "TraceFailure",
     "install_methods",
     "is_torch_builtin",
+    "replace_methods",
     "rewritten_methods",
     "trace_call",
     "trace_method",
@@ -323,17 +324,31 @@ def install_methods(module: nn.Module, graphs: list[ModuleGraph]) -> tuple[str, 
     }
     if not replaced:
         return ()
-    original = getattr(cls, "_bcosify_original", cls)
+    replace_methods(module, replaced)
+    return tuple(replaced)
+
+
+def replace_methods(module: nn.Module, methods: dict[str, Callable[..., Any]]) -> None:
+    """Give ``module`` a class of its own: a subclass of its class (same name, ``isinstance``
+    still true) with ``methods`` in place of its own.
+
+    Example:
+        >>> import torch
+        >>> relu = torch.nn.ReLU()
+        >>> replace_methods(relu, {"forward": lambda self, x: x + 1})
+        >>> relu(torch.zeros(1)), isinstance(relu, torch.nn.ReLU), rewritten_methods(relu)
+        (tensor([1.]), True, ('forward',))
+    """
+    cls = type(module)
     namespace: dict[str, Any] = {
-        **replaced,
+        **methods,
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,
-        "_bcosify_original": original,
-        "_bcosify_rewritten": tuple(sorted({*rewritten_methods(module), *replaced})),
+        "_bcosify_original": getattr(cls, "_bcosify_original", cls),
+        "_bcosify_rewritten": tuple(sorted({*rewritten_methods(module), *methods})),
     }
     module.__class__ = type(cls.__name__, (cls,), namespace)
-    return tuple(replaced)
 
 
 def _dispatcher(

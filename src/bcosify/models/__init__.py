@@ -1,7 +1,7 @@
 """Model sources: build torchvision, timm and CLIP models by name, with weights from enums or
 files; CLIP models from any library behind one interface (:mod:`bcosify.models.clip`)."""
 
-from .clip import ClipModel, HFCLIPImageTower, as_clip
+from .clip import ClipModel, HFImageFeatures, as_clip
 from .saving import load_model, save_model
 from .sources import (
     IMAGENET_MEAN,
@@ -17,7 +17,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ClipModel",
-    "HFCLIPImageTower",
+    "HFImageFeatures",
     "SourceInfo",
     "as_clip",
     "create",

@@ -28,8 +28,8 @@ from .sources import SourceInfo, load_weights, source_info
 
 __all__ = [
     "ClipModel",
-    "HFCLIPImageTower",
     "HFClipModel",
+    "HFImageFeatures",
     "OpenClipModel",
     "as_clip",
     "hf_source",
@@ -39,52 +39,31 @@ __all__ = [
 Tokenizer = Callable[[list[str]], Any]
 
 
-class HFCLIPImageTower(nn.Module):
-    """The image tower of a transformers CLIP model as plain operations on its own modules.
+class HFImageFeatures(nn.Module):
+    """The image embedding of a transformers CLIP model, by the library's own code.
 
-    Computes ``pooler_output`` of a ``CLIPVisionModel`` (the layer-normed class token), followed
-    by ``projection`` when given (``visual_projection`` of a ``CLIPModel``: the image embedding).
-    The modules are the model's own (no copies), but the forward is written without the
-    library's output classes, attention dispatch and size checks, so that torch.fx can trace it
-    and :func:`bcosify.convert` can convert it. The positional embedding is used as the table it
-    is (the model looks it up at positions ``0..L-1``); the image size must be the model's.
+    ``get_image_features`` of a ``CLIPModel`` (the projected, layer-normed class token), for
+    images normalised as the model expects.
 
     Example:
         >>> import torch
-        >>> from transformers import CLIPVisionConfig, CLIPVisionModel
-        >>> vision = CLIPVisionModel(CLIPVisionConfig(
-        ...     hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        ...     image_size=16, patch_size=8)).eval()
-        >>> x = torch.rand(2, 3, 16, 16)
-        >>> torch.allclose(HFCLIPImageTower(vision)(x), vision(pixel_values=x).pooler_output,
-        ...                atol=1e-6)
-        True
+        >>> from transformers import CLIPConfig, CLIPModel
+        >>> tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        ...          "num_attention_heads": 2}
+        >>> config = CLIPConfig(text_config=tower, projection_dim=8,
+        ...                     vision_config={**tower, "image_size": 16, "patch_size": 8})
+        >>> HFImageFeatures(CLIPModel(config).eval())(torch.rand(2, 3, 16, 16)).shape
+        torch.Size([2, 8])
     """
 
-    def __init__(self, vision: nn.Module, projection: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        vision = getattr(vision, "vision_model", vision)  # CLIPVisionModelWithProjection
-        embeddings = vision.embeddings
-        positions = torch.arange(embeddings.position_embedding.num_embeddings)
-        if not torch.equal(embeddings.position_ids.flatten().cpu(), positions):
-            raise ModelSourceError(
-                "the CLIP vision model looks its positional embedding up at positions other "
-                "than 0..L-1 (position_ids was changed); bcosify supports the standard layout"
-            )
-        self.embeddings = embeddings
-        self.pre_layrnorm = vision.pre_layrnorm
-        self.layers = vision.encoder.layers
-        self.post_layernorm = vision.post_layernorm
-        self.projection = projection if projection is not None else nn.Identity()
+        self.model = model
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        patches = self.embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
-        cls = self.embeddings.class_embedding.expand(patches.shape[0], 1, -1)
-        x = torch.cat([cls, patches], 1) + self.embeddings.position_embedding.weight
-        x = self.pre_layrnorm(x)
-        for layer in self.layers:
-            x = layer(x, attention_mask=None)
-        return self.projection(self.post_layernorm(x[:, 0]))
+        features = self.model.get_image_features(pixel_values=pixel_values)
+        # transformers 5 returns an output object whose pooler_output is the projected embedding
+        return getattr(features, "pooler_output", features)
 
 
 class ClipModel(nn.Module):
@@ -241,8 +220,8 @@ class HFClipModel(ClipModel):
     @functools.cached_property
     def visual(self) -> nn.Module:
         # built once, on first use, and not registered as a submodule: registering it would
-        # store the tower's weights twice (it holds the model's own modules)
-        return HFCLIPImageTower(self.model.vision_model, self.model.visual_projection)
+        # store the tower's weights twice (it holds the model itself)
+        return HFImageFeatures(self.model)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         """``input_ids`` and ``attention_mask`` for the text tower, padded to the longest."""
