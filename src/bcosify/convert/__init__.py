@@ -5,10 +5,12 @@ The package is callable: ``bcosify.convert(model)`` is :func:`bcosify.convert.co
 
 from .clip import BcosCLIP, ClipConversion, convert_clip, load_clip
 from .converter import Conversion, ConversionReport, Replacement, convert
+from .families import Support, supported
 from .loading import load
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
-from .rules import Rule, RuleContext, UnsupportedModule, default_rules, keep
+from .rules import Rule, RuleContext, UnsupportedModule, keep
+from .table import default_rules
 
 __all__ = [
     "BcosCLIP",
@@ -21,6 +23,7 @@ __all__ = [
     "Replacement",
     "Rule",
     "RuleContext",
+    "Support",
     "UnsupportedModule",
     "convert",
     "convert_clip",
@@ -28,6 +31,7 @@ __all__ = [
     "keep",
     "load",
     "load_clip",
+    "supported",
 ]
 
 from .._callable import make_callable

@@ -1,9 +1,9 @@
 """The B-cos CLIP model: the converted image tower with the original model, frozen.
 
 :func:`convert_clip` converts the image tower of a CLIP model (through :func:`bcosify.convert`
-and the CLIP glue of :mod:`bcosify.convert.clip_rules`) and pairs it with the original model:
-its text tower, frozen and untouched, gives the text embeddings, and its image tower is the
-teacher of a distillation (:mod:`bcosify.train.distill`).
+and the CLIP glue of the families in :mod:`bcosify.convert.families`) and pairs it with the
+original model: its text tower, frozen and untouched, gives the text embeddings, and its image
+tower is the teacher of a distillation (:mod:`bcosify.train.distill`).
 """
 
 from __future__ import annotations

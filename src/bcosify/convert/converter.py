@@ -13,13 +13,13 @@ from ..device import device_of
 from ..errors import ConversionError
 from ..models.sources import source_info
 from ..nn import BcosConv2d, BcosLinear
-from .clip_rules import image_tower
 from .encoding import encode_first_layer
-from .families import prepare_for_tracing, traced_methods
+from .families import image_tower, prepare, traced_methods
 from .graph import GraphProblems
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
-from .rules import Rule, default_rules
+from .rules import Rule
+from .table import default_rules
 from .tracing import TraceFailure, trace_method
 from .tree import convert_tree, root_call
 
@@ -169,7 +169,7 @@ def convert(
     if tower is not None:  # a CLIP model or image tower: it outputs embeddings, not logits
         network, note = tower
         report.notes.append(note)
-    report.notes += prepare_for_tracing(network)
+    report.notes += prepare(network)
     problems = GraphProblems()
     method, fixed = traced_methods(network, "")[0]
     call = root_call(network, method)

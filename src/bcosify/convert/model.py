@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, InputRangeError
 from ..nn import InputEncoding, InputNormalization, LogitBias
+from ..nn.mode import fx_tracing
 from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
 from .options import ConversionOptions
 
@@ -175,9 +176,9 @@ class BcosModel(nn.Module):
     def _reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         """timm's ``reset_classifier``: a new head for ``num_classes`` classes, converted like
         the original one (a B-cos layer, before the pooling), and the logit bias for them."""
-        from .families import reset_timm_classifier
+        from .families.timm import reset_classifier
 
-        reset_timm_classifier(self.network, self.config.options, num_classes, *args, **kwargs)
+        reset_classifier(self.network, self.config.options, num_classes, *args, **kwargs)
         self.config.class_names = None
         self.config.source_kwargs["num_classes"] = num_classes
         options = self.config.options
@@ -249,4 +250,4 @@ def read_config(directory: str | Path) -> ModelConfig:
 def _checking() -> bool:
     """Whether inputs are checked: not while torch.fx, TorchScript or torch.compile trace."""
     compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
-    return not (torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing() or compiling)
+    return not (fx_tracing() or torch.jit.is_tracing() or compiling)

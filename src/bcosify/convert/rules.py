@@ -2,9 +2,11 @@
 
 A rule is a function ``rule(module, context) -> nn.Module`` that returns the replacement (or the
 module itself to keep it). Types are looked up exactly, not by ``isinstance``: a subclass may
-change ``forward`` (timm's ``Conv2dSame`` pads inside it), so it needs a rule of its own. Every
-type in the table is a leaf for tracing; everything else is traced through and its functional
-calls are checked one by one (see :mod:`bcosify.convert.graph`).
+change ``forward`` (timm's ``Conv2dSame`` pads inside it), so it needs a rule of its own. A
+module whose type has a rule is converted as a whole; every other module is traced on its own
+and its code checked (see :mod:`bcosify.convert.tree`). This module holds the generic rules;
+each model library's own building blocks have theirs in :mod:`bcosify.convert.families`, and
+:func:`bcosify.convert.default_rules` puts them together.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from ..nn import (
 )
 from .options import ConversionOptions
 
-__all__ = ["Rule", "RuleContext", "UnsupportedModule", "default_rules", "keep", "qkv_projection"]
+__all__ = [
+    "Rule",
+    "RuleContext",
+    "UnsupportedModule",
+    "generic_rules",
+    "keep",
+    "qkv_projection",
+    "squeeze_excitation",
+]
 
 
 @dataclass(frozen=True)
@@ -255,19 +265,48 @@ def maxpool2d(module: nn.Module, context: RuleContext) -> nn.Module:
     return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
 
 
-def default_rules() -> dict[type[nn.Module], Rule]:
-    """The built-in rule table (a fresh dict: add to it or override entries freely).
+GateFunction = Callable[[nn.Module, Tensor], Tensor]
 
-    Per-family entries (torchvision and timm squeeze-and-excitation, ``LayerNorm2d``, timm's
-    ``BatchNormAct2d``) come from :mod:`bcosify.convert.families`.
+
+def squeeze_excitation(gate: GateFunction) -> Rule:
+    """A rule for a block computing ``x * gate(x)`` (squeeze-and-excitation): the block keeps its
+    class, path and children, and its gate is detached in explanation mode.
+
+    The block becomes an instance of ``Bcos<Block>``, a subclass of its own class (so
+    ``isinstance`` still holds) and of :class:`~bcosify.nn.DetachedGate`, whose forward is
+    ``x * detach_if_explaining(gate(block, x))``. The gate keeps the block's layers, biases
+    included: it scales the input, it is not on the explained path.
+    """
+
+    def rule(module: nn.Module, context: RuleContext) -> nn.Module:
+        cls = type(module)
+
+        def forward(self: nn.Module, x: Tensor) -> Tensor:
+            return x * self.detach_if_explaining(gate(self, x))
+
+        module.__class__ = type(
+            f"Bcos{cls.__name__}",
+            (DetachedGate, cls),
+            {
+                "forward": forward,
+                "__module__": cls.__module__,
+                "_bcosify_original": cls,
+                "_bcosify_converted": True,
+            },
+        )
+        return module
+
+    return rule
+
+
+def generic_rules() -> dict[type[nn.Module], Rule]:
+    """The rules for torch.nn's own modules and bcosify's B-cos modules (a fresh dict).
 
     Example:
         >>> import torch
-        >>> default_rules()[torch.nn.Identity] is keep
+        >>> generic_rules()[torch.nn.Identity] is keep
         True
     """
-    from .families import family_rules
-
     rules: dict[type[nn.Module], Rule] = {
         nn.Conv2d: conv2d,
         nn.Linear: linear,
@@ -317,5 +356,4 @@ def default_rules() -> dict[type[nn.Module], Rule]:
         nn.AdaptiveMaxPool2d,
     ):
         rules[linear_module] = keep
-    rules.update(family_rules())
     return rules

@@ -23,10 +23,16 @@ from .attention_pool import BcosAttentionPool2d
 from .bcos import BcosConv2d, BcosLinear
 from .constants import ConstantTerms
 from .encoding import InputEncoding, InputNormalization
-from .gate import DetachedGate
+from .gate import DetachedFactor, DetachedGate
 from .logit_bias import LogitBias
 from .mode import ExplanationAware, explanation_mode, is_explaining
-from .norm import BcosBatchNorm2d, BcosGroupNorm, BcosLayerNorm, BcosLayerNorm2d
+from .norm import (
+    BcosBatchNorm2d,
+    BcosGlobalResponseNorm,
+    BcosGroupNorm,
+    BcosLayerNorm,
+    BcosLayerNorm2d,
+)
 from .pooled_norm import PooledLayerNorm
 from .trace import ExplanationTrace, traced_constant, traced_input
 
@@ -35,6 +41,7 @@ __all__ = [
     "BcosBatchNorm2d",
     "BcosConv2d",
     "BcosGELU",
+    "BcosGlobalResponseNorm",
     "BcosGroupNorm",
     "BcosHardswish",
     "BcosLayerNorm",
@@ -47,6 +54,7 @@ __all__ = [
     "BcosSiLU",
     "BcosWindowAttention",
     "ConstantTerms",
+    "DetachedFactor",
     "DetachedGate",
     "DynamicAttention",
     "ExplanationAware",

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .mode import ExplanationAware
 
-__all__ = ["DetachedGate"]
+__all__ = ["DetachedFactor", "DetachedGate"]
 
 
 class DetachedGate(ExplanationAware, nn.Module):
@@ -29,3 +29,24 @@ class DetachedGate(ExplanationAware, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.detach_if_explaining(self.gate(x))
+
+
+class DetachedFactor(ExplanationAware, nn.Module):
+    """Its input, detached in explanation mode: the gate of a gated product ``x_a * gate``.
+
+    The converter routes the activated branch of a gated MLP (SwiGLU's ``silu(x_b)``, GEGLU's
+    ``gelu(x_b)``, a sigmoid gate) through it, so that in explanation mode the product is linear
+    in the other branch.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.nn import explanation_mode
+        >>> gate = DetachedFactor()
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> with explanation_mode(gate):
+        ...     gate(x).requires_grad
+        False
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.detach_if_explaining(x)

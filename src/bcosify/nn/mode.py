@@ -15,7 +15,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ExplanationAware", "explanation_mode", "is_explaining"]
+__all__ = ["ExplanationAware", "explanation_mode", "fx_tracing", "is_explaining"]
+
+
+def fx_tracing() -> bool:
+    """True while torch.fx symbolically traces (not under torch.export or torch.compile).
+
+    Example:
+        >>> fx_tracing()
+        False
+    """
+    symbolic = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+    return bool(symbolic() if symbolic is not None else torch.fx._symbolic_trace.is_fx_tracing())
 
 
 def _as_leaf(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -29,7 +40,7 @@ torch.fx.wrap("_as_leaf")
 def _leaf_when_traced(forward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(forward)
     def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if torch.fx._symbolic_trace.is_fx_tracing():
+        if fx_tracing():
             return _as_leaf(self, *args, **kwargs)
         return forward(self, *args, **kwargs)
 

@@ -22,7 +22,13 @@ from torch import Tensor, nn
 
 from .mode import ExplanationAware
 
-__all__ = ["BcosBatchNorm2d", "BcosGroupNorm", "BcosLayerNorm", "BcosLayerNorm2d"]
+__all__ = [
+    "BcosBatchNorm2d",
+    "BcosGlobalResponseNorm",
+    "BcosGroupNorm",
+    "BcosLayerNorm",
+    "BcosLayerNorm2d",
+]
 
 
 class _AffineNorm(ExplanationAware, nn.Module):
@@ -376,4 +382,54 @@ class BcosGroupNorm(_AffineNorm):
     def extra_repr(self) -> str:
         return (
             f"{self.num_groups}, {self.num_channels}, eps={self.eps}, bias={self.bias is not None}"
+        )
+
+
+class BcosGlobalResponseNorm(_AffineNorm):
+    """Global response normalisation (ConvNeXt V2) with its normaliser detached when explaining.
+
+    ``y = x + weight * x * n(x) (+ bias)``, where ``n(x) = g / (mean_c g + eps)`` and ``g`` is the
+    L2 norm of each channel over the spatial positions. ``n(x)`` depends on the input: in
+    explanation mode it is a constant, like a layer norm's standard deviation, so ``y`` is
+    linear in ``x``. The bias (beta) is kept only for equivalence checks.
+
+    Args:
+        num_features: the channels.
+        eps: added to the mean response.
+        channels_last: ``(N, H, W, C)`` inputs (timm's ConvNeXt V2 blocks); else ``(N, C, H, W)``.
+        bias: keep a bias (then not dynamic linear).
+
+    Example:
+        >>> import torch
+        >>> grn = BcosGlobalResponseNorm(4)
+        >>> torch.equal(grn(torch.ones(2, 3, 3, 4)), torch.ones(2, 3, 3, 4))  # weight 0
+        True
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-6,
+        channels_last: bool = True,
+        *,
+        bias: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.channels_last = num_features, eps, channels_last
+        self._init_affine(num_features, True, bias, {"device": device, "dtype": dtype})
+        with torch.no_grad():
+            self.weight.zero_()  # the identity, as ConvNeXt V2 initialises it
+
+    def forward(self, x: Tensor) -> Tensor:
+        spatial, channel = ((1, 2), -1) if self.channels_last else ((2, 3), 1)
+        response = x.pow(2).sum(dim=spatial, keepdim=True).sqrt()
+        normaliser = response / (response.mean(dim=channel, keepdim=True) + self.eps)
+        return x + self._affine(x * self.detach_if_explaining(normaliser), channel)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}, "
+            f"bias={self.bias is not None}"
         )

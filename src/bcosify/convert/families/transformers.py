@@ -1,64 +1,23 @@
-"""Per-family glue for CLIP models: rule-table entries and the image tower to convert.
-
-- Rule-table entries for open_clip (``AttentionPool2d`` of its ResNets, its ``LayerNorm``
-  subclasses, ``QuickGELU``) and transformers (``CLIPAttention``, its activation modules).
-- :func:`image_tower`: a whole CLIP model is converted through its image tower. A tower
-  outputs embeddings, not logits: it gets no logit bias. transformers' vision modules branch on
-  image sizes and return output objects, which torch.fx cannot trace: their ``forward`` is
-  replaced by the same computation on tensors (:func:`hf_traceable`), module tree kept.
-
-Entries are added only for the libraries that are installed.
-"""
+"""transformers: CLIP image towers (``CLIPModel``, ``CLIPVisionModel(WithProjection)``), its
+attention and activation modules, and traceable forwards for its vision modules."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConversionError
-from ..models.clip import HFImageFeatures
-from ..nn import BcosAttentionPool2d, BcosGELU, BcosMultiheadAttention, BcosQuickGELU
-from .rules import Rule, RuleContext, UnsupportedModule, activation, keep, layernorm
-from .rules import qkv_projection as qkv_projection_rule
-from .tracing import replace_methods
+from ...errors import ConversionError
+from ...models.clip import HFImageFeatures
+from ...nn import BcosGELU, BcosMultiheadAttention, BcosQuickGELU
+from ..rules import Rule, RuleContext, UnsupportedModule, activation, keep
+from ..rules import qkv_projection as qkv_projection_rule
+from ..tracing import replace_methods
+from . import Family, Support, Tower
 
-__all__ = [
-    "HFImageTower",
-    "HFSelfAttention",
-    "attention_pool",
-    "clip_rules",
-    "hf_attention",
-    "hf_traceable",
-    "image_tower",
-]
-
-
-def attention_pool(module: nn.Module, context: RuleContext) -> nn.Module:
-    """open_clip's ``AttentionPool2d`` -> :class:`~bcosify.nn.BcosAttentionPool2d`.
-
-    The query, key and value layers follow the ``qkv_projection`` option, ``c_proj`` the table.
-
-    Example:
-        >>> from open_clip.modified_resnet import AttentionPool2d
-        >>> from bcosify.convert import ConversionOptions
-        >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "attnpool", lambda m, n: m)
-        >>> type(attention_pool(AttentionPool2d(2, 16, 2, 8), context)).__name__
-        'BcosAttentionPool2d'
-    """
-    projections = [
-        qkv_projection_rule(getattr(module, name), context)
-        for name in ("q_proj", "k_proj", "v_proj")
-    ]
-    return BcosAttentionPool2d(
-        *projections,
-        context.convert_child(module.c_proj, "c_proj"),
-        module.positional_embedding,
-        module.num_heads,
-    )
+__all__ = ["FAMILY", "HFImageTower", "HFSelfAttention", "hf_attention", "traceable"]
 
 
 class HFSelfAttention(BcosMultiheadAttention):
@@ -117,22 +76,7 @@ def hf_attention(module: nn.Module, context: RuleContext) -> nn.Module:
     )
 
 
-def _open_clip_rules() -> dict[type[nn.Module], Rule]:
-    try:
-        from open_clip.modified_resnet import AttentionPool2d
-        from open_clip.transformer import LayerNorm, LayerNormFp32, QuickGELU
-    except ImportError:
-        return {}
-    return {
-        AttentionPool2d: attention_pool,
-        # both only cast around F.layer_norm (for fp16 training): the norm is nn.LayerNorm's
-        LayerNorm: layernorm,
-        LayerNormFp32: layernorm,
-        QuickGELU: activation(lambda m: BcosQuickGELU()),
-    }
-
-
-def _transformers_rules() -> dict[type[nn.Module], Rule]:
+def _rules() -> dict[type[nn.Module], Rule]:
     try:
         from transformers.activations import (
             GELUActivation,
@@ -144,6 +88,7 @@ def _transformers_rules() -> dict[type[nn.Module], Rule]:
     except ImportError:
         return {}
     return {
+        HFSelfAttention: keep,
         CLIPAttention: hf_attention,
         QuickGELUActivation: activation(lambda m: BcosQuickGELU()),
         GELUActivation: activation(lambda m: BcosGELU()),
@@ -151,18 +96,6 @@ def _transformers_rules() -> dict[type[nn.Module], Rule]:
         GELUTanh: activation(lambda m: BcosGELU("tanh")),
         NewGELUActivation: activation(lambda m: BcosGELU("tanh")),
     }
-
-
-def clip_rules() -> dict[type[nn.Module], Rule]:
-    """Rule-table entries for open_clip and transformers CLIP modules (those installed).
-
-    Example:
-        >>> from open_clip.transformer import QuickGELU
-        >>> QuickGELU in clip_rules()
-        True
-    """
-    rules: dict[type[nn.Module], Rule] = {HFSelfAttention: keep}
-    return {**rules, **_open_clip_rules(), **_transformers_rules()}
 
 
 class HFImageTower(nn.Module):
@@ -212,12 +145,13 @@ def _hf_projected(self: nn.Module, pixel_values: Tensor, *args: Any, **kwargs: A
     return self.visual_projection(self.vision_model(pixel_values))
 
 
-def hf_traceable(tower: nn.Module) -> list[str]:
-    """Replace the ``forward`` of transformers' CLIP vision modules in ``tower`` (a copy) by
-    the same computation on tensors, which torch.fx can trace; returns the replaced types.
+def traceable(model: nn.Module) -> list[str]:
+    """Replace the ``forward`` of transformers' vision modules in ``model`` (a copy) by the
+    same computation on tensors, which torch.fx can trace; returns a note.
 
-    Embeddings, encoder and vision model then return tensors (the vision model its
-    ``pooler_output``) instead of output objects; every module keeps its path and class.
+    Their code branches on image sizes and returns output objects. Embeddings, encoder and
+    vision model then return tensors (the vision model its ``pooler_output``); every module
+    keeps its path and class.
 
     Raises:
         ConversionError: for a model that looks its positional embedding up at other positions
@@ -227,6 +161,8 @@ def hf_traceable(tower: nn.Module) -> list[str]:
         from transformers.models.clip import modeling_clip as clip
     except ImportError:
         return []
+    if not any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        return []
     forwards = {
         clip.CLIPVisionEmbeddings: _hf_embeddings,
         clip.CLIPEncoder: _hf_encoder,
@@ -234,7 +170,7 @@ def hf_traceable(tower: nn.Module) -> list[str]:
         clip.CLIPVisionModelWithProjection: _hf_projected,
     }
     replaced = []
-    for module in tower.modules():
+    for module in model.modules():
         forward = forwards.get(type(module))
         if forward is None:
             continue
@@ -248,67 +184,43 @@ def hf_traceable(tower: nn.Module) -> list[str]:
                 )
         replaced.append(type(module).__name__)
         replace_methods(module, {"forward": forward})
-    return replaced
+    if not replaced:
+        return []
+    return [
+        f"the forward of {', '.join(dict.fromkeys(replaced))} (transformers) replaced by the "
+        "same computation on tensors, which torch.fx can trace"
+    ]
 
 
-def _tower_table() -> dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module]]]:
-    """Model type -> (what is converted, the module that computes it)."""
-    table: dict[type[nn.Module], tuple[str, Callable[[Any], nn.Module]]] = {
-        HFImageTower: ("the image tower", lambda m: m),
-    }
-    try:
-        from open_clip.model import CLIP, CustomTextCLIP
-        from open_clip.modified_resnet import ModifiedResNet
-        from open_clip.transformer import VisionTransformer
-
-        table[CLIP] = table[CustomTextCLIP] = ("its image tower 'visual'", lambda m: m.visual)
-        table[ModifiedResNet] = table[VisionTransformer] = ("the image tower", lambda m: m)
-    except ImportError:
-        pass
+def _towers() -> dict[type[nn.Module], Tower]:
     try:
         from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
-
-        projected = "its image tower (vision_model, then visual_projection)"
-        table[CLIPModel] = (
-            projected,
-            lambda m: HFImageTower(m.vision_model, m.visual_projection),
-        )
-        table[HFImageFeatures] = (
-            projected,
-            lambda m: HFImageTower(m.model.vision_model, m.model.visual_projection),
-        )
-        table[CLIPVisionModelWithProjection] = (projected, lambda m: m)
-        table[CLIPVisionModel] = ("pooler_output of the vision model", lambda m: m)
     except ImportError:
-        pass
-    return table
+        return {}
+    projected = "its image tower (vision_model, then visual_projection)"
+
+    def clip_tower(model: Any) -> nn.Module:
+        return HFImageTower(model.vision_model, model.visual_projection)
+
+    def itself(model: Any) -> nn.Module:
+        return model
+
+    return {
+        HFImageTower: ("the image tower", itself),
+        CLIPModel: (projected, clip_tower),
+        HFImageFeatures: (projected, lambda features: clip_tower(features.model)),
+        CLIPVisionModelWithProjection: (projected, itself),
+        CLIPVisionModel: ("pooler_output of the vision model", itself),
+    }
 
 
-def image_tower(model: nn.Module) -> tuple[nn.Module, str] | None:
-    """The module to convert for a CLIP model or image tower, and a note; None for others.
-
-    Example:
-        >>> import open_clip
-        >>> vision = {"layers": 1, "width": 16, "head_width": 8, "patch_size": 8, "image_size": 16}
-        >>> text = {"layers": 1, "width": 16, "heads": 2, "context_length": 8}
-        >>> clip = open_clip.CLIP(8, vision, text)
-        >>> tower, note = image_tower(clip)
-        >>> tower is clip.visual
-        True
-    """
-    entry = _tower_table().get(type(model))
-    if entry is None:
-        return None
-    what, build = entry
-    tower = build(model)
-    replaced = hf_traceable(tower)
-    traceable = (
-        f"; the forward of {', '.join(dict.fromkeys(replaced))} replaced by the same "
-        "computation on tensors (traceable)"
-        if replaced
-        else ""
-    )
-    return tower, (
-        f"{type(model).__name__}: converted {what} ({type(tower).__name__}), a CLIP image "
-        "tower, whose output is the image embedding (no logit bias)" + traceable
-    )
+FAMILY = Family(
+    name="transformers",
+    rules=_rules,
+    towers=_towers,
+    prepare=traceable,
+    supported=(
+        Support("transformers", "CLIPModel (image tower)", "exact", "text tower kept"),
+        Support("transformers", "CLIPVisionModel", "exact", "pooler_output"),
+    ),
+)

@@ -1,67 +1,29 @@
-"""Per-family glue: rule-table entries for torchvision and timm building blocks.
-
-Only what the generic rules cannot see: squeeze-and-excitation blocks (``x * gate(x)``, whose
-gate is detached in explanation mode), the ``LayerNorm2d`` variants, stochastic depth, timm's
-fused ``BatchNormAct2d`` and ``LayerNorm``, and the switch of timm attention to its fused path
-before tracing. timm entries are added only when timm is installed. CLIP models (open_clip,
-transformers) have their glue in :mod:`bcosify.convert.clip_rules`.
-"""
+"""timm: fused norm-activation, squeeze-and-excitation variants, its ``LayerNorm``s, fused
+attention, and timm's classifier interface (``forward_features``/``forward_head``,
+``reset_classifier``) on converted models."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import ConversionError
-from ..nn import BcosBatchNorm2d, BcosWindowAttention, DetachedGate
-from .options import ConversionOptions
-from .rules import (
+from ...errors import ConversionError
+from ...nn import BcosBatchNorm2d
+from ..options import ConversionOptions
+from ..rules import (
     Rule,
     RuleContext,
     UnsupportedModule,
     keep,
     layernorm,
     layernorm2d,
-    qkv_projection,
+    squeeze_excitation,
 )
+from . import Family, Support
 
-__all__ = ["family_rules", "prepare_for_tracing", "reset_timm_classifier", "traced_methods"]
-
-GateFunction = Callable[[nn.Module, Tensor], Tensor]
-
-
-def squeeze_excitation(gate: GateFunction) -> Rule:
-    """A rule for a block computing ``x * gate(x)`` (squeeze-and-excitation): the block keeps its
-    class, path and children, and its gate is detached in explanation mode.
-
-    The block becomes an instance of ``Bcos<Block>``, a subclass of its own class (so
-    ``isinstance`` still holds) and of :class:`~bcosify.nn.DetachedGate`, whose forward is
-    ``x * detach_if_explaining(gate(block, x))``. The gate keeps the block's layers, biases
-    included: it scales the input, it is not on the explained path.
-    """
-
-    def rule(module: nn.Module, context: RuleContext) -> nn.Module:
-        cls = type(module)
-
-        def forward(self: nn.Module, x: Tensor) -> Tensor:
-            return x * self.detach_if_explaining(gate(self, x))
-
-        module.__class__ = type(
-            f"Bcos{cls.__name__}",
-            (DetachedGate, cls),
-            {
-                "forward": forward,
-                "__module__": cls.__module__,
-                "_bcosify_original": cls,
-                "_bcosify_converted": True,
-            },
-        )
-        return module
-
-    return rule
+__all__ = ["FAMILY", "BcosBatchNormAct2d", "is_timm_classifier", "reset_classifier"]
 
 
 def _pooled(block: nn.Module, x: Tensor) -> Tensor:
@@ -69,34 +31,6 @@ def _pooled(block: nn.Module, x: Tensor) -> Tensor:
     if getattr(block, "add_maxpool", False):
         pooled = 0.5 * pooled + 0.5 * x.amax((2, 3), keepdim=True)
     return pooled
-
-
-def _swin_attention(module: nn.Module, context: RuleContext) -> nn.Module:
-    """torchvision's ``ShiftedWindowAttention`` (Swin V1) -> :class:`BcosWindowAttention`."""
-    return BcosWindowAttention(
-        qkv_projection(module.qkv, context),
-        context.convert_child(module.proj, "proj"),
-        module.relative_position_bias_table.detach(),
-        module.relative_position_index,
-        module.window_size,
-        module.shift_size,
-        module.num_heads,
-        attention_dropout=module.attention_dropout,
-        dropout=module.dropout,
-    )
-
-
-def _torchvision_rules() -> dict[type[nn.Module], Rule]:
-    from torchvision.models.convnext import LayerNorm2d
-    from torchvision.models.swin_transformer import ShiftedWindowAttention
-    from torchvision.ops import SqueezeExcitation, StochasticDepth
-
-    return {
-        SqueezeExcitation: squeeze_excitation(lambda se, x: se._scale(x)),
-        StochasticDepth: keep,
-        LayerNorm2d: layernorm2d,
-        ShiftedWindowAttention: _swin_attention,
-    }
 
 
 class BcosBatchNormAct2d(BcosBatchNorm2d):
@@ -114,7 +48,7 @@ def _timm_batchnorm_act(module: nn.Module, context: RuleContext) -> nn.Module:
     return norm
 
 
-def _timm_rules() -> dict[type[nn.Module], Rule]:
+def _rules() -> dict[type[nn.Module], Rule]:
     try:
         import timm.layers as layers
         from timm.models._efficientnet_blocks import SqueezeExcite
@@ -149,15 +83,7 @@ def _timm_rules() -> dict[type[nn.Module], Rule]:
     }
 
 
-def family_rules() -> dict[type[nn.Module], Rule]:
-    """The rule-table entries for the torchvision and (if installed) timm, open_clip and
-    transformers CLIP families (see :mod:`bcosify.convert.clip_rules`)."""
-    from .clip_rules import clip_rules
-
-    return {**_torchvision_rules(), **_timm_rules(), **clip_rules()}
-
-
-def prepare_for_tracing(model: nn.Module) -> list[str]:
+def prepare_attention(model: nn.Module) -> list[str]:
     """Switch ``model`` (a copy) to the code paths the converter recognises; returns notes.
 
     timm's attention modules compute the same attention either explicitly (softmax of
@@ -169,7 +95,7 @@ def prepare_for_tracing(model: nn.Module) -> list[str]:
         >>> import timm
         >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1)
         >>> model.blocks[0].attn.fused_attn = False
-        >>> notes = prepare_for_tracing(model)
+        >>> notes = prepare_attention(model)
         >>> len(notes), model.blocks[0].attn.fused_attn
         (1, True)
     """
@@ -188,21 +114,21 @@ def prepare_for_tracing(model: nn.Module) -> list[str]:
     ]
 
 
-def traced_methods(module: nn.Module, path: str) -> list[tuple[str, dict[str, Any]]]:
+def traced_methods(module: nn.Module, path: str) -> list[tuple[str, dict[str, Any]]] | None:
     """The methods of ``module`` the converter traces, with arguments to fix.
 
-    ``forward``, except for a timm classifier converted as a whole: its ``forward`` is
+    A timm classifier converted as a whole: its ``forward`` is
     ``forward_head(forward_features(x))``, and users call both halves, so each is traced and
     rewritten on its own (``forward_head`` for ``pre_logits`` False and True) and ``forward``
-    keeps its code.
+    keeps its code. None (``forward``, the default) for anything else.
 
     Example:
         >>> import timm
         >>> model = timm.create_model("resnet18", num_classes=3)
         >>> [name for name, _ in traced_methods(model, "")]
         ['forward_features', 'forward_head', 'forward_head']
-        >>> traced_methods(model.layer1, "layer1")
-        [('forward', {})]
+        >>> traced_methods(model.layer1, "layer1") is None
+        True
     """
     if not path and is_timm_classifier(module):
         return [
@@ -210,7 +136,7 @@ def traced_methods(module: nn.Module, path: str) -> list[tuple[str, dict[str, An
             ("forward_head", {"pre_logits": True}),
             ("forward_head", {"pre_logits": False}),  # last: the head is searched here
         ]
-    return [("forward", {})]
+    return None
 
 
 def is_timm_classifier(module: nn.Module) -> bool:
@@ -225,7 +151,7 @@ def is_timm_classifier(module: nn.Module) -> bool:
     )
 
 
-def reset_timm_classifier(
+def reset_classifier(
     network: nn.Module, options: ConversionOptions, num_classes: int, *args: Any, **kwargs: Any
 ) -> None:
     """timm's ``reset_classifier`` on a converted timm network, then its head converted anew.
@@ -237,10 +163,10 @@ def reset_timm_classifier(
     Raises:
         ConversionError: if the new head has parts without a dynamic-linear form.
     """
-    from .graph import GraphProblems
-    from .rules import default_rules
-    from .tracing import replace_methods
-    from .tree import convert_tree
+    from ..graph import GraphProblems
+    from ..table import default_rules
+    from ..tracing import replace_methods
+    from ..tree import convert_tree
 
     cls = type(network)
     original = getattr(cls, "_bcosify_original", cls)
@@ -252,7 +178,7 @@ def reset_timm_classifier(
     problems = GraphProblems()
 
     def head_only(module: nn.Module, path: str) -> list[tuple[str, dict[str, Any]]]:
-        return traced_methods(module, path)[1:] if not path else [("forward", {})]
+        return (traced_methods(module, path) or [])[1:] if not path else [("forward", {})]
 
     convert_tree(network, default_rules(), options, problems, head_only)
     if problems.lines:
@@ -260,3 +186,28 @@ def reset_timm_classifier(
             "the new classifier has parts without a dynamic-linear form:\n"
             + "\n".join(problems.lines)
         )
+
+
+_VIT = "class token and positional embedding"
+FAMILY = Family(
+    name="timm",
+    rules=_rules,
+    prepare=prepare_attention,
+    methods=traced_methods,
+    supported=(
+        Support("timm", "resnet18", "exact", "classifier applied before the global pooling"),
+        Support("timm", "convnext_atto", "exact", "classifier after pooling (its norm)"),
+        Support("timm", "efficientnet_b0", "exact", "squeeze-and-excitation gates detached"),
+        Support("timm", "vit_tiny_patch16_224", "exact", _VIT),
+        Support("timm", "deit_tiny_patch16_224", "exact", _VIT),
+        Support("timm", "deit_tiny_distilled_patch16_224", "exact", _VIT + ", distillation token"),
+        Support("timm", "vit_small_patch16_224 (avg pool)", "exact", "head applied per token"),
+        Support("timm", "vit_small_patch14_reg4_dinov2", "exact", _VIT + ", register tokens"),
+        Support(
+            "timm",
+            "tf_efficientnet_b0",
+            "unsupported",
+            "TensorFlow 'same' padding inside forward (Conv2dSame); use efficientnet_b0",
+        ),
+    ),
+)

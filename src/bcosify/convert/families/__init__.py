@@ -1,0 +1,189 @@
+"""Per-family glue: one module per model library, each defining a :class:`Family`.
+
+The generic rules (convolutions, linear layers, norms, activations, attention) are in
+:mod:`bcosify.convert.rules`; a family module adds only what its library needs: rule-table
+entries for its own building blocks, the CLIP image towers it knows, code paths to switch to
+before tracing, methods to trace besides ``forward``, and the architectures it claims to
+convert (:func:`supported`, tested). Families import the generic rules, never the other way
+round, and are found by looking in this package: adding a family is adding one module that
+defines ``FAMILY``. A family whose library is not installed contributes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..rules import Rule
+
+__all__ = [
+    "Family",
+    "Support",
+    "families",
+    "family_rules",
+    "image_tower",
+    "prepare",
+    "supported",
+    "supported_markdown",
+    "traced_methods",
+]
+
+Tower = tuple[str, Callable[[Any], nn.Module]]
+"""What a CLIP model's image tower is (for the report) and how to get it from the model."""
+Methods = list[tuple[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Support:
+    """One architecture a family claims, and how far.
+
+    Attributes:
+        family: the family's name (``"timm"``).
+        architecture: the architecture (``"resnet18"``), as the library names it.
+        status: ``"exact"`` (tested: equivalence at B = 1 with biases, completeness with the
+            defaults), ``"exact, slow test"`` (the same, in the slow tests) or
+            ``"unsupported"``.
+        note: what the conversion does or, when unsupported, why not.
+    """
+
+    family: str
+    architecture: str
+    status: str
+    note: str = ""
+
+
+def _no_rules() -> dict[type[nn.Module], Rule]:
+    return {}
+
+
+def _no_towers() -> dict[type[nn.Module], Tower]:
+    return {}
+
+
+def _no_notes(model: nn.Module) -> list[str]:
+    return []
+
+
+def _no_methods(module: nn.Module, path: str) -> Methods | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one model library contributes to the converter.
+
+    Attributes:
+        name: the library (``"torchvision"``, ``"timm"``).
+        rules: rule-table entries for the library's building blocks (empty when the library
+            is not installed).
+        towers: ``{model type: (what is converted, how to get it)}`` for CLIP models, whose
+            image tower is converted.
+        prepare: switches a model (a copy) to code paths the converter can trace; returns notes.
+        methods: the methods of a module to trace instead of ``forward`` (with arguments to
+            fix), or None.
+        supported: the architectures the family claims.
+    """
+
+    name: str
+    rules: Callable[[], dict[type[nn.Module], Rule]] = _no_rules
+    towers: Callable[[], dict[type[nn.Module], Tower]] = _no_towers
+    prepare: Callable[[nn.Module], list[str]] = _no_notes
+    methods: Callable[[nn.Module, str], Methods | None] = _no_methods
+    supported: tuple[Support, ...] = field(default=())
+
+
+@functools.cache
+def families() -> tuple[Family, ...]:
+    """Every family module of this package, in name order.
+
+    Example:
+        >>> [family.name for family in families()]
+        ['open_clip', 'timm', 'torchvision', 'transformers']
+    """
+    found = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.append(module.FAMILY)
+    return tuple(found)
+
+
+def family_rules() -> dict[type[nn.Module], Rule]:
+    """The rule-table entries of every family."""
+    rules: dict[type[nn.Module], Rule] = {}
+    for family in families():
+        rules.update(family.rules())
+    return rules
+
+
+def image_tower(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The module to convert for a CLIP model or image tower, and a note; None for others.
+
+    Example:
+        >>> import open_clip
+        >>> vision = {"layers": 1, "width": 16, "head_width": 8, "patch_size": 8, "image_size": 16}
+        >>> text = {"layers": 1, "width": 16, "heads": 2, "context_length": 8}
+        >>> clip = open_clip.CLIP(8, vision, text)
+        >>> tower, note = image_tower(clip)
+        >>> tower is clip.visual
+        True
+    """
+    for family in families():
+        entry = family.towers().get(type(model))
+        if entry is not None:
+            what, build = entry
+            tower = build(model)
+            return tower, (
+                f"{type(model).__name__}: converted {what} ({type(tower).__name__}), a CLIP "
+                "image tower, whose output is the image embedding (no logit bias)"
+            )
+    return None
+
+
+def prepare(model: nn.Module) -> list[str]:
+    """Let every family switch ``model`` (a copy) to code paths the converter can trace."""
+    return [note for family in families() for note in family.prepare(model)]
+
+
+def traced_methods(module: nn.Module, path: str) -> Methods:
+    """The methods of ``module`` to trace, with arguments to fix: ``forward`` unless a family
+    says otherwise (timm classifiers: ``forward_features`` and ``forward_head``).
+
+    Example:
+        >>> import torch
+        >>> traced_methods(torch.nn.Sequential(), "")
+        [('forward', {})]
+    """
+    for family in families():
+        methods = family.methods(module, path)
+        if methods is not None:
+            return methods
+    return [("forward", {})]
+
+
+def supported() -> list[Support]:
+    """Every architecture the families claim, with its status (each ``exact`` claim is tested).
+
+    Example:
+        >>> ("torchvision", "resnet50", "exact") in {
+        ...     (s.family, s.architecture, s.status) for s in supported()}
+        True
+    """
+    return [entry for family in families() for entry in family.supported]
+
+
+def supported_markdown() -> str:
+    """The table of :func:`supported` that the README shows.
+
+    Example:
+        >>> supported_markdown().splitlines()[0]
+        '| family | architecture | status | notes |'
+    """
+    lines = ["| family | architecture | status | notes |", "|---|---|---|---|"]
+    lines += [f"| {s.family} | {s.architecture} | {s.status} | {s.note} |" for s in supported()]
+    return "\n".join(lines)
