@@ -424,8 +424,11 @@ def test_bcosify_train_skips_corrupt_images_when_asked_and_says_so(tmp_path, cap
     argv = ["train", "--model", "bcosify:small_cnn", "--data", str(tmp_path / "data")]
     argv += ["--recipe", "standard", "--epochs", "1", "--batch-size", "2", "--image-size", "16"]
     argv += ["--no-progress", "--out"]
-    assert main([*argv, str(tmp_path / "strict")]) == 2
-    assert "skip_corrupt=True" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "strict")]) == 1
+    error = capsys.readouterr().err
+    assert "2 unreadable files" in error and "--skip-corrupt" in error
+    assert len(error.strip().splitlines()) == 1  # one line
+    assert not (tmp_path / "strict").exists()  # found by the scan, before training started
     assert main([*argv, str(tmp_path / "run"), "--skip-corrupt"]) == 0
     assert "2 unreadable images skipped: 1.png, 2.png" in capsys.readouterr().out
 
