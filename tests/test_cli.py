@@ -212,6 +212,11 @@ def test_evaluate_scores_a_folder_against_the_models_class_indices(tmp_path):
         sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(labels)
     )
 
+    (tmp_path / "data" / "c3" / "3.png").write_bytes(b"not a png")
+    status, _, stderr = run_cli(*argv, str(tmp_path / "data"))
+    assert status == 1 and "3.png" in stderr and "--skip-corrupt" in stderr
+    assert run_cli(*argv, str(tmp_path / "data"), "--skip-corrupt")[0] == 0
+
     (tmp_path / "data" / "zebra").mkdir()
     Image.new("RGB", (16, 16)).save(tmp_path / "data" / "zebra" / "0.png")
     status, _, stderr = run_cli(*argv, str(tmp_path / "data"))

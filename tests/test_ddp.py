@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from test_train import TINY_RUN, cli, small_data, weights
@@ -143,3 +144,14 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path):
         *TINY_RUN, "--out", str(out), "--epochs", "500", "--max-steps", str(step + 1)
     )
     assert status == 0 and f"after {step + 1} steps" in stdout
+
+
+def test_a_batch_statistics_layer_that_cannot_be_synchronised_is_named():
+    class BatchNormAct(nn.BatchNorm2d):  # like timm's: its own forward
+        def forward(self, x):
+            return super().forward(x).relu()
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), BatchNormAct(3))
+    warned = pytest.warns(UserWarning, match=r"1 \(BatchNormAct\) are not synchronised")
+    with warned, synchronised_batch_norms(model, Distributed(world=2)):
+        assert type(model[1]) is BatchNormAct
