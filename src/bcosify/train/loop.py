@@ -320,10 +320,10 @@ def train(
         finished = step >= total_steps
         if ema:
             prepared.load_state_dict(ema.state)
-    network = trained_network(prepared)
-    if finished and dist.is_main:
-        _save_model(network, out / MODEL_DIR, classes)
-    dist.barrier()
+        network = trained_network(prepared)
+        if finished and dist.is_main:  # while the run folder is still held
+            _save_model(network, out / MODEL_DIR, classes)
+        dist.barrier()
     return TrainResult(network, step, finished, history, out, None if finished else stopped_by)
 
 
