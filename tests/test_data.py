@@ -424,7 +424,63 @@ def test_bcosify_train_skips_corrupt_images_when_asked_and_says_so(tmp_path, cap
     argv = ["train", "--model", "bcosify:small_cnn", "--data", str(tmp_path / "data")]
     argv += ["--recipe", "standard", "--epochs", "1", "--batch-size", "2", "--image-size", "16"]
     argv += ["--no-progress", "--out"]
-    assert main([*argv, str(tmp_path / "strict")]) == 2
-    assert "skip_corrupt=True" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "strict")]) == 1
+    error = capsys.readouterr().err
+    assert "2 unreadable files" in error and "--skip-corrupt" in error
+    assert len(error.strip().splitlines()) == 1  # one line
+    assert not (tmp_path / "strict").exists()  # found by the scan, before training started
     assert main([*argv, str(tmp_path / "run"), "--skip-corrupt"]) == 0
     assert "2 unreadable images skipped: 1.png, 2.png" in capsys.readouterr().out
+
+
+# --- decoding and classes ---------------------------------------------------------------------
+
+
+def write_png16(path: Path, values, colour_type: int) -> None:
+    """A 16-bit PNG written by hand (Pillow writes 16-bit greyscale only from some modes)."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    values = np.asarray(values, dtype=">u2")
+    rows = b"".join(b"\0" + row.tobytes() for row in values.reshape(values.shape[0], -1))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path):
+    from bcosify.data import read_image
+
+    ramp = [[0, 257 * 64, 257 * 128, 65535]]  # 0, 1/4, 1/2 and 1 of the 16-bit range
+    write_png16(tmp_path / "grey.png", ramp, colour_type=0)
+    write_png16(tmp_path / "rgb.png", [[[v, v, v] for v in ramp[0]]], colour_type=2)
+    for name in ("grey.png", "rgb.png"):
+        image = read_image(tmp_path / name)
+        assert image.dtype == torch.uint8 and image.shape == (3, 1, 4)
+        assert image[:, 0].tolist() == [[0, 64, 128, 255]] * 3, name
+
+
+def test_a_fixed_class_list_numbers_a_folder_that_holds_some_of_its_classes(tmp_path):
+    make_folder(tmp_path, {"cat": 1, "fox": 1})
+    data = ImageFolderDataset(tmp_path, classes=["ant", "cat", "dog", "fox"], transform=None)
+    assert data.classes == ["ant", "cat", "dog", "fox"] and sorted(data.targets) == [1, 3]
+    with pytest.raises(DataError, match=r"not in the class list given: fox"):
+        ImageFolderDataset(tmp_path, classes=["ant", "cat"])
+
+
+def test_a_quick_scan_finds_broken_files_without_decoding_them(tmp_path):
+    garbage, truncated = corrupt_folder(tmp_path)
+    data = ImageFolderDataset(tmp_path, skip_corrupt=True)
+    assert sorted(data.validate(decode=False)) == sorted([garbage, truncated])
+    assert len(data) == 4 and data.num_skipped == 2

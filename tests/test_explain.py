@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -219,3 +220,46 @@ def test_captum_style_attribution_is_input_shaped_and_complete():
     torch.testing.assert_close(
         attributions.flatten(1).sum(1) - math.log(4), logits, rtol=1e-4, atol=1e-4
     )
+
+
+# --- an inexact explanation is never silent ---------------------------------------------------
+
+
+def test_an_exact_explanation_warns_of_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in range(4):
+            explain(random_bcos_cnn(seed), torch.rand(4, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("nan inputs", "the inputs hold 3 NaN or infinite values"),
+        ("not b-cos", "the model is not dynamic linear in explanation mode"),
+        ("bf16 autocast", "autocast (torch.bfloat16) is on"),
+    ],
+)
+def test_an_inexact_explanation_warns_and_says_why(case, reason):
+    from bcosify.errors import InexactExplanationWarning
+
+    torch.manual_seed(0)
+    # under bf16 this net's residual reaches 4e-3 (measured), far above the tolerance
+    model, images = random_bcos_cnn(3, b=1.25), torch.rand(8, 3, 48, 48)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if case == "bf16 autocast" else None
+    if case == "nan inputs":
+        images[0, 0, :3, 0] = float("nan")
+    if case == "not b-cos":  # an ordinary CNN: biases and ReLUs, not dynamic linear
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten(), nn.Linear(8, 4))  # fmt: skip
+    context = context or torch.autocast("cpu", enabled=False)
+    with (
+        pytest.warns(InexactExplanationWarning, match=rf"inexact .*: {re.escape(reason)}"),
+        context,
+    ):
+        e = explain(model, images)
+    assert not bool((e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all())
+    with pytest.raises(ExplanationError, match=re.escape(reason)), context:
+        explain(model, images, check="raise")

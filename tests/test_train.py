@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,13 +13,13 @@ import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.transforms import v2
 
 from bcosify import BcosModel, CheckpointError
 from bcosify.data import SyntheticShapes
+from bcosify.errors import DivergenceError
 from bcosify.models import IMAGENET_STD, create
 from bcosify.train import RecipeError, get_recipe, load_checkpoint, save_checkpoint, train
 
@@ -109,19 +108,35 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_during_a_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+def test_sigkill_during_a_write_leaves_the_previous_checkpoint_and_a_run_clears_the_rest(
+    tmp_path,
+):
     process = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
     try:
         for _ in range(3):  # a few complete checkpoints, then kill during the next write
             assert process.stdout.readline().strip()
+        deadline = time.monotonic() + 30
+        while not leftovers(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     state = load_checkpoint(tmp_path)
     assert state["step"] >= 2
     assert torch.equal(state["big"], torch.full((4_000_000,), float(state["step"])))
+    assert leftovers(tmp_path)  # what the kill left behind, of the checkpoint's full size
+    (tmp_path / "checkpoint.safetensors").unlink()  # not a training checkpoint
+    recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32)
+    train(NoBatchStatistics(), small_data(8), recipe, tmp_path, progress=False)
+    assert not leftovers(tmp_path)
+
+
+def leftovers(folder) -> list[str]:
+    """Files in ``folder`` that no one will read: what killed writers leave."""
+    kept = {"checkpoint.safetensors", "metrics.jsonl", "recipe.json", ".lock", "model"}
+    return sorted(p.name for p in folder.iterdir() if p.name not in kept)
 
 
 def test_checkpoint_round_trip_keeps_types():
@@ -160,37 +175,6 @@ class NoBatchStatistics(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean((2, 3)))
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32)
-    result = train(NoBatchStatistics(), small_data(32), recipe, out, device="cpu", progress=False)
-    torch.save(weights(result.model), os.path.join(out, f"rank{rank}.pt"))
-    torch.distributed.destroy_process_group()
-
-
-def test_ddp_matches_a_single_process_on_the_same_global_batch(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
-
-    torch.manual_seed(0)
-    recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32)
-    single = train(NoBatchStatistics(), small_data(32), recipe, tmp_path / "one", progress=False)
-    for key, value in weights(single.model).items():
-        torch.testing.assert_close(ranks[0][key], value, rtol=0, atol=1e-5)
 
 
 def small_cnn(num_classes: int) -> nn.Module:
@@ -270,54 +254,26 @@ def test_bad_recipes_are_clear_errors(tmp_path):
         )
 
 
-def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path):
+def test_an_interrupted_run_exits_128_plus_the_signal_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "bcosify",
-        "train",
-        "--model",
-        "torchvision:resnet18",
-        "--data",
-        "synthetic",
-        "--recipe",
-        "standard",
-        "--out",
-        str(out),
-        "--epochs",
-        "50",
-        "--batch-size",
-        "8",
-        "--image-size",
-        "32",
-        "--num-train",
-        "64",
-        "--num-val",
-        "8",
-        "--set",
-        "checkpoint_every=100000",
-        "--no-progress",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not metrics.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    stdout, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, stdout
-    assert "stopped" in stdout
+    once = ["--set", "checkpoint_every=100000"]  # checkpoints at epoch ends and on the signal
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        process = start_training(out, *once)
+        process.send_signal(sig)
+        stdout, _ = process.communicate(timeout=120)
+        assert process.returncode == 128 + sig, stdout  # 143, then 130
+        assert "stopped (resume by running the same command)" in stdout
     step = load_checkpoint(out)["step"]
-    assert 8 <= step < 400  # stopped early, at or after the first epoch (8 steps)
-    resumed = subprocess.run(
-        [*command[:-3], "--max-steps", str(step + 2), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    assert 8 <= step < 2000  # two runs, each stopped at or after an epoch's end (4 steps)
+    resumed = ["--out", str(out), "--epochs", "500", *once, "--max-steps", str(step + 2)]
+    status, stdout, _ = cli(*TINY_RUN, *resumed)
+    assert (
+        status == 0 and f"stopped (resume by running the same command) after {step + 2}" in stdout
     )
-    assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(out)["step"] == step + 2
+    records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "val_loss" in r]
+    assert steps == sorted(set(steps)) == list(range(4, step + 3, 4))  # each epoch once
 
 
 def test_prepared_models_follow_the_recipe():
@@ -339,3 +295,239 @@ def test_prepared_models_follow_the_recipe():
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(kept[:, :3] - kept[:, 3:], first_conv.weight / std)
     assert not torch.allclose(scratch.state_dict()["network.0.weight"], kept)
+
+
+# --- a run never ends "finished" on a broken state ---------------------------------------------
+
+TINY_RUN = [
+    "train",
+    "--model",
+    "bcosify:small_cnn",
+    "--data",
+    "synthetic",
+    "--recipe",
+    "standard",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--num-train",
+    "32",
+    "--num-val",
+    "8",
+    "--no-progress",
+]
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """``bcosify <argv>`` in this process: the exit status, stdout and stderr."""
+    import contextlib
+    import io
+
+    from bcosify.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def all_finite(state) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_a_diverged_run_saves_nothing_non_finite_and_resumes_with_a_lower_lr(tmp_path):
+    out = str(tmp_path / "run")
+    run = [*TINY_RUN, "--out", out, "--epochs", "2", "--set", "checkpoint_every=2"]
+    assert cli(*run, "--max-steps", "2")[0] == 0  # a finite checkpoint at step 2
+    status, stdout, stderr = cli(*run, "--lr", "1e30")
+    assert status == 1 and "finished" not in stdout
+    assert len(stderr.strip().splitlines()) == 1 and "diverged" in stderr
+    assert "holds step 2" in stderr and "--lr" in stderr
+    state = load_checkpoint(out)
+    assert state["step"] == 2 and all_finite(state["model"])  # the last finite checkpoint
+    assert not (tmp_path / "run" / "model").exists()
+    again = cli(*run, "--lr", "1e30")  # the same command again does not "finish" either
+    assert again[0] == 1 and "finished" not in again[1]
+    assert load_checkpoint(out)["step"] == 2
+    status, stdout, stderr = cli(*run, "--lr", "1e-4")  # the advice works: a lower lr resumes
+    assert status == 0 and "finished after 8 steps" in stdout, stderr
+    assert all_finite(load_file(str(tmp_path / "run" / "model" / "model.safetensors")))
+    changes = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert {"step": 2, "recipe_changes": {"lr": [0.001, 0.0001]}} in changes
+
+
+class PoisonedStatistics(nn.Module):
+    """A finite loss, but a running statistic that turns NaN at the third training step (as an
+    overflowing batch-norm variance does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = NoBatchStatistics()
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("running", torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls >= 3:
+                self.running.fill_(float("nan"))
+        return self.net(x)
+
+
+def test_non_finite_weights_are_never_checkpointed_even_with_a_finite_loss(tmp_path):
+    recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32, checkpoint_every=2)
+    with pytest.raises(DivergenceError, match=r"at step 4: 1 tensors hold NaN.*model\.running"):
+        train(PoisonedStatistics(), small_data(32), recipe, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 2 and all_finite(state["model"])
+
+
+def start_training(out, *extra: str) -> subprocess.Popen:
+    """A long ``bcosify train`` in another process, returned once it has logged an epoch."""
+    command = [sys.executable, "-m", "bcosify", *TINY_RUN, "--out", str(out), "--epochs", "500"]
+    metrics = out / "metrics.jsonl"
+
+    def logged() -> int:
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    before = logged()
+    process = subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while logged() <= before and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    return process
+
+
+def test_one_run_per_folder_and_a_dead_owner_leaves_no_stale_lock(tmp_path):
+    out = tmp_path / "run"
+    first = start_training(out)
+    try:
+        status, _, stderr = cli(*TINY_RUN, "--out", str(out), "--max-steps", "1")
+        assert status == 1 and f"pid {first.pid}" in stderr and "in use" in stderr
+        assert first.poll() is None  # the first run goes on undisturbed
+    finally:
+        first.send_signal(signal.SIGKILL)  # the owner dies without releasing anything
+        first.wait()
+    step = load_checkpoint(out)["step"]
+    resumed = ["--out", str(out), "--epochs", "500", "--max-steps", str(step + 1)]
+    status, stdout, stderr = cli(*TINY_RUN, *resumed)
+    assert status == 0 and f"after {step + 1} steps" in stdout, stderr
+
+
+def test_resuming_with_other_data_is_refused(tmp_path):
+    out = str(tmp_path / "run")
+    assert cli(*TINY_RUN, "--out", out, "--max-steps", "1")[0] == 0
+    status, _, stderr = cli(*TINY_RUN[:-5], "--num-train", "40", *TINY_RUN[-3:], "--out", out)
+    assert status == 1 and "other data" in stderr and "train_examples 32 -> 40" in stderr
+    assert load_checkpoint(out)["step"] == 1
+
+
+def test_seed_decides_the_initial_weights_of_a_model_built_from_a_source(tmp_path):
+    def first_checkpoint(name: str, seed: str) -> dict[str, torch.Tensor]:
+        assert (
+            cli(*TINY_RUN, "--out", str(tmp_path / name), "--max-steps", "1", "--seed", seed)[0]
+            == 0
+        )
+        return load_checkpoint(tmp_path / name)["model"]
+
+    a, b, c = first_checkpoint("a", "3"), first_checkpoint("b", "3"), first_checkpoint("c", "4")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def strict_json(line: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_resumed_metrics_hold_every_step_once_as_strict_json(tmp_path):
+    out = tmp_path / "run"
+    recipe = get_recipe("standard", epochs=2, batch_size=8, image_size=32, augment="none")
+    train(
+        NoBatchStatistics(), small_data(32), recipe, out, max_steps=3, log_every=1, progress=False
+    )
+    with (out / "metrics.jsonl").open("a") as log:  # what a kill after step 5's record leaves
+        log.write('{"step": 4, "loss": NaN}\n{"step": 5, "loss": Infinity}\n{"step": 6, "lo')
+    train(NoBatchStatistics(), small_data(32), recipe, out, log_every=1, progress=False)
+    records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, 9))
+    diverged = tmp_path / "diverged"
+    with pytest.raises(DivergenceError):
+        train(NoBatchStatistics(), small_data(32), replace_lr(recipe, 1e30), diverged,
+              log_every=1, progress=False)  # fmt: skip
+    records = [strict_json(line) for line in (diverged / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] is None  # the non-finite loss, as null
+
+
+def replace_lr(recipe, lr):
+    from dataclasses import replace
+
+    return replace(recipe, lr=lr)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32)
+        train(NoBatchStatistics(), small_data(16), recipe, tmp_path, progress=False)
+    finally:
+        os.umask(previous)
+    for name in ("checkpoint.safetensors", "model/model.safetensors", "model/config.json"):
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == 0o644, (name, oct(mode))
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import bcosify.train.checkpoint as checkpoint_module
+
+    out = tmp_path / "run"
+    assert cli(*TINY_RUN, "--out", str(out), "--max-steps", "1")[0] == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full)
+    status, _, stderr = cli(*TINY_RUN, "--out", str(out), "--max-steps", "2")
+    assert status == 1 and len(stderr.strip().splitlines()) == 1
+    assert "No space left on device" in stderr and "intact" in stderr
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_classes_must_agree_between_the_splits_and_with_the_model(tmp_path):
+    from bcosify.errors import DataError
+
+    shapes = ("circle", "cross", "triangle")
+    recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32)
+
+    def data(classes, n=16):
+        return SyntheticShapes(n, 32, seed=0, classes=classes)
+
+    with pytest.raises(
+        DataError, match=r"validation data.*\[circle, cross, triangle\].*\[circle, cross\]"
+    ):
+        train(small_cnn(3), data(shapes), recipe, tmp_path / "a", val_data=data(shapes[:2], 8))
+    one_class = torch.utils.data.TensorDataset(torch.rand(16, 3, 32, 32), torch.zeros(16).long())
+    one_class.classes = ["circle"]
+    with pytest.raises(DataError, match="at least two"):
+        train(small_cnn(3), one_class, recipe, tmp_path / "b", progress=False)
+    with pytest.raises(DataError, match="the model has 10 outputs but the data has"):
+        train(small_cnn(10), data(shapes), recipe, tmp_path / "c", progress=False)
+    first = train(small_cnn(3), data(shapes), recipe, tmp_path / "d", progress=False)
+    saved = json.loads((tmp_path / "d" / "model" / "config.json").read_text())
+    assert saved["class_names"] == list(shapes)  # saved with the model...
+    from bcosify.models import load_model
+
+    model = load_model(tmp_path / "d" / "model", model=small_cnn(3))
+    others = ("circle", "square", "star")
+    with pytest.raises(DataError, match=r"not in the model: square, star"):  # ...and checked
+        train(model, data(others), recipe, tmp_path / "e", progress=False)
+    assert first.finished

@@ -21,7 +21,7 @@ def make_callable(package: str, function: Callable[..., Any]) -> None:
         >>> callable(bcosify.convert), callable(bcosify.convert.default_rules)
         (True, True)
         >>> list(inspect.signature(bcosify.explain).parameters)
-        ['model', 'inputs', 'target']
+        ['model', 'inputs', 'target', 'tolerance', 'check']
     """
 
     class CallablePackage(types.ModuleType):

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, StorageError
 
 __all__ = [
     "CONFIG_FILE",
@@ -22,17 +22,37 @@ __all__ = [
     "atomic_write",
     "read_config_json",
     "read_weights",
+    "remove_stale_temporaries",
+    "temporary_name",
     "write_pretrained",
 ]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_name(target: Path) -> Path:
+    """A fresh temporary file name beside ``target``: ``.<name>.<random>.tmp``.
+
+    Every temporary file bcosify writes follows this pattern, so that
+    :func:`remove_stale_temporaries` can find what a killed process left behind.
+
+    Example:
+        >>> temporary_name(Path("run/checkpoint.safetensors")).name.startswith(
+        ...     ".checkpoint.safetensors.")
+        True
+    """
+    return target.with_name(f".{target.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}")
 
 
 def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(temporary)`` for a temporary file beside ``target``, then rename it.
 
-    A process killed mid-write leaves ``target`` as it was (or absent), never half-written.
+    A process killed mid-write leaves ``target`` as it was (or absent), never half-written; the
+    temporary file (see :func:`temporary_name`) is removed on any error. The file gets the
+    usual permissions (``0o666`` less the umask), like any file the process creates. A write
+    that fails for lack of space or permission raises a :class:`StorageError` in one line.
 
     Example:
         >>> import tempfile
@@ -41,14 +61,51 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         >>> target.read_text(), len(list(target.parent.iterdir()))
         ('done', 1)
     """
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(handle)
+    temporary = temporary_name(target)
     try:
-        write(Path(temporary))
+        # created here with the umask applied (O_EXCL: never another process's file), and that
+        # mode kept: writers that replace the file (safetensors does) would leave it 0o600
+        os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        mode = temporary.stat().st_mode & 0o777
+        write(temporary)
+        os.chmod(temporary, mode)
         os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, StorageError):
+            reason = error.strerror or str(error)
+            kept = "the previous version is intact" if target.exists() else "nothing was written"
+            raise StorageError(
+                error.errno,
+                f"could not write {str(target)!r}: {reason} ({kept}); free space or "
+                "fix the permissions and run the same command again",
+            ) from error
         raise
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in ``directory``; returns
+    them. Those are bcosify's own (:func:`temporary_name`) and safetensors' (``.tmpXXXXXX``:
+    it writes through a temporary file of its own too). Call it only while no other process
+    writes there.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = temporary_name(folder / "model.safetensors").write_bytes(b"half")
+        >>> _ = (folder / ".tmpAb12Cd").write_bytes(b"half")
+        >>> removed = remove_stale_temporaries(folder)
+        >>> len(removed), list(folder.iterdir())
+        (2, [])
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted({*directory.glob(f".*{TEMPORARY_SUFFIX}"), *directory.glob(".tmp*")})
+    for path in stale:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def write_pretrained(directory: str | Path, module: nn.Module, config: dict[str, Any]) -> Path:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from ..convert import convert
-from ..models import create
+from ..convert import BcosCLIP, BcosModel, convert
+from ..errors import UsageError
+from ..models import source_info
+from .arguments import finite_float, output_folder, positive_int
+from .loading import load_model_argument
 
 __all__ = ["add_parser"]
 
@@ -20,13 +24,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "was replaced, and save it (model.safetensors + config.json) for bcosify.load."
         ),
     )
-    parser.add_argument("--model", required=True, help="e.g. torchvision:resnet50, timm:resnet18")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a source (torchvision:resnet50, timm:resnet18), or a saved ordinary model folder "
+        "(bcosify train --recipe standard writes one)",
+    )
     parser.add_argument(
         "--weights",
         help="a weights file (.safetensors, or a state dict .pt/.pth), a torchvision weight "
         "name such as IMAGENET1K_V2 (downloads if not cached), or 'hub' for timm (downloads)",
     )
-    parser.add_argument("--num-classes", type=int, help="number of classes of the architecture")
+    parser.add_argument(
+        "--num-classes", type=positive_int, help="number of classes of the architecture"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to save the model to")
     parser.add_argument("--b", type=float, default=2.0, help="B of the B-cos layers (default 2)")
     parser.add_argument("--encoding", choices=("fold", "paper"), default="fold")
@@ -38,14 +49,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the classifier after global pooling (default: move it before)",
     )
-    parser.add_argument("--mean", type=float, nargs="+", help="input mean (default: the source's)")
-    parser.add_argument("--std", type=float, nargs="+", help="input std (default: the source's)")
+    parser.add_argument(
+        "--mean", type=finite_float, nargs="+", help="input mean (default: the source's)"
+    )
+    parser.add_argument(
+        "--std", type=finite_float, nargs="+", help="input std (default: the source's)"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    original = create(args.model, weights=args.weights, **kwargs)
+    output_folder(args.out)
+    original = load_model_argument(args.model, args.weights, args.num_classes)
+    if isinstance(original, (BcosModel, BcosCLIP)):
+        raise UsageError(f"{args.model} is a B-cos model already: there is nothing to convert")
+    _check_normalisation(args, original)
     model, report = convert(
         original,
         input_mean=args.mean,
@@ -61,3 +79,17 @@ def run(args: argparse.Namespace) -> int:
     directory = model.save_pretrained(args.out)
     print(f"saved to {directory}/ (load with bcosify.load({str(directory)!r}))")
     return 0
+
+
+def _check_normalisation(args: argparse.Namespace, original: object) -> None:
+    """--mean and --std: one value per input channel (the source's count), std positive."""
+    info = source_info(original)  # type: ignore[arg-type]
+    channels = len(info.input_mean) if info else None
+    for flag, values in (("--mean", args.mean), ("--std", args.std)):
+        if values is not None and channels is not None and len(values) != channels:
+            raise UsageError(
+                f"{flag} takes one value per input channel ({channels} for {args.model}), got "
+                f"{len(values)}: {' '.join(map(str, values))}"
+            )
+    if args.std is not None and not all(s > 0 and math.isfinite(s) for s in args.std):
+        raise UsageError(f"--std must be positive, got {' '.join(map(str, args.std))}")

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from ..convert import BcosCLIP, BcosModel
-from ..data import build_dataset
-from ..errors import EvaluationError
+from ..data import build_dataset, check_classes
+from ..data.classes import format_classes
+from ..errors import DataError, EvaluationError
 from ..evaluate import (
     DEFAULT_TEMPLATES,
     accuracy,
@@ -24,8 +25,10 @@ from ..evaluate import (
     zero_shot_evaluation,
 )
 from ..explain import explain
+from ..models import class_names_of
 from ..train import Normalized
 from ..train.prepare import input_normalization
+from .arguments import output_file, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -41,15 +44,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="a saved model, a run folder or a source")
     parser.add_argument("--data", required=True, help="'synthetic' or an image folder")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--num-examples", type=int, help="synthetic data: examples")
+    parser.add_argument("--image-size", type=positive_int, default=64)
+    parser.add_argument("--num-examples", type=positive_int, help="synthetic data: examples")
+    parser.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="skip (and count) unreadable images of a folder instead of stopping at the first",
+    )
     parser.add_argument(
         "--explainers",
         nargs="*",
         help="default: bcos for a B-cos model, gradcam for an ordinary one",
     )
-    parser.add_argument("--grids", type=int, default=25, help="2x2 grids for the pointing game")
-    parser.add_argument("--images", type=int, default=32, help="images for localisation/deletion")
+    parser.add_argument(
+        "--grids", type=positive_int, default=25, help="2x2 grids for the pointing game"
+    )
+    parser.add_argument(
+        "--images", type=positive_int, default=32, help="images for localisation/deletion"
+    )
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     parser.add_argument(
         "--templates",
@@ -62,16 +74,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        output_file(args.out)
     model = load_model_argument(str(args.model), None, None).eval()
-    data = build_dataset(
-        args.data,
-        args.split,
-        args.image_size,
-        num_examples=args.num_examples,
-        return_mask=args.data == "synthetic",
-    )
+    data = _dataset(args)
     if isinstance(model, BcosCLIP):
         return _zero_shot(model, data, args)
+    data = _with_the_models_classes(model, data, args)
     if not isinstance(model, BcosModel):
         model = Normalized(model, *input_normalization(model)).eval()
     results: dict[str, Any] = {
@@ -112,6 +121,44 @@ def run(args: argparse.Namespace) -> int:
         )
     _write(results, args.out)
     return 0
+
+
+def _dataset(args: argparse.Namespace, classes: list[str] | None = None) -> Any:
+    return build_dataset(
+        args.data,
+        args.split,
+        args.image_size,
+        num_examples=args.num_examples,
+        return_mask=args.data == "synthetic",
+        skip_corrupt=args.skip_corrupt,
+        classes=classes,
+    )
+
+
+@torch.no_grad()
+def _with_the_models_classes(model: torch.nn.Module, data: Any, args: argparse.Namespace) -> Any:
+    """The data with labels that are the model's class indices, or a :class:`DataError`.
+
+    A model with class names takes a dataset of the same classes, or (an image folder) of some
+    of them, whose labels are then renumbered to the model's. A model without names must have
+    one output per class of the data.
+    """
+    classes = getattr(data, "classes", None)
+    if classes is None:
+        return data
+    classes = [str(c) for c in classes]
+    names = class_names_of(model)
+    if names is not None:
+        is_folder = args.data != "synthetic"
+        check_classes(names, classes, "the model", "the data", subset=is_folder)
+        return data if classes == names else _dataset(args, names)
+    outputs = model(data[0][0][None]).shape[-1]
+    if outputs != len(classes):
+        raise DataError(
+            f"the model has {outputs} outputs (and no class names) but the data has "
+            f"{format_classes(classes)}: evaluate it on data of the classes it was trained on"
+        )
+    return data
 
 
 def _zero_shot(model: BcosCLIP, data: Any, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..convert import BcosCLIP, BcosModel
 from ..data import IMAGE_EXTENSIONS, eval_transform, read_image
-from ..errors import BcosifyError, DataError
+from ..errors import DataError, UsageError
 from ..explain import (
     Explanation,
     explain,
@@ -17,6 +17,7 @@ from ..explain import (
     save_colour_explanation,
     save_contribution_map,
 )
+from .arguments import at_least, output_folder, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -30,7 +31,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "Explain each image with the B-cos model's own explanation (for a B-cos CLIP model: "
             "of its cosine similarity with --prompt) and write, per image, "
             "<name>_colour.png (the B-cos colour explanation), <name>_contributions.png (the "
-            "signed contribution map) and <name>_figure.png (both, with the image and a scale)."
+            "signed contribution map) and <name>_figure.png (both, with the image and a scale); "
+            "<name> is the file name without its extension, or with it (cat.png -> cat_png) "
+            "where two images share a name."
         ),
     )
     parser.add_argument("--model", required=True, help="a saved B-cos model or a run folder")
@@ -42,8 +45,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         'e.g. "a photo of a dog"',
     )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--image-size", type=int, help="resize and centre-crop to this size")
-    parser.add_argument("--smooth", type=int, default=0, help="alpha smoothing (15 at 224 px)")
+    parser.add_argument(
+        "--image-size", type=positive_int, help="resize and centre-crop to this size"
+    )
+    parser.add_argument(
+        "--smooth", type=at_least(0), default=0, help="alpha smoothing (15 at 224 px)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -67,16 +74,34 @@ def _images(path: Path) -> list[Path]:
     return [path]
 
 
+def output_stems(paths: list[Path]) -> dict[Path, str]:
+    """The output name of every image: its stem, or, where stems collide (``cat.png`` and
+    ``cat.jpg``), the stem and the extension, so that no image overwrites another's pictures.
+
+    Example:
+        >>> sorted(output_stems([Path("cat.png"), Path("cat.jpg"), Path("dog.png")]).values())
+        ['cat_jpg', 'cat_png', 'dog']
+    """
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    return {
+        path: path.stem if counts[path.stem] == 1 else f"{path.stem}_{path.suffix[1:].lower()}"
+        for path in paths
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    output_folder(args.out)
     model = load_model_argument(str(args.model), None, None)
     if not isinstance(model, (BcosModel, BcosCLIP)):
-        raise BcosifyError(
+        raise UsageError(
             f"{args.model} is an ordinary model; B-cosify it first (bcosify convert, or bcosify "
             "train --recipe bcosify-cnn) to get explanations that are exact by construction"
         )
     is_clip = isinstance(model, BcosCLIP)
     if is_clip != (args.prompt is not None) or (is_clip and args.target is not None):
-        raise BcosifyError(
+        raise UsageError(
             "a B-cos CLIP model explains how well an image matches a text: pass --prompt "
             '"a photo of a ..." (and no --target)'
             if is_clip
@@ -88,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
     names = config.class_names
     target = model.encode_text([args.prompt])[0] if is_clip else args.target
     failures = 0
-    for path in _images(args.image):
+    paths = _images(args.image)
+    stems = output_stems(paths)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in paths:
         try:
             pixels = read_image(path)
         except DataError as error:
@@ -96,9 +124,21 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         image = eval_transform(size)(pixels) if size else pixels.float() / 255
-        e = explain(model, image[None], target=target)
+        try:
+            e = explain(model, image[None], target=target)
+        except RuntimeError as error:  # the model's own check, e.g. an image too small for it
+            if getattr(args, "debug", False):
+                raise
+            height, width = image.shape[-2:]
+            print(
+                f"skipped: {path} ({width}x{height} pixels): the model cannot take it "
+                f"({str(error).splitlines()[0]}); pass --image-size to resize the images",
+                file=sys.stderr,
+            )
+            failures += 1
+            continue
         scale = max(1, math.ceil(224 / image.shape[-1]))
-        stem = args.out / path.stem
+        stem = args.out / stems[path]
         save_colour_explanation(
             f"{stem}_colour.png", e.inputs[0], e.weights[0], smooth=args.smooth, upscale=scale
         )

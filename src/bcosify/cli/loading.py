@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
 
 from ..convert import load as load_bcos_model
 from ..convert import load_clip
-from ..errors import CheckpointError
+from ..errors import BcosifyError, CheckpointError, UsageError
 from ..models import create, load_model
+from ..serialization import CONFIG_FILE, read_config_json
 
 __all__ = ["load_model_argument"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def load_model_argument(spec: str, weights: str | None, num_classes: int | None) -> nn.Module:
@@ -24,17 +26,47 @@ def load_model_argument(spec: str, weights: str | None, num_classes: int | None)
         3
     """
     folder = Path(spec)
-    if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
+    if (folder / "model" / CONFIG_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
         folder = folder / "model"  # a run folder of bcosify train
-    config = folder / "config.json"
-    if config.is_file():
-        kind = json.loads(config.read_text()).get("format", "")
-        if kind.startswith("bcosify-model"):
-            return load_bcos_model(folder)
-        if kind.startswith("bcosify-clip"):
-            return load_clip(folder)
-        return load_model(folder)
-    if Path(spec).exists():
-        raise CheckpointError(f"{spec!r} is a folder without a bcosify config.json")
+    if (folder / CONFIG_FILE).is_file():
+        if weights is not None:
+            raise UsageError(
+                f"--weights applies to a model source (e.g. torchvision:resnet18); {spec} is a "
+                "saved model, which has its weights"
+            )
+        return _load_saved(folder)
+    if folder.is_file():
+        hint = (
+            f"pass the architecture with --model (e.g. torchvision:resnet18) and this file with "
+            f"--weights {spec}"
+            if folder.suffix in _WEIGHT_SUFFIXES
+            else "pass a model source (e.g. torchvision:resnet18) or a saved model folder"
+        )
+        raise UsageError(f"--model {spec} is a file, not a model: {hint}")
+    if folder.is_dir():
+        raise CheckpointError(
+            f"{spec!r} is a folder without a bcosify {CONFIG_FILE}: pass a folder written by "
+            "bcosify (convert, train, save_pretrained), a run folder, or a model source"
+        )
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return create(spec, weights=weights, **kwargs)
+
+
+def _load_saved(folder: Path) -> nn.Module:
+    """The model a saved folder describes; a config that cannot be built is named."""
+    kind = read_config_json(folder).get("format", "")
+    loader = load_model
+    if isinstance(kind, str) and kind.startswith("bcosify-model"):
+        loader = load_bcos_model
+    elif isinstance(kind, str) and kind.startswith("bcosify-clip"):
+        loader = load_clip
+    try:
+        return loader(folder)
+    except BcosifyError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        # what the config holds goes to the model's constructor: a wrong value fails there
+        raise CheckpointError(
+            f"bcosify cannot build the model that {str(folder / CONFIG_FILE)!r} describes: "
+            f"{type(error).__name__}: {error}"
+        ) from error

@@ -1,15 +1,33 @@
-"""``bcosify <command>``: the entry point of the command line."""
+"""``bcosify <command>``: the entry point of the command line.
+
+A mistake is one line on stderr and a non-zero exit, never a traceback: 2 for a bad command
+line (argparse's errors and every :class:`~bcosify.errors.UsageError`), 1 when the run could
+not go on (every other :class:`~bcosify.errors.BcosifyError`, and files that cannot be
+written), 130 when interrupted. ``--debug`` (or ``BCOSIFY_DEBUG=1``) shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import BcosifyError
 from . import convert, demo, evaluate, example, explain, train
 
 __all__ = ["main"]
+
+DEBUG_VARIABLE = "BCOSIFY_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (argparse prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bcosify",
         description="Turn pretrained networks into B-cos networks and explain them.",
     )
@@ -34,9 +52,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_parser(commands)
     convert.add_parser(commands)
     train.add_parser(commands)
+    for command in (parser, *commands.choices.values()):
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)",
+        )
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except BcosifyError as error:
-        print(f"bcosify {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    name = f"bcosify {args.command}"
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning(name)
+        try:
+            return int(args.run(args) or 0)
+        except BcosifyError as error:
+            if debug:
+                raise
+            _report(name, error)
+            return error.exit_status
+        except OSError as error:  # a file that cannot be read or written: not a bug
+            if debug:
+                raise
+            _report(name, error)
+            return 1
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(f"{name}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: its lines joined (after a colon with a space, else with '; ')."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else "; ") + line
+    return text
+
+
+def _report(name: str, error: BaseException) -> None:
+    print(f"{name}: error: {_one_line(str(error))}", file=sys.stderr)
+
+
+def _one_line_warning(name: str):  # type: ignore[no-untyped-def]
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        print(f"{name}: warning: {_one_line(str(message))}", file=file or sys.stderr)
+
+    return show

@@ -7,10 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import UnlabelledImages, build_dataset
+import torch
+
+from ..data import ImageFolderDataset, UnlabelledImages, build_dataset
 from ..errors import CheckpointError
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, distill, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
+from ..train.distributed import check_device
+from ..train.resume import RESUMABLE_CHANGES
+from .arguments import output_folder, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -24,8 +29,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch), or distil a "
             "B-cosified CLIP image tower from the original (bcosify-clip: --model is a CLIP "
             "model, --data any folder of images). Resumes from the checkpoint in --out if there "
-            "is one. Under torchrun (torchrun --nproc_per_node=N -m bcosify train ...) it trains "
-            "with DDP."
+            "is one (with the same recipe and data; " + ", ".join(RESUMABLE_CHANGES[:4]) + " may "
+            "change, e.g. a lower --lr after a divergence). Under torchrun (torchrun "
+            "--nproc_per_node=N -m bcosify train ...) it trains with DDP. Exits 0 when finished "
+            "or stopped by --max-steps, 130 / 143 when stopped by SIGINT / SIGTERM (resume with "
+            "the same command), 1 when the run failed, 2 for a bad command line."
         ),
     )
     parser.add_argument(
@@ -37,11 +45,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="'synthetic' or an image folder")
     parser.add_argument("--recipe", required=True, help="standard, bcosify-cnn, bcosify-vit, ...")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--lr", type=float, help="learning rate (may change on resume)")
+    parser.add_argument("--image-size", type=positive_int)
+    parser.add_argument(
+        "--seed", type=int, help="seeds the initial weights, data order and augmentation"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -49,14 +59,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="FIELD=VALUE",
         help="override any recipe field, e.g. --set ema_decay=0.999 (JSON values)",
     )
-    parser.add_argument("--num-train", type=int, help="synthetic data: training examples")
-    parser.add_argument("--num-val", type=int, help="synthetic data: validation examples")
+    parser.add_argument("--num-train", type=positive_int, help="synthetic data: training examples")
+    parser.add_argument("--num-val", type=positive_int, help="synthetic data: validation examples")
     parser.add_argument(
         "--skip-corrupt",
         action="store_true",
         help="skip (and count) unreadable images of a folder instead of stopping at the first",
     )
-    parser.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N steps")
+    parser.add_argument(
+        "--scan-images",
+        choices=("quick", "full", "off"),
+        default="quick",
+        help="check an image folder's files before training: quick (headers and PNG "
+        "checksums, the default), full (decode every image) or off",
+    )
+    parser.add_argument(
+        "--max-steps", type=positive_int, help="stop (with a checkpoint) after N steps"
+    )
     parser.add_argument("--no-resume", action="store_true", help="refuse to resume: fail instead")
     parser.add_argument("--device", help="cpu, cuda (default: cuda if available)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
@@ -71,7 +90,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[name] = getattr(args, name)
     for item in args.set:
         field, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not field:
             raise RecipeError(f"--set takes FIELD=VALUE, got {item!r}")
         try:
             overrides[field] = json.loads(value)
@@ -82,8 +101,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, **_overrides(args))
+    output_folder(args.out)
+    if args.device is not None:
+        check_device(args.device)
     if args.no_resume and (args.out / CHECKPOINT_FILE).exists():
         raise CheckpointError(f"{str(args.out)!r} already holds a run and --no-resume was given")
+    # the initial weights of a model built here (a source without weights) follow --seed
+    torch.manual_seed(recipe.seed)
     if recipe.loss in DISTILLATION_LOSSES:
         return _distill(args, recipe)
     train_data, val_data = _splits(args, recipe)
@@ -103,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
     for data in (train_data, val_data):
         if getattr(data, "num_skipped", 0):
             print(data.summary())
-    _print_result(result.finished, result.step, args.out)
-    return 0
+    return _finish(result.finished, result.step, result.signal, args.out)
 
 
 def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
@@ -137,10 +160,10 @@ def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     ).train
-    _print_result(result.finished, result.step, args.out)
+    status = _finish(result.finished, result.step, result.signal, args.out)
     if result.finished:
         print(f"the B-cos CLIP is in {args.out}/clip/ (load it with bcosify.load_clip)")
-    return 0
+    return status
 
 
 def _splits(args: argparse.Namespace, recipe: Recipe) -> tuple[Any, Any]:
@@ -158,9 +181,17 @@ def _splits(args: argparse.Namespace, recipe: Recipe) -> tuple[Any, Any]:
         )
         for split in ("train", "val")
     )
+    if args.scan_images != "off":
+        for data in (train_data, val_data):
+            if isinstance(data, ImageFolderDataset) and data.validate(
+                decode=args.scan_images == "full"
+            ):
+                print(data.summary())
     return train_data, val_data
 
 
-def _print_result(finished: bool, step: int, out: Path) -> None:
+def _finish(finished: bool, step: int, signal: int | None, out: Path) -> int:
+    """Say how the run ended; the exit status: 0, or 128 + the signal that stopped it."""
     state = "finished" if finished else "stopped (resume by running the same command)"
     print(f"{state} after {step} steps; run folder {out}/")
+    return 0 if signal is None else 128 + int(signal)

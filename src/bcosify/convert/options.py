@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from ..errors import OptionsError
+
 __all__ = ["ConversionOptions"]
 
 Encoding = Literal["fold", "paper"]
@@ -65,19 +67,19 @@ class ConversionOptions:
         object.__setattr__(self, "input_std", std)
         object.__setattr__(self, "b", float(self.b))
         if len(mean) != len(std) or not mean:
-            raise ValueError(
+            raise OptionsError(
                 f"input_mean and input_std need one value per input channel, got {mean} and {std}"
             )
         if min(std) <= 0:
-            raise ValueError(f"input_std must be positive, got {std}")
+            raise OptionsError(f"input_std must be positive, got {std}")
         if not self.b >= 1.0:
-            raise ValueError(f"b must be >= 1 (1 keeps the original linear layers), got {self.b}")
+            raise OptionsError(f"b must be >= 1 (1 keeps the original linear layers), got {self.b}")
         _check_choice("encoding", self.encoding, ("fold", "paper"))
         _check_choice("maxpool", self.maxpool, ("keep", "avg"))
         _check_choice("activations", self.activations, ("keep", "identity"))
         _check_choice("qkv_projection", self.qkv_projection, ("linear", "bcos"))
         if not (self.logit_bias in ("auto", None) or isinstance(self.logit_bias, (int, float))):
-            raise ValueError(
+            raise OptionsError(
                 f"logit_bias must be 'auto', a number or None, got {self.logit_bias!r}"
             )
 
@@ -99,10 +101,10 @@ class ConversionOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown conversion options {unknown}; known: {sorted(known)}")
+            raise OptionsError(f"unknown conversion options {unknown}; known: {sorted(known)}")
         return cls(**data)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise OptionsError(f"{name} must be one of {choices}, got {value!r}")

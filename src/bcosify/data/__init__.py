@@ -5,6 +5,7 @@ models encode their input themselves.
 """
 
 from .build import DEFAULT_SYNTHETIC_SIZES, build_dataset
+from .classes import check_classes
 from .folder import (
     IMAGE_EXTENSIONS,
     ImageFolderDataset,
@@ -25,6 +26,7 @@ __all__ = [
     "SyntheticShapes",
     "UnlabelledImages",
     "build_dataset",
+    "check_classes",
     "eval_transform",
     "mask_folder_for",
     "read_image",

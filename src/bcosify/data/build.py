@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -26,6 +27,7 @@ def build_dataset(
     return_mask: bool = False,
     skip_corrupt: bool = False,
     augment: bool = True,
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """The dataset ``"synthetic"`` (:class:`SyntheticShapes`) or the image folder at a path.
 
@@ -33,7 +35,8 @@ def build_dataset(
     :data:`DEFAULT_SYNTHETIC_SIZES` of the split. For a folder (:class:`ImageFolderDataset`),
     the train split gets the random training transform (unless ``augment`` is False) and the
     other splits the evaluation transform, at ``image_size``; ``num_examples`` and ``seed`` do not
-    apply. The synthetic shapes are never augmented: every example is already a fresh random
+    apply, and ``classes`` fixes the class list (see :class:`ImageFolderDataset`). The synthetic
+    shapes are never augmented: every example is already a fresh random
     scene.
 
     Example:
@@ -42,6 +45,8 @@ def build_dataset(
         (8, torch.Size([3, 32, 32]))
     """
     if str(name_or_path) == "synthetic":
+        if classes is not None:
+            raise DataError("classes= applies to image folders; the synthetic shapes are fixed")
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return SyntheticShapes(
@@ -64,4 +69,5 @@ def build_dataset(
         transform="auto" if augment else "eval",
         skip_corrupt=skip_corrupt,
         return_mask=return_mask,
+        classes=classes,
     )

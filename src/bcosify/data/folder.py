@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..errors import DataError
+from .classes import check_classes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -56,6 +57,9 @@ _READ_ERRORS = (
     struct.error,
     Image.DecompressionBombError,
 )
+
+# how to get past unreadable files, in the library and on the command line
+_SKIP_ADVICE = "pass skip_corrupt=True (--skip-corrupt on the command line) to skip them"
 
 _LAYOUT = (
     "expected root/<class>/<image> (one subfolder per class), or root/train/<class>/<image> "
@@ -133,14 +137,38 @@ def _decode(path: Path, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             # convert() decodes the whole file, so truncated data fails here and not later
-            pixels = np.array(image.convert(mode))
-    except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist (was it moved or deleted?)") from None
-    except _READ_ERRORS as error:
-        raise DataError(
-            f"cannot read image file {path}: {type(error).__name__}: {error}"
-        ) from error
+            pixels = np.array(_to_8_bit(image).convert(mode))
+    except (FileNotFoundError, *_READ_ERRORS) as error:
+        raise _unreadable(path, error) from error
     return pixels
+
+
+def _check_file(path: Path) -> None:
+    """Read ``path``'s header and, for PNG, check every chunk's checksum, without decoding the
+    pixels: a fraction of the cost of :func:`_decode`, and it finds files that are not images,
+    empty or broken headers and damaged PNGs (a JPEG truncated after its header only shows
+    when decoded)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (FileNotFoundError, *_READ_ERRORS) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: BaseException) -> DataError:
+    if isinstance(error, FileNotFoundError):
+        return DataError(f"image file {path} does not exist (was it moved or deleted?)")
+    return DataError(f"cannot read image file {path}: {type(error).__name__}: {error}")
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (modes ``I;16*``, and ``I``, which Pillow uses for 16-bit PNGs) scaled
+    to 8 bits; Pillow's own ``convert`` clips it at 255 instead, turning most pixels white.
+    Other modes (16-bit RGB included, which Pillow reads as 8-bit) are returned as they are."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
 
 
 def _visible(name: str) -> bool:
@@ -204,10 +232,15 @@ class ImageFolderDataset(Dataset):
     :func:`mask_folder_for`; ``masks_root`` overrides it), bool ``(H, W)``, transformed with the
     image. :func:`~bcosify.data.write_image_folder` writes this layout.
 
+    ``classes`` fixes the class list instead of the folder's (a model's class names, say):
+    labels are indices into it, the folder may hold a subset of its classes, and a class folder
+    not in it is a :class:`DataError` naming both lists.
+
     An unreadable image raises a :class:`DataError` naming the file when it is loaded (in a
     DataLoader worker too). With ``skip_corrupt=True`` it is skipped instead: the next readable
     image takes its place and the file is counted in :attr:`skipped`, across DataLoader
-    workers. :meth:`validate` checks every file up front.
+    workers. :meth:`validate` checks every file up front (``validate=True`` here), and
+    :meth:`validate` with ``decode=False`` quickly checks every header.
 
     Example:
         >>> import tempfile
@@ -232,6 +265,7 @@ class ImageFolderDataset(Dataset):
         return_mask: bool = False,
         masks_root: str | Path | None = None,
         validate: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.root = _resolve_root(Path(root), split)
         self.split = split
@@ -239,17 +273,24 @@ class ImageFolderDataset(Dataset):
         self.return_mask = return_mask
         self.transform = self._make_transform(transform, split, image_size)
 
-        self.classes: list[str] = _class_folders(self.root)
-        if not self.classes:
+        folders = _class_folders(self.root)
+        if not folders:
             images, _ = _images_in(self.root)
             found = f"; it holds {len(images)} images directly" if images else ""
             raise DataError(
                 f"image folder {self.root} has no class subfolders{found}. Put the images of "
                 f"each class in a subfolder named after the class: {_LAYOUT}"
             )
+        if classes is not None:
+            check_classes(
+                list(classes), folders, "the class list given", f"image folder {self.root}",
+                subset=True,
+            )  # fmt: skip
+        self.classes: list[str] = folders if classes is None else list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
-        for label, name in enumerate(self.classes):
+        for name in folders:
+            label = self.class_to_idx[name]
             images, others = _images_in(self.root / name)
             if not images:
                 found = f" (only {others} files without an image extension)" if others else ""
@@ -327,16 +368,21 @@ class ImageFolderDataset(Dataset):
             line += f"; {len(skipped)} unreadable image{plural} skipped: {names}"
         return line
 
-    def validate(self) -> list[Path]:
-        """Decode every image (and mask) now; return the unreadable files.
+    def validate(self, decode: bool = True) -> list[Path]:
+        """Check every image (and mask) now; return the unreadable files.
 
+        ``decode=True`` decodes every file, which finds every unreadable one; ``decode=False``
+        only reads headers (and checks PNG checksums), many times faster, which finds most.
         Without ``skip_corrupt`` a :class:`DataError` lists them all; with it they are dropped
         from :attr:`samples` and counted in :attr:`skipped`.
         """
         bad: list[tuple[Path, str]] = []
         for index in range(len(self.samples)):
             try:
-                self._load(index)
+                if decode:
+                    self._load(index)
+                else:
+                    self._check(index)
             except DataError as error:
                 bad.append((self.samples[index][0], str(error)))
         if bad and not self.skip_corrupt:
@@ -344,7 +390,7 @@ class ImageFolderDataset(Dataset):
             more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
             raise DataError(
                 f"{len(bad)} unreadable files in {self.root}:\n{listing}{more}\nReplace or "
-                "delete them, or pass skip_corrupt=True to skip them."
+                f"delete them, or {_SKIP_ADVICE}."
             )
         paths = {path for path, _ in bad}
         self._dropped += sorted(paths)
@@ -355,14 +401,26 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _mask_path(self, path: Path) -> Path | None:
+        if self.masks_root is None:
+            return None
+        mask_path = self.masks_root / path.relative_to(self.root).with_suffix(".png")
+        if not mask_path.is_file():
+            raise DataError(f"no mask {mask_path} for image {path}")
+        return mask_path
+
+    def _check(self, index: int) -> None:
+        path = self.samples[index][0]
+        for file in (path, self._mask_path(path)):
+            if file is not None:
+                _check_file(file)
+
     def _load(self, index: int) -> tuple[Tensor, int, Tensor | None]:
         path, label = self.samples[index]
         image = read_image(path)
         mask = None
-        if self.masks_root is not None:
-            mask_path = self.masks_root / path.relative_to(self.root).with_suffix(".png")
-            if not mask_path.is_file():
-                raise DataError(f"no mask {mask_path} for image {path}")
+        mask_path = self._mask_path(path)
+        if mask_path is not None:
             mask = torch.from_numpy(_decode(mask_path, "L") > 127)
             if mask.shape != image.shape[1:]:
                 raise DataError(
@@ -381,8 +439,7 @@ class ImageFolderDataset(Dataset):
             except DataError as error:
                 # chained to the decoder's error, not to ours: one traceback less to read
                 raise DataError(
-                    f"{error}. Replace or delete the file, or pass skip_corrupt=True to skip "
-                    "unreadable images."
+                    f"{error}. Replace or delete the file, or {_SKIP_ADVICE}"
                 ) from error.__cause__
         else:
             image, label, mask = self._load_or_skip(index)

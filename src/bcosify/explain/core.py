@@ -8,18 +8,24 @@ contributions ``x * W_c(x)`` plus the constant terms ``c_k * dy_c / dc_k`` sum t
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExplanationError
+from ..errors import ExplanationError, InexactExplanationWarning
 from ..nn.mode import explanation_mode
 from ..nn.trace import ExplanationTrace
 from .targets import cosine_similarity_target
 
-__all__ = ["BcosAttribution", "Explanation", "Target", "explain"]
+__all__ = ["DEFAULT_TOLERANCE", "BcosAttribution", "Explanation", "Target", "explain"]
+
+DEFAULT_TOLERANCE = 1e-4
+"""The largest residual :func:`explain` accepts quietly, relative to ``max(1, |score|)``: a
+converted model in float32 stays below 1e-6 (the tests check 1e-4)."""
 
 Target = int | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
 """What to explain: None (the predicted class), one class for every example, one class per
@@ -63,12 +69,26 @@ class Explanation:
         return self.scores.shape[0]
 
 
-def explain(model: nn.Module, inputs: Tensor, target: Target = None) -> Explanation:
+def explain(
+    model: nn.Module,
+    inputs: Tensor,
+    target: Target = None,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check: Literal["warn", "raise", "off"] = "warn",
+) -> Explanation:
     """Explain a batch with the model's own dynamic-linear explanation.
 
     The model runs in evaluation and explanation mode; afterwards its train/eval flags and
     explanation mode are restored, and no gradient is left on its parameters or on ``inputs``,
     even when an error is raised.
+
+    An explanation is exact when the contributions and constants sum to the score. When the
+    residual of an example exceeds ``tolerance * max(1, |score|)`` (or is not finite), a
+    :class:`~bcosify.errors.InexactExplanationWarning` says so and why (non-finite inputs,
+    autocast or low-precision weights, or a model that is not dynamic linear, such as one that
+    is not a B-cos model); ``check="raise"`` raises an :class:`ExplanationError` instead, and
+    ``check="off"`` skips the check.
 
     Args:
         model: a B-cos model (every module dynamic linear in explanation mode).
@@ -90,6 +110,8 @@ def explain(model: nn.Module, inputs: Tensor, target: Target = None) -> Explanat
         >>> e.weights.shape, bool(e.residual.abs().max() < 1e-4)
         (torch.Size([2, 6, 8, 8]), True)
     """
+    if check not in ("warn", "raise", "off"):
+        raise ExplanationError(f"check must be 'warn', 'raise' or 'off', got {check!r}")
     if not isinstance(model, nn.Module):
         raise ExplanationError(f"explain expects a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.ndim < 2:
@@ -125,6 +147,9 @@ def explain(model: nn.Module, inputs: Tensor, target: Target = None) -> Explanat
     total = contributions.flatten(1).double().sum(1)
     for value in constants.values():
         total = total + value.double()
+    residual = (scores.double() - total).to(scores.dtype)
+    if check != "off":
+        _check_residual(model, inputs, scores, residual, tolerance, check)
     return Explanation(
         logits=logits.detach(),
         targets=targets,
@@ -135,8 +160,61 @@ def explain(model: nn.Module, inputs: Tensor, target: Target = None) -> Explanat
         contribution_map=contributions.sum(1) if contributions.ndim > 2 else contributions,
         input_contributions=contributions if fold is None else fold(contributions),
         constants=constants,
-        residual=(scores.double() - total).to(scores.dtype),
+        residual=residual,
     )
+
+
+def _check_residual(
+    model: nn.Module,
+    inputs: Tensor,
+    scores: Tensor,
+    residual: Tensor,
+    tolerance: float,
+    check: str,
+) -> None:
+    """Warn (or raise) when an example's residual exceeds the tolerance, saying why."""
+    relative = residual.double().abs() / scores.double().abs().clamp_min(1.0)
+    inexact = ~(relative <= tolerance)  # NaN counts as inexact
+    if not bool(inexact.any()):
+        return
+    worst = relative[inexact].nan_to_num(nan=float("inf")).max()
+    message = (
+        f"the explanations of {int(inexact.sum())} of {len(residual)} examples are inexact "
+        f"(|score - contributions - constants| / max(1, |score|) is {float(worst):.2g}, above "
+        f"the tolerance {tolerance:g}): {_why_inexact(model, inputs, scores)}"
+    )
+    if check == "raise":
+        raise ExplanationError(message)
+    warnings.warn(message, InexactExplanationWarning, stacklevel=3)
+
+
+def _why_inexact(model: nn.Module, inputs: Tensor, scores: Tensor) -> str:
+    """The likeliest reason for a residual, as advice."""
+    bad = int((~torch.isfinite(inputs)).sum())
+    if bad:
+        return f"the inputs hold {bad} NaN or infinite values; explain finite inputs"
+    if torch.is_autocast_enabled(inputs.device.type):
+        dtype = torch.get_autocast_dtype(inputs.device.type)
+        return (
+            f"autocast ({dtype}) is on, so the model ran in reduced precision; explain "
+            "outside autocast for exact explanations"
+        )
+    low = sorted({str(p.dtype) for p in model.parameters() if p.dtype in _LOW_PRECISION})
+    if low or inputs.dtype in _LOW_PRECISION:
+        return (
+            f"the model or the inputs are in reduced precision ({', '.join(low) or inputs.dtype}); "
+            "explain in float32 (model.float()) for exact explanations"
+        )
+    if not bool(torch.isfinite(scores).all()):
+        return "the model's output is not finite"
+    return (
+        "the model is not dynamic linear in explanation mode: it is not a B-cos model, or one "
+        "of its modules adds an input-dependent term that explanation mode does not detach "
+        "(convert the model with bcosify.convert; custom modules need bcosify.nn.ExplanationAware)"
+    )
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class BcosAttribution:

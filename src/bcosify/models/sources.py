@@ -19,7 +19,15 @@ from torch import nn
 
 from ..errors import ModelSourceError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SourceInfo", "create", "load_weights", "source_info"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SourceInfo",
+    "class_names_of",
+    "create",
+    "load_weights",
+    "source_info",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,6 +66,22 @@ def source_info(model: nn.Module) -> SourceInfo | None:
     """
     info = getattr(model, "bcosify_source", None)
     return info if isinstance(info, SourceInfo) else None
+
+
+def class_names_of(model: nn.Module) -> list[str] | None:
+    """The class names a model carries, or None: a converted model's (its config's), else its
+    source's (pretrained weights', or those a training run saved it with).
+
+    Example:
+        >>> class_names_of(create("torchvision:resnet18", num_classes=3)) is None
+        True
+    """
+    config = getattr(model, "config", None)  # a BcosModel's ModelConfig
+    names = getattr(config, "class_names", None)
+    if names is None:
+        info = source_info(model)
+        names = info.class_names if info else getattr(model, "bcosify_class_names", None)
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
 
 
 def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
@@ -124,7 +148,23 @@ def _torchvision(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Mo
             load_weights(model, weights)
         return model, SourceInfo(name, json_kwargs)
     enum = _torchvision_weights(arch, weights)
-    model = builder(weights=enum, **kwargs)
+    classes = len(enum.meta["categories"])
+    if kwargs.get("num_classes", classes) != classes:
+        raise ModelSourceError(
+            f"the {enum} weights have {classes} classes, not the {kwargs['num_classes']} "
+            "asked for (the data's classes); pretrained weights keep their classifier, so use "
+            "data of the same classes, or start from a weights file that fits"
+        )
+    try:
+        model = builder(weights=enum, **kwargs)
+    except OSError as error:  # urllib's errors are OSErrors: offline, or the server refused
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        raise ModelSourceError(
+            f"the weights {enum} are not in the cache ({cache}) and could not be downloaded "
+            f"({error}): download {enum.url} where there is internet, then pass the file "
+            f"(--weights {Path(enum.url).name}, or weights='path/to/{Path(enum.url).name}'), "
+            "or copy it to that cache path"
+        ) from None
     transforms = enum.transforms()
     crop = getattr(transforms, "crop_size", None)
     return model, SourceInfo(

@@ -24,10 +24,12 @@ from torch.utils.data import Dataset
 from ..convert.clip import BcosCLIP, convert_clip
 from ..device import device_of
 from ..errors import CheckpointError
-from .distributed import Distributed
+from ..serialization import atomic_write
+from .distributed import Distributed, setup_distributed
 from .loading import build_loader
 from .loop import TrainResult, train
 from .recipes import Recipe, RecipeError, get_recipe
+from .run_folder import hold_run_folder
 
 __all__ = [
     "CLIP_RUN_DIR",
@@ -225,23 +227,26 @@ def distill(
     )
     recipe = replace(recipe, loss=config.loss)  # recipe.json records the loss trained with
     out = Path(out_dir)
-    _check_resumable(out, config, train_options.get("resume", True))
+    dist = setup_distributed(train_options.get("device"))
     if isinstance(model, BcosCLIP):
         clip = model
     else:
         clip = convert_clip(
             model, tokenizer=tokenizer, b=recipe.b, activations=recipe.activations
         ).model
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    objective = Distillation(clip.original, config)
-    result = train(
-        clip.visual, train_data, recipe, out, val_data=val_data, objective=objective,
-        **train_options,
-    )  # fmt: skip
-    clip.visual = result.model
-    if result.finished:
-        clip.save_pretrained(out / CLIP_RUN_DIR)
+    with hold_run_folder(out, dist):  # the whole run, train's own hold included
+        _check_resumable(out, config, train_options.get("resume", True))
+        if dist.is_main:
+            text = json.dumps(config.to_dict(), indent=2) + "\n"
+            atomic_write(out / CONFIG_FILE, lambda path: path.write_text(text))
+        objective = Distillation(clip.original, config)
+        result = train(
+            clip.visual, train_data, recipe, out, val_data=val_data, objective=objective,
+            **train_options,
+        )  # fmt: skip
+        clip.visual = result.model
+        if result.finished and dist.is_main:
+            clip.save_pretrained(out / CLIP_RUN_DIR)
     return DistillationResult(clip, result)
 
 
@@ -249,7 +254,10 @@ def _check_resumable(out: Path, config: DistillationConfig, resume: bool) -> Non
     path = out / CONFIG_FILE
     if not resume or not path.is_file():
         return
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{str(path)!r} cannot be read ({error}); delete it") from None
     if saved != config.to_dict():
         raise CheckpointError(
             f"{str(out)!r} holds a distillation with another loss ({saved}); resume it with the "

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "setup_distributed"]
+from ..errors import UsageError
+
+__all__ = ["Distributed", "check_device", "setup_distributed"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,35 @@ class Distributed:
             dist.barrier()
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a :class:`torch.device`, with a :class:`UsageError` when it is not a device
+    name or not present on this machine.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("tpu9")
+        Traceback (most recent call last):
+        bcosify.errors.UsageError: unknown device 'tpu9': use cpu, cuda or cuda:<index>
+    """
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}: use cpu, cuda or cuda:<index>") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"device {device!r} asked for, but this machine has no CUDA GPU that PyTorch "
+                "can use (torch.cuda.is_available() is False): use --device cpu"
+            )
+        if chosen.index is not None and chosen.index >= count:
+            raise UsageError(f"device {device!r} asked for, but there are {count} CUDA GPUs")
+    elif chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device!r} asked for, but MPS is not available: use cpu")
+    return chosen
+
+
 def setup_distributed(device: str | None = None) -> Distributed:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
@@ -53,12 +84,15 @@ def setup_distributed(device: str | None = None) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    requested = None if device is None else check_device(device)
+    use_cuda = torch.cuda.is_available() if requested is None else requested.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
+        # one process may name its GPU; under torchrun each process takes its local rank's
+        index = requested.index if requested is not None and world == 1 else None
+        chosen = torch.device("cuda", local_rank if index is None else index)
+        torch.cuda.set_device(chosen)
     else:
-        chosen = torch.device(device or "cpu")
+        chosen = requested or torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Distributed(rank, world, local_rank, chosen)

@@ -26,9 +26,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..convert import BcosModel
-from ..errors import CheckpointError
-from ..models.sources import load_state_dict_strictly
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from ..data.classes import check_classes, format_classes
+from ..device import device_of
+from ..errors import DataError, DivergenceError
+from ..models.sources import class_names_of
+from ..serialization import atomic_write
+from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import Distributed, setup_distributed
 from .loading import SeededExamples, build_loader, mix_seed
 from .losses import classification_loss
@@ -42,15 +45,20 @@ from .optim import (
 )
 from .prepare import prepare_model, trained_network
 from .recipes import DISTILLATION_LOSSES, Recipe, RecipeError
+from .resume import (
+    RESUMABLE_CHANGES,
+    data_fingerprint,
+    non_finite_entries,
+    resume_from_checkpoint,
+)
+from .run_folder import METRICS_FILE, MetricsLog, hold_run_folder
+from .sync_norm import synchronised_batch_norms
 from .validation import validate
 
 __all__ = ["METRICS_FILE", "MODEL_DIR", "Objective", "TrainResult", "train"]
 
-METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
 RECIPE_FILE = "recipe.json"
-# fields that may change between an interrupted run and its resumption
-_RESUMABLE_CHANGES = {"num_workers", "checkpoint_every"}
 
 
 class Objective(Protocol):
@@ -84,6 +92,8 @@ class TrainResult:
         finished: False when the run stopped early (``max_steps``, or SIGINT/SIGTERM).
         history: the per-epoch validation metrics.
         run_dir: where the checkpoint, metrics log and final model are.
+        signal: the signal (``signal.SIGINT`` or ``signal.SIGTERM``) that stopped the run
+            early, on this process or any other of a DDP run; None when none did.
     """
 
     model: nn.Module
@@ -91,6 +101,7 @@ class TrainResult:
     finished: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
+    signal: int | None = None
 
 
 def train(
@@ -114,12 +125,26 @@ def train(
     ``recipe.checkpoint_every`` steps, at each epoch end, at the end and on SIGINT/SIGTERM),
     ``metrics.jsonl`` (a JSON line per logged step and per epoch) and, at the end, the trained
     model in ``model/`` (load it with :func:`bcosify.load` or :func:`bcosify.models.load`).
-    Only rank 0 writes. An existing checkpoint in ``out_dir`` is resumed from (``resume``).
+    Only rank 0 writes. An existing checkpoint in ``out_dir`` is resumed from (``resume``);
+    ``lr``, ``warmup_steps``, ``schedule`` and ``agc_clip`` may differ from the checkpoint's
+    recipe, every other field must not, and the data must be the same (its size, classes and
+    seed are recorded). One run at a time holds ``out_dir`` (a second one raises
+    :class:`~bcosify.errors.RunFolderBusyError`).
+
+    Nothing non-finite is ever saved: a non-finite loss, or non-finite weights when a
+    checkpoint is due, raise a :class:`~bcosify.errors.DivergenceError` and leave the last
+    finite checkpoint in place, from which a run with a lower ``lr`` resumes.
+
+    Under DDP every batch norm layer trains with the statistics of the global batch (see
+    :mod:`bcosify.train.sync_norm`), and a SIGINT or SIGTERM to any process stops them all at
+    the same step.
 
     Args:
         model: an ordinary model (for the ``standard`` recipe, or to be B-cosified) or a
             :class:`bcosify.BcosModel`.
         train_data, val_data: datasets of ``(image, label[, ...])`` with images in ``[0, 1]``.
+            When they have ``classes`` (the image folders and synthetic shapes do) the lists
+            must agree with each other and with the model's class names, if it has any.
         max_steps: stop (with a checkpoint) after this many steps in all.
         objective: the loss to train with instead of the recipe's classification loss (see
             :class:`Objective`; :mod:`bcosify.train.distill` distils a CLIP image tower with
@@ -141,6 +166,9 @@ def train(
             f"recipe {recipe.name!r} distils with the {recipe.loss!r} loss, which needs a teacher: "
             "run it with bcosify.train.distill(clip_model, data, out_dir, recipe=recipe)"
         )
+    if max_steps is not None and max_steps < 1:
+        raise RecipeError(f"max_steps must be at least 1, got {max_steps}")
+    classes = _check_data_classes(model, train_data, val_data) if objective is None else None
     dist = setup_distributed(device)
     out = Path(out_dir)
     if recipe.batch_size % (dist.world * recipe.grad_accumulation) != 0:
@@ -161,6 +189,8 @@ def train(
 
     torch.manual_seed(mix_seed(recipe.seed, -1, dist.rank))
     prepared = prepare_model(model, recipe).to(dist.device)
+    if classes is not None:
+        _check_outputs(prepared, train_data, classes)
     if isinstance(objective, nn.Module):
         objective.to(dist.device)
     is_bcos = isinstance(prepared, BcosModel)
@@ -168,110 +198,202 @@ def train(
     optimizer = build_optimizer(recipe, prepared.parameters())
     ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
     scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
-    step = _resume(out, recipe, prepared, optimizer, ema, scaler) if resume else 0
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")
-    trained = DistributedDataParallel(prepared) if dist.enabled else prepared
-    seeded = SeededExamples(train_data, recipe.seed)
-    log = _Log(out, dist, tensorboard)
-    history: list[dict[str, Any]] = []
-
-    def checkpoint() -> None:
+    fingerprint = data_fingerprint(train_data, val_data)
+    with contextlib.ExitStack() as run:
+        run.enter_context(hold_run_folder(out, dist))
+        step, changes = (
+            resume_from_checkpoint(out, recipe, fingerprint, prepared, optimizer, ema, scaler)
+            if resume
+            else (0, {})
+        )
+        saved_step = step if step else None  # the step of the checkpoint on disk, if any
         if dist.is_main:
-            save_checkpoint(
-                out,
-                {
-                    "step": step,
-                    "recipe": recipe.to_dict(),
-                    "model": prepared.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state if ema else None,
-                    "scaler": scaler.state_dict() if scaler else None,
-                },
-            )
-        dist.barrier()
+            text = json.dumps(recipe.to_dict(), indent=2) + "\n"
+            atomic_write(out / RECIPE_FILE, lambda path: path.write_text(text))
+        log = MetricsLog(out, dist, step, tensorboard)
+        run.callback(log.close)
+        if changes and dist.is_main:
+            described = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            tqdm.write(f"resuming {out} at step {step} with {described}")
+            log.write({"step": step, "recipe_changes": {k: list(v) for k, v in changes.items()}})
+        run.enter_context(synchronised_batch_norms(prepared, dist))
+        trained = DistributedDataParallel(prepared) if dist.enabled else prepared
+        seeded = SeededExamples(train_data, recipe.seed)
+        history: list[dict[str, Any]] = []
 
-    stop_after = total_steps if max_steps is None else min(max_steps, total_steps)
-    bar = tqdm(
-        total=stop_after,
-        initial=step,
-        disable=not (progress and dist.is_main),
-        desc=f"{recipe.name}",
-        unit="step",
-        dynamic_ncols=True,
+        def checkpoint() -> None:
+            nonlocal saved_step
+            state = {
+                "step": step,
+                "recipe": recipe.to_dict(),
+                "data": fingerprint,
+                "model": prepared.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state if ema else None,
+                "scaler": scaler.state_dict() if scaler else None,
+            }
+            _refuse_non_finite(state, step, saved_step, out, dist)
+            if dist.is_main:
+                save_checkpoint(out, state)
+            saved_step = step
+            dist.barrier()
+
+        stop_after = total_steps if max_steps is None else min(max_steps, total_steps)
+        bar = tqdm(
+            total=stop_after,
+            initial=step,
+            disable=not (progress and dist.is_main),
+            desc=f"{recipe.name}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        started = time.perf_counter()
+        stopped_by: int | None = None
+        with _stop_requests() as requests, bar:
+            while step < stop_after and stopped_by is None:
+                epoch, start_batch = divmod(step, steps_per_epoch)
+                loader = build_loader(
+                    seeded,
+                    batch_size=per_process,
+                    seed=recipe.seed,
+                    epoch=epoch,
+                    rank=dist.rank,
+                    world=dist.world,
+                    start_batch=start_batch,
+                    num_workers=recipe.num_workers,
+                )
+                for batch in loader:
+                    images, labels = batch[0].to(dist.device), batch[1].to(dist.device)
+                    torch.manual_seed(mix_seed(recipe.seed, step, dist.rank))
+                    lr = learning_rate_at(recipe, step, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    b = b_at(recipe, step)
+                    if is_bcos and b != b_set:  # B changes only while it is ramped
+                        set_b_(prepared, b)
+                        b_set = b
+                    loss, correct = _step(
+                        trained, optimizer, images, labels, recipe, scaler, objective
+                    )
+                    if ema:
+                        ema.update(prepared)
+                    step += 1
+                    bar.update(1)
+                    # one reduction: the metrics, and the stop requests of every process, so
+                    # that all of them stop at the same step
+                    loss_sum, correct_sum, count, interrupts, terminations = dist.sum(
+                        [loss * len(labels), correct, len(labels), *requests.flags()]
+                    )
+                    stopped_by = (
+                        signal.SIGTERM if terminations else signal.SIGINT if interrupts else None
+                    )
+                    bar.set_postfix(loss=f"{loss_sum / count:.4f}", lr=f"{lr:.2e}")
+                    if step % log_every == 0 or step == stop_after:
+                        log.write(
+                            {
+                                "step": step,
+                                "epoch": epoch,
+                                "loss": loss_sum / count,
+                                "lr": lr,
+                                "accuracy": None if objective else correct_sum / count,
+                                "b": b if is_bcos else None,
+                                "time": time.perf_counter() - started,
+                            }
+                        )
+                    if not math.isfinite(loss_sum):
+                        raise DivergenceError(
+                            _divergence(f"the loss is {loss_sum / count}", step, saved_step, out)
+                        )
+                    stop = stopped_by is not None or step >= stop_after
+                    if step % recipe.checkpoint_every == 0 or step % steps_per_epoch == 0 or stop:
+                        if step % steps_per_epoch == 0 and val_data is not None:
+                            metrics = _evaluate(
+                                prepared, ema, val_data, per_process, dist, objective
+                            )
+                            metrics.update(epoch=epoch + 1, step=step)
+                            history.append(metrics)
+                            log.write(metrics)
+                            bar.write(f"epoch {epoch + 1}: {_summary(metrics)}")
+                        checkpoint()
+                    if stop:
+                        break
+        finished = step >= total_steps
+        if ema:
+            prepared.load_state_dict(ema.state)
+        network = trained_network(prepared)
+        if finished and dist.is_main:  # while the run folder is still held
+            _save_model(network, out / MODEL_DIR, classes)
+        dist.barrier()
+    return TrainResult(network, step, finished, history, out, None if finished else stopped_by)
+
+
+def _check_data_classes(
+    model: nn.Module, train_data: Dataset, val_data: Dataset | None
+) -> list[str] | None:
+    """The class list of the data (None when it has none), checked: at least two classes, the
+    same for training and validation, and the model's own, if it has class names."""
+    found = getattr(train_data, "classes", None)
+    if found is None:
+        return None
+    classes = [str(c) for c in found]
+    if len(classes) < 2:
+        raise DataError(
+            f"the training data has {format_classes(classes)}: a classifier needs at least two"
+        )
+    val_classes = getattr(val_data, "classes", None)
+    if val_classes is not None:
+        check_classes(classes, val_classes, "the training data", "the validation data")
+    names = class_names_of(model)
+    if names is not None:
+        check_classes(names, classes, "the model", "the training data")
+    return classes
+
+
+@torch.no_grad()
+def _check_outputs(model: nn.Module, data: Dataset, classes: list[str]) -> None:
+    """The model must have one output per class: run it on one example to see (in evaluation
+    mode and with the random state put back, so that training is unaffected)."""
+    with torch.random.fork_rng(devices=[]):
+        image = data[0][0]
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = model(image[None].to(device_of(model)))
+        finally:
+            model.train(was_training)
+    if outputs.ndim == 2 and outputs.shape[1] != len(classes):
+        raise DataError(
+            f"the model has {outputs.shape[1]} outputs but the data has {format_classes(classes)}:"
+            " build the model with one output per class (num_classes)"
+        )
+
+
+def _refuse_non_finite(
+    state: dict[str, Any], step: int, saved_step: int | None, out: Path, dist: Distributed
+) -> None:
+    """A :class:`DivergenceError` on every process when ``state`` holds a non-finite value."""
+    bad = non_finite_entries({k: state[k] for k in ("model", "optimizer", "ema")})
+    (count,) = dist.sum([float(len(bad))])
+    if count:
+        where = f": {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}" if bad else ""
+        raise DivergenceError(
+            _divergence(f"{int(count)} tensors hold NaN or infinity{where}", step, saved_step, out)
+        )
+
+
+def _divergence(what: str, step: int, saved_step: int | None, out: Path) -> str:
+    """What went wrong at ``step``, what is on disk, and how to go on."""
+    advice = (
+        f"{out}/{CHECKPOINT_FILE} holds step {saved_step}; resume from it with a lower learning "
+        "rate: run the same command with a smaller --lr (or --set lr=...; "
+        f"{', '.join(RESUMABLE_CHANGES[:4])} may change on resume)"
+        if saved_step is not None
+        else "no checkpoint was written yet; run the same command with a smaller --lr"
     )
-    started = time.perf_counter()
-    with _stop_requests() as stop_requested, bar:
-        while step < stop_after:
-            epoch, start_batch = divmod(step, steps_per_epoch)
-            loader = build_loader(
-                seeded,
-                batch_size=per_process,
-                seed=recipe.seed,
-                epoch=epoch,
-                rank=dist.rank,
-                world=dist.world,
-                start_batch=start_batch,
-                num_workers=recipe.num_workers,
-            )
-            for batch in loader:
-                images, labels = batch[0].to(dist.device), batch[1].to(dist.device)
-                torch.manual_seed(mix_seed(recipe.seed, step, dist.rank))
-                lr = learning_rate_at(recipe, step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                b = b_at(recipe, step)
-                if is_bcos and b != b_set:  # B changes only while it is ramped
-                    set_b_(prepared, b)
-                    b_set = b
-                loss, correct = _step(trained, optimizer, images, labels, recipe, scaler, objective)
-                if ema:
-                    ema.update(prepared)
-                step += 1
-                bar.update(1)
-                loss_sum, correct_sum, count = dist.sum([loss * len(labels), correct, len(labels)])
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}", lr=f"{lr:.2e}")
-                if step % log_every == 0 or step == stop_after:
-                    log.write(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": loss_sum / count,
-                            "lr": lr,
-                            "accuracy": None if objective else correct_sum / count,
-                            "b": b if is_bcos else None,
-                            "time": time.perf_counter() - started,
-                        }
-                    )
-                if not math.isfinite(loss_sum):
-                    checkpoint()
-                    raise FloatingPointError(
-                        f"the loss is {loss_sum} at step {step}: lower the learning rate "
-                        "(the last checkpoint holds the state before the divergence)"
-                    )
-                stop = stop_requested.is_set() or step >= stop_after
-                if step % recipe.checkpoint_every == 0 or step % steps_per_epoch == 0 or stop:
-                    if step % steps_per_epoch == 0 and val_data is not None:
-                        metrics = _evaluate(prepared, ema, val_data, per_process, dist, objective)
-                        metrics.update(epoch=epoch + 1, step=step)
-                        history.append(metrics)
-                        log.write(metrics)
-                        bar.write(f"epoch {epoch + 1}: {_summary(metrics)}")
-                    checkpoint()
-                if stop:
-                    break
-            if stop_requested.is_set():
-                break
-    log.close()
-    finished = step >= total_steps
-    if ema:
-        prepared.load_state_dict(ema.state)
-    network = trained_network(prepared)
-    if finished and dist.is_main:
-        _save_model(network, out / MODEL_DIR, getattr(train_data, "classes", None))
-    dist.barrier()
-    return TrainResult(network, step, finished, history, out)
+    return (
+        f"training diverged at step {step}: {what}. Nothing from this step was saved: {advice}, "
+        "or start over with another --out"
+    )
 
 
 def _step(
@@ -358,44 +480,6 @@ def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k.removeprefix('val_').replace('_', ' ')} {v:.4f}" for k, v in values)
 
 
-def _resume(
-    out: Path,
-    recipe: Recipe,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ema: ExponentialMovingAverage | None,
-    scaler: torch.amp.GradScaler | None,
-) -> int:
-    if not (out / CHECKPOINT_FILE).is_file():
-        return 0
-    state = load_checkpoint(out)
-    saved = Recipe.from_dict(state["recipe"])
-    now = recipe.to_dict()
-    changed = sorted(
-        k for k, v in saved.to_dict().items() if now[k] != v and k not in _RESUMABLE_CHANGES
-    )
-    if changed:
-        raise CheckpointError(
-            f"{str(out)!r} holds a run with a different recipe (differs in {changed}); resume it "
-            "with the same recipe, or choose another --out"
-        )
-    load_state_dict_strictly(
-        model, state["model"], f"the checkpoint in {str(out)!r}", CheckpointError
-    )
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as error:
-        raise CheckpointError(
-            f"the optimizer state in {str(out)!r} does not fit: {error}"
-        ) from None
-    if ema and state.get("ema"):
-        current = model.state_dict()
-        ema.state = {k: v.to(current[k].device) for k, v in state["ema"].items()}
-    if scaler and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    return int(state["step"])
-
-
 def _save_model(model: nn.Module, directory: Path, classes: Sequence[str] | None) -> None:
     """Save the trained model, with the dataset's class names when it has them."""
     from ..models.saving import save_model
@@ -410,57 +494,39 @@ def _save_model(model: nn.Module, directory: Path, classes: Sequence[str] | None
     info = source_info(model)
     if info and names:
         model.bcosify_source = replace(info, class_names=names)  # type: ignore[assignment]
-    save_model(model, directory)
+    save_model(model, directory, class_names=names)
 
 
-class _Log:
-    """The metrics log (JSON lines) and, optionally, TensorBoard; rank 0 only."""
+class _StopRequests:
+    """The SIGINT and SIGTERM received since the loop started (a second one stops at once)."""
 
-    def __init__(self, out: Path, dist: Distributed, tensorboard: bool) -> None:
-        self.path = out / METRICS_FILE if dist.is_main else None
-        self.writer = None
-        if tensorboard and dist.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise RecipeError(
-                    "TensorBoard logging needs the tensorboard package: pip install tensorboard"
-                ) from error
-            self.writer = SummaryWriter(str(out / "tensorboard"))
+    def __init__(self) -> None:
+        self.received: set[int] = set()
 
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(key, value, record["step"])
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.received:  # a second request: stop at once
+            signal.default_int_handler(signum, frame)
+        self.received.add(signum)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def flags(self) -> tuple[float, float]:
+        """(SIGINT received, SIGTERM received), as numbers to sum over the processes."""
+        return float(signal.SIGINT in self.received), float(signal.SIGTERM in self.received)
 
 
 @contextlib.contextmanager
-def _stop_requests() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM, so the loop can checkpoint and stop cleanly."""
-    event = threading.Event()
+def _stop_requests() -> Iterator[_StopRequests]:
+    """SIGINT and SIGTERM are recorded instead of stopping the process, so that the loop can
+    checkpoint and stop cleanly (outside the main thread, where handlers cannot be set, they
+    are not)."""
+    requests = _StopRequests()
     if threading.current_thread() is not threading.main_thread():
-        yield event
+        yield requests
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def request(signum: int, frame: object) -> None:
-        if event.is_set():  # a second request: stop at once
-            signal.default_int_handler(signum, frame)
-        event.set()
-
     for sig in previous:
-        signal.signal(sig, request)
+        signal.signal(sig, requests)
     try:
-        yield event
+        yield requests
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

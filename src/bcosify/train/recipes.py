@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
-from ..errors import BcosifyError
+from ..errors import UsageError
 
 __all__ = ["DISTILLATION_LOSSES", "RECIPES", "Recipe", "RecipeError", "get_recipe"]
 
@@ -13,8 +16,12 @@ __all__ = ["DISTILLATION_LOSSES", "RECIPES", "Recipe", "RecipeError", "get_recip
 DISTILLATION_LOSSES = ("cosine", "siglip")
 
 
-class RecipeError(BcosifyError, ValueError):
+class RecipeError(UsageError):
     """An unknown recipe name, an unknown field or a bad value."""
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Recipe:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        self._check_types()
         choices = {
             "model": ("original", "bcosify", "bcos-scratch"),
             "loss": ("ce", "bce", *DISTILLATION_LOSSES),
@@ -103,10 +111,36 @@ class Recipe:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise RecipeError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "warmup_steps", "b_ramp_steps", "num_workers", "seed"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"{name} must be zero or more, got {getattr(self, name)!r}")
+        if self.agc_clip is not None and not self.agc_clip > 0:
+            raise RecipeError(
+                f"agc_clip must be positive (or None to turn it off), got {self.agc_clip}"
+            )
         if self.b < 1:
             raise RecipeError(f"b must be >= 1, got {self.b}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise RecipeError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    def _check_types(self) -> None:
+        """Every field has its annotated type: whole numbers for counts, finite numbers for
+        rates (an int is taken as a float), strings for choices; None only where allowed."""
+        for name, hint in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            allowed = typing.get_args(hint) if _is_union(hint) else (hint,)
+            if value is None and type(None) in allowed:
+                continue
+            if float in allowed:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise RecipeError(f"{name} must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise RecipeError(f"{name} must be a finite number, got {value!r}")
+                object.__setattr__(self, name, float(value))
+            elif int in allowed and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RecipeError(f"{name} must be a whole number, got {value!r}")
+            elif (typing.get_origin(hint) is Literal or hint is str) and not isinstance(value, str):
+                raise RecipeError(f"{name} must be a string, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
