@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import inspect
 import statistics
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import bcosify
 from bcosify.convert.tracing import is_torch_builtin
 from bcosify.models import create
 
+SIGLIP = "transformers:SiglipVisionModel"  # siglip-base-patch16-224's shape, random weights
 ARCHITECTURES = [
     "torchvision:resnet18",
     "torchvision:resnet50",
@@ -40,6 +42,9 @@ ARCHITECTURES = [
     "timm:resnet18",
     "timm:convnext_atto",
     "timm:efficientnet_b0",
+    "timm:convnextv2_atto",
+    "timm:eva02_tiny_patch14_224",
+    SIGLIP,
 ]
 SECTION = "bench_convert"
 
@@ -63,26 +68,57 @@ class _LayersAsLeaves(fx.Tracer):
         return isinstance(m, self.rules) or is_torch_builtin(m)
 
 
+def _defaults(module: nn.Module) -> dict[str, object]:
+    """The forward's arguments after the image, at their defaults (timm's attn_mask=None)."""
+    parameters = list(inspect.signature(type(module).forward).parameters.values())[2:]
+    return {p.name: p.default for p in parameters if p.default is not p.empty}
+
+
 def flattened(model: bcosify.BcosModel) -> bcosify.BcosModel:
     """The converted model with its network as one fx graph over the same layer objects."""
     flat = copy.copy(model)
     flat._modules = dict(model._modules)
-    graph = _LayersAsLeaves().trace(model.network)
+    graph = _LayersAsLeaves().trace(model.network, concrete_args=_defaults(model.network))
     flat._modules["network"] = fx.GraphModule(model.network, graph)
     return flat
 
 
+class _PooledOutput(nn.Module):
+    """A transformers vision model as a module of the images: its ``pooler_output``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=images).pooler_output
+
+
+def build(
+    name: str, size: int
+) -> tuple[nn.Module, nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """The original (called on normalised images), what to convert, and the normalisation."""
+    if name == SIGLIP:
+        import transformers
+
+        config = transformers.SiglipVisionConfig(image_size=size, patch_size=16)
+        vision = transformers.SiglipVisionModel(config)
+        return _PooledOutput(vision), vision, (0.5,) * 3, (0.5,) * 3
+    model = create(name, num_classes=1000)
+    info = model.bcosify_source
+    return model, model, info.input_mean, info.input_std
+
+
 def measure(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
-    original = create(name, num_classes=1000).train()
+    original, source, mean, std = build(name, size)
+    original.train()
     started = time.perf_counter()
-    converted, _ = bcosify.convert(original)
+    converted, _ = bcosify.convert(source.eval(), input_mean=mean, input_std=std)
     conversion = time.perf_counter() - started
     converted.train()
     images = torch.rand(batch, 3, size, size)
-    mean = torch.tensor(bcosify.models.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(bcosify.models.IMAGENET_STD).view(1, 3, 1, 1)
-    normalised = (images - mean) / std
+    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     candidates = {
         "original": (original, normalised),
         "bcos": (converted, images),
@@ -156,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[name] = measure(name, args.size, args.batch, args.repeats)
         print(f"{name}: {rows[name]}", flush=True)
     text = report(rows, args.size, args.batch, args.repeats, command_line("bench_convert.py", argv))
-    return publish(f"## Converted CNNs against the originals\n\n{text}", SECTION, args.write)
+    return publish(f"## Converted models against the originals\n\n{text}", SECTION, args.write)
 
 
 if __name__ == "__main__":

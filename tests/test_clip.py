@@ -162,8 +162,8 @@ def test_embedding_targets_are_checked():
     assert e.targets is None and e.scores.shape == (2,)
 
 
-def hf_clip_folder(tmp_path):
-    """A tiny random CLIPModel saved with a character-level tokenizer, as from_pretrained reads."""
+def character_tokenizer(tmp_path):
+    """A character-level CLIP tokenizer written to ``tmp_path``, and its vocabulary size."""
     transformers = pytest.importorskip("transformers")
     characters = "abcdefghijklmnopqrstuvwxyz."
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -174,7 +174,13 @@ def hf_clip_folder(tmp_path):
     files.mkdir()
     (files / "vocab.json").write_text(json.dumps(vocab))
     (files / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"))
+    return transformers.CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt")), vocab
+
+
+def hf_clip_folder(tmp_path):
+    """A tiny random CLIPModel saved with a character-level tokenizer, as from_pretrained reads."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer, vocab = character_tokenizer(tmp_path)
     config = transformers.CLIPConfig(
         text_config={
             "hidden_size": 16,

@@ -26,7 +26,7 @@ TORCHVISION = [
     "mobilenet_v3_small",
     "regnet_y_400mf",
 ]
-TIMM = ["resnet18", "convnext_atto", "efficientnet_b0"]
+TIMM = ["resnet18", "convnext_atto", "efficientnet_b0", "convnextv2_atto"]
 SIZE = 64
 
 
@@ -38,7 +38,9 @@ def randomise_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5, generator=generator)
                 module.running_var.uniform_(0.5, 2.0, generator=generator)
-            if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+            # global response norms (ConvNeXt V2) are identities at initialisation
+            grn = type(module).__name__ == "GlobalResponseNorm"
+            if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)) or grn:
                 if module.weight is not None:
                     module.weight.uniform_(0.5, 1.5, generator=generator)
                 if module.bias is not None:
@@ -174,7 +176,7 @@ class Unsupported(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squash(self.conv(x))
-        x = x * torch.sigmoid(x)  # a gate written inline
+        x = torch.sigmoid(x * x)  # a product of two signals (no gate), a sigmoid output
         x = self.lstm_like(x) + 1.0  # an offset
         return self.head(x.mean((2, 3)))
 

@@ -64,6 +64,19 @@ ARCHITECTURES = {
         28,
         {"cls_token", "reg_token", "pos_embed"},
     ),
+    # SwiGLU MLPs, rotary embeddings inside the attention, q/v biases assembled in F.linear
+    "timm_eva02_tiny": (
+        "timm:eva02_tiny_patch14_224",
+        {"img_size": 28},
+        28,
+        {"cls_token", "pos_embed"},
+    ),
+    "timm_vit_rope": (
+        "timm:vit_base_patch16_rope_224",
+        {"img_size": 32, "depth": 2},
+        32,
+        {"cls_token"},
+    ),
 }
 # slower: tested with -m slow (64 x 64 images, so that windows of 7 get shifted)
 SLOW_ARCHITECTURES = {"torchvision_swin_t": ("torchvision:swin_t", {}, 64, set())}

@@ -149,7 +149,9 @@ def _hf_config(transformers):
     )
 
 
-@pytest.mark.parametrize("kind", ["open_clip_resnet", "open_clip_vit", "hf_clip", "hf_clip_vision"])
+@pytest.mark.parametrize(
+    "kind", ["open_clip_resnet", "open_clip_vit", "hf_clip", "hf_clip_vision", "hf_siglip"]
+)
 def test_clip_image_towers_keep_their_module_tree(kind):
     stats = {"input_mean": (0.5, 0.4, 0.3), "input_std": (0.2, 0.3, 0.25)}
     if kind.startswith("open_clip"):
@@ -160,6 +162,15 @@ def test_clip_image_towers_keep_their_module_tree(kind):
         size, tower, run = OPEN_CLIP[kind.removeprefix("open_clip_")][2], clip.visual, clip.visual
         stats = {"input_mean": clip.bcosify_source.input_mean}
         stats["input_std"] = clip.bcosify_source.input_std
+    elif kind == "hf_siglip":
+        transformers = pytest.importorskip("transformers")
+        from test_families import tiny_siglip
+
+        clip, size = tiny_siglip(transformers), 16
+        tower = nn.ModuleDict({"vision_model": clip.vision_model})
+
+        def run(images):
+            return clip.get_image_features(pixel_values=images)
     else:
         transformers = pytest.importorskip("transformers")
         torch.manual_seed(0)
@@ -186,7 +197,7 @@ def test_clip_image_towers_keep_their_module_tree(kind):
     def normalised_run(images):
         return run((images - mean) / std)
 
-    check_tree(tower, normalised_run, model, x, whole=kind != "hf_clip")
+    check_tree(tower, normalised_run, model, x, whole=kind not in ("hf_clip", "hf_siglip"))
 
 
 def test_a_block_that_needs_no_change_keeps_its_class_and_code():

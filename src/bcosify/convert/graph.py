@@ -29,7 +29,9 @@ from ..nn import (
     BcosReLU6,
     BcosSiLU,
     ConstantTerms,
+    DetachedFactor,
     DynamicAttention,
+    GatedActivation,
 )
 from .options import ConversionOptions
 from .tracing import ModuleGraph
@@ -182,13 +184,21 @@ class GraphRewrites:
 
 
 def check_and_rewrite(
-    graph: ModuleGraph, options: ConversionOptions, problems: GraphProblems
+    graph: ModuleGraph,
+    options: ConversionOptions,
+    problems: GraphProblems,
+    is_activation: Callable[[nn.Module], bool] = lambda module: False,
 ) -> GraphRewrites:
     """Check every operation of one module's own code; rewrite functional activations,
-    attention and constants in it.
+    attention, gated products and constants in it.
 
     Calls of submodules are not checked here: the converter looks at each submodule on its
-    own. Adds a line to ``problems`` for everything that cannot be converted.
+    own. A product of two input-dependent tensors one of which is an activation's output (the
+    ``x_a * act(x_b)`` of SwiGLU, GEGLU and sigmoid gates; ``is_activation`` says which modules
+    are activations) is a gated product: the gate is detached in explanation mode
+    (:class:`~bcosify.nn.DetachedFactor`) and its activation left as it is (``graph.gates``);
+    any other such product is reported. Adds a line to ``problems`` for everything that cannot
+    be converted.
 
     Example:
         >>> import torch
@@ -206,6 +216,7 @@ def check_and_rewrite(
         ["  - 'block' (Block): calls tanh, which has no dynamic-linear form"]
     """
     rewrites = GraphRewrites()
+    gates = _gates(graph, is_activation)
     signal: set[fx.Node] = set()
     for node in list(graph.graph.nodes):
         depends = any(arg in signal for arg in _data_inputs(node))
@@ -217,7 +228,12 @@ def check_and_rewrite(
             # a constant of the network (shape arithmetic, a position bias computed from a
             # table): not on the explained path; where it joins the signal is checked there
             continue
-        if node.op in ("get_attr", "output", "call_module"):
+        gate = next((a for a in node.all_input_nodes if a in gates), None)
+        if node in gates:
+            graph.gates.add(node.name)  # left as it is: the product detaches it
+        elif gate is not None:
+            _detach_gate(graph, node, gate, rewrites)
+        elif node.op in ("get_attr", "output", "call_module"):
             pass  # submodules are converted on their own
         elif node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS:
             node = _rewrite_activation(graph, node, options, rewrites)
@@ -231,6 +247,71 @@ def check_and_rewrite(
                 problems.add(graph.label, problem)
         signal.add(node)
     return rewrites
+
+
+_GATE_FUNCTIONS = {
+    F.silu,
+    F.gelu,
+    torch._C._nn.gelu,
+    torch.sigmoid,
+    F.sigmoid,
+    torch.tanh,
+    F.tanh,
+    F.relu,
+    torch.relu,
+    F.hardsigmoid,
+    F.hardswish,
+    F.mish,
+    F.softplus,
+    F.relu6,
+}
+_GATE_METHODS = {"sigmoid", "tanh", "relu"}
+_GATE_MODULES = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softplus, GatedActivation)
+_ELEMENTWISE_PRODUCTS = {operator.mul, operator.imul, torch.mul}
+
+
+def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> set[fx.Node]:
+    """The activations whose every use is an elementwise product with another signal."""
+    signal = signal_nodes(graph)
+    found = set()
+    for node in graph.graph.nodes:
+        if node not in signal or not node.users:
+            continue
+        if node.op == "call_module":
+            module = graph.submodule(str(node.target))
+            activation = is_activation(module) or isinstance(module, _GATE_MODULES)
+        elif node.op == "call_function":
+            activation = node.target in _GATE_FUNCTIONS
+        else:
+            activation = node.op == "call_method" and node.target in _GATE_METHODS
+        if activation and all(_gates_product(user, node, signal) for user in node.users):
+            found.add(node)
+    return found
+
+
+def _gates_product(user: fx.Node, gate: fx.Node, signal: set[fx.Node]) -> bool:
+    is_product = (user.op == "call_function" and user.target in _ELEMENTWISE_PRODUCTS) or (
+        user.op == "call_method" and user.target in ("mul", "mul_")
+    )
+    if not is_product or len(user.args) != 2 or user.kwargs:
+        return False
+    other = user.args[1] if user.args[0] is gate else user.args[0]
+    return other is not gate and other in signal
+
+
+def _detach_gate(
+    graph: ModuleGraph, product: fx.Node, gate: fx.Node, rewrites: GraphRewrites
+) -> None:
+    name = graph.add_submodule("bcos_gate", DetachedFactor())
+    with graph.graph.inserting_before(product):
+        detached = graph.graph.call_module(name, (gate,))
+    detached.meta = dict(gate.meta)
+    product.replace_input_with(gate, detached)
+    what = f"'{gate.target}'" if gate.op == "call_module" else _name(gate)
+    rewrites.notes.append(
+        f"{graph.label}: gated product, gate {what} detached when explaining "
+        f"(module '{name}', DetachedFactor)"
+    )
 
 
 def signal_nodes(graph: ModuleGraph) -> set[fx.Node]:

@@ -23,6 +23,7 @@ from ..nn import (
     BcosBatchNorm2d,
     BcosConv2d,
     BcosGELU,
+    BcosGlobalResponseNorm,
     BcosGroupNorm,
     BcosHardswish,
     BcosLayerNorm,
@@ -35,6 +36,7 @@ from ..nn import (
     BcosSiLU,
     BcosWindowAttention,
     ConstantTerms,
+    DetachedFactor,
     DetachedGate,
     DynamicAttention,
     PooledLayerNorm,
@@ -251,6 +253,7 @@ def activation(replacement: Callable[[nn.Module], nn.Module]) -> Rule:
             return nn.Identity()
         return replacement(module)
 
+    rule.activation = True  # type: ignore[attr-defined]  # a gate, when it gates a product
     return rule
 
 
@@ -337,6 +340,8 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         BcosMish,
         BcosReLU6,
         DetachedGate,
+        DetachedFactor,
+        BcosGlobalResponseNorm,
         DynamicAttention,
         BcosMultiheadAttention,
         BcosWindowAttention,

@@ -51,6 +51,8 @@ class ModuleGraph:
         concrete: the arguments the method was specialised to (the same constant at every call).
         graph: the traced graph; ``call_module`` targets are relative to ``module``.
         signal_inputs: the names of the placeholders that carry the explained signal.
+        gates: the names of the nodes that compute the gate of a gated product (the converter
+            leaves them as they are: the product detaches them).
         changed: set by every edit; a changed graph replaces the method's code.
     """
 
@@ -60,6 +62,7 @@ class ModuleGraph:
     concrete: dict[str, Any]
     graph: fx.Graph
     signal_inputs: set[str]
+    gates: set[str] = field(default_factory=set)
     changed: bool = False
 
     @property
@@ -368,7 +371,7 @@ def _dispatcher(
         bound.apply_defaults()
         values = bound.arguments
         for option in options:
-            if all(values.get(k) == v for k, v in option.concrete.items()):
+            if all(_matches(values.get(k), v) for k, v in option.concrete.items()):
                 if not option.edited:
                     return function(self, *args, **kwargs)
                 return option.code(self, *(values[p] for p in parameters))
@@ -381,6 +384,14 @@ def _dispatcher(
         )
 
     return method
+
+
+def _matches(value: Any, fixed: Any) -> bool:
+    """Whether a call's argument is the value a trace was fixed to. An argument that torch.fx
+    is tracing (a Proxy) matches: the first version is the one traced."""
+    if isinstance(value, fx.Proxy):
+        return True
+    return type(value) is type(fixed) and bool(value == fixed)
 
 
 def _code(module: nn.Module, graph: ModuleGraph) -> Callable[..., Any]:

@@ -23,11 +23,11 @@ from typing import Any
 
 from torch import fx, nn
 
-from ..nn import ConstantTerms
+from ..nn import ConstantTerms, ExplanationAware
 from .graph import GraphProblems, check_and_rewrite, signal_nodes
 from .head import ContinueIn, move_classifier_before_pool
 from .options import ConversionOptions
-from .products import rewrite_parameter_products
+from .products import rewrite_functional_linear, rewrite_parameter_products
 from .rules import Rule, RuleContext, UnsupportedModule, keep, qkv_projection
 from .tracing import (
     CallInfo,
@@ -170,8 +170,11 @@ class _Walker:
             )
             return
         rule = self.overrides.get(path) or self.table.get(type(module))
-        if getattr(type(module), "_bcosify_converted", False):
-            rule = keep  # converted by a rule before (a head converted again)
+        if rule is None and (
+            getattr(type(module), "_bcosify_converted", False)
+            or isinstance(module, ExplanationAware)
+        ):
+            rule = keep  # B-cos already: converted before, or made explanation-aware by hand
         if rule is not None and path:
             self.closed.add(path)
             self._apply(path, module, rule)
@@ -229,7 +232,8 @@ class _Walker:
                     return
         for graph in graphs:
             self.result.notes += rewrite_parameter_products(graph)
-            rewrites = check_and_rewrite(graph, self.options, self.problems)
+            self.result.notes += rewrite_functional_linear(graph, self.options.keep_bias)
+            rewrites = check_and_rewrite(graph, self.options, self.problems, self._is_activation)
             self.result.notes += _unique(rewrites.notes, self.result.notes)
             self.result.constants += _unique(rewrites.constants, self.result.constants)
             for projection in rewrites.qkv_projections:
@@ -239,6 +243,9 @@ class _Walker:
         for graph in graphs:
             self._record_calls(graph)
         self.graphs[path] = graphs
+
+    def _is_activation(self, module: nn.Module) -> bool:
+        return bool(getattr(self.table.get(type(module)), "activation", False))
 
     def _move_head(self, graphs: list[ModuleGraph]) -> None:
         """Search the head in the graphs of the module (the last one first: timm's
@@ -274,8 +281,9 @@ class _Walker:
             path = graph.full_path(target)
             if isinstance(child, ConstantTerms):
                 continue
+            gate = node.name in graph.gates  # a gate keeps its function: not on the path
             self.calls.setdefault(path, CallInfo()).add(
-                type(child).forward, node.args, node.kwargs, signal
+                type(child).forward, node.args, node.kwargs, set() if gate else signal
             )
             self._push(path)
 

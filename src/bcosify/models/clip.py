@@ -191,9 +191,12 @@ class OpenClipModel(ClipModel):
 
 
 class HFClipModel(ClipModel):
-    """A transformers ``CLIPModel`` with its tokenizer (from the model's folder by default).
+    """A transformers ``CLIPModel`` or ``SiglipModel`` with its tokenizer (from the model's
+    folder by default).
 
-    The normalisation is the source's (the folder's ``preprocessor_config.json``), else OpenAI's.
+    The normalisation is the source's (the folder's ``preprocessor_config.json``), else the
+    model family's (OpenAI's for CLIP, 0.5 and 0.5 for SigLIP). SigLIP's text tower reads its
+    last token, so its prompts are padded to the full length, as it was trained.
 
     Example:
         >>> from transformers import CLIPConfig, CLIPModel
@@ -208,9 +211,20 @@ class HFClipModel(ClipModel):
     def __init__(
         self, model: nn.Module, tokenizer: Tokenizer | None = None, folder: str | None = None
     ) -> None:
-        from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        from transformers.utils.constants import (
+            IMAGENET_STANDARD_MEAN,
+            IMAGENET_STANDARD_STD,
+            OPENAI_CLIP_MEAN,
+            OPENAI_CLIP_STD,
+        )
 
-        mean, std = _normalisation(model, (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+        self._siglip = type(model).__name__.startswith("Siglip")
+        family = (
+            (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
+            if self._siglip
+            else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        )
+        mean, std = _normalisation(model, family)
         super().__init__(mean, std, float(model.logit_scale.detach().exp()))
         self.model = model
         info = source_info(model)
@@ -224,9 +238,21 @@ class HFClipModel(ClipModel):
         return HFImageFeatures(self.model)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Tensor]:
-        """``input_ids`` and ``attention_mask`` for the text tower, padded to the longest."""
+        """``input_ids`` and ``attention_mask`` for the text tower, padded to the longest
+        (SigLIP: to the text tower's length)."""
         if self._tokenizer is None:
             self._tokenizer = _hf_tokenizer(self._folder)
+        if self._siglip:
+            length = self.model.config.text_config.max_position_embeddings
+            return dict(
+                self._tokenizer(
+                    list(prompts),
+                    padding="max_length",
+                    max_length=length,
+                    truncation=True,
+                    return_tensors="pt",
+                )
+            )
         return dict(self._tokenizer(list(prompts), padding=True, return_tensors="pt"))
 
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
@@ -263,9 +289,10 @@ def _wrappers() -> dict[type, Callable[[nn.Module, Tokenizer | None], ClipModel]
     except ImportError:
         pass
     try:
-        from transformers import CLIPModel
+        from transformers import CLIPModel, SiglipModel
 
         wrappers[CLIPModel] = HFClipModel
+        wrappers[SiglipModel] = HFClipModel
     except ImportError:
         pass
     return wrappers

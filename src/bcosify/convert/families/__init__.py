@@ -108,6 +108,8 @@ def families() -> tuple[Family, ...]:
     """
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):  # __main__: the README table's writer
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         found.append(module.FAMILY)
     return tuple(found)

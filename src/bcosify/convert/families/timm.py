@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...errors import ConversionError
-from ...nn import BcosBatchNorm2d
+from ...nn import BcosBatchNorm2d, BcosGlobalResponseNorm
 from ..options import ConversionOptions
 from ..rules import (
     Rule,
@@ -48,9 +48,28 @@ def _timm_batchnorm_act(module: nn.Module, context: RuleContext) -> nn.Module:
     return norm
 
 
+def global_response_norm(module: nn.Module, context: RuleContext) -> nn.Module:
+    """timm's ``GlobalResponseNorm`` (ConvNeXt V2) -> :class:`~bcosify.nn.BcosGlobalResponseNorm`:
+    its normaliser detached when explaining, its bias (beta) dropped unless ``keep_bias``."""
+    keep_bias = context.options.keep_bias
+    norm = BcosGlobalResponseNorm(
+        module.weight.shape[0],
+        module.eps,
+        channels_last=module.channel_dim == -1,
+        bias=keep_bias,
+        device=module.weight.device,
+        dtype=module.weight.dtype,
+    )
+    norm.weight.data.copy_(module.weight.detach())
+    if keep_bias:
+        norm.bias.data.copy_(module.bias.detach())
+    return norm
+
+
 def _rules() -> dict[type[nn.Module], Rule]:
     try:
         import timm.layers as layers
+        from timm.layers.grn import GlobalResponseNorm
         from timm.models._efficientnet_blocks import SqueezeExcite
     except ImportError:
         return {}
@@ -80,6 +99,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
         layers.DropPath: keep,
         layers.Conv2dSame: conv2d_same,
         layers.LayerNorm: layernorm,
+        GlobalResponseNorm: global_response_norm,
     }
 
 
@@ -203,6 +223,14 @@ FAMILY = Family(
         Support("timm", "deit_tiny_distilled_patch16_224", "exact", _VIT + ", distillation token"),
         Support("timm", "vit_small_patch16_224 (avg pool)", "exact", "head applied per token"),
         Support("timm", "vit_small_patch14_reg4_dinov2", "exact", _VIT + ", register tokens"),
+        Support(
+            "timm",
+            "eva02_tiny_patch14_224",
+            "exact",
+            "SwiGLU gates detached, rotary embedding on detached queries and keys",
+        ),
+        Support("timm", "vit_base_patch16_rope_224", "exact", "rotary position embedding"),
+        Support("timm", "convnextv2_atto", "exact", "global response norm, normaliser detached"),
         Support(
             "timm",
             "tf_efficientnet_b0",

@@ -1,5 +1,6 @@
-"""transformers: CLIP image towers (``CLIPModel``, ``CLIPVisionModel(WithProjection)``), its
-attention and activation modules, and traceable forwards for its vision modules."""
+"""transformers: CLIP and SigLIP image towers (``CLIPModel``, ``CLIPVisionModel(WithProjection)``,
+``SiglipModel``, ``SiglipVisionModel`` with its attention-pooling head), their attention and
+activation modules, and traceable forwards for their vision modules."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ class HFSelfAttention(BcosMultiheadAttention):
 
 
 def hf_attention(module: nn.Module, context: RuleContext) -> nn.Module:
-    """transformers' ``CLIPAttention`` -> :class:`HFSelfAttention` (queries and keys detached
-    when explaining; projections as the ``qkv_projection`` option says).
+    """transformers' ``CLIPAttention`` and ``SiglipAttention`` -> :class:`HFSelfAttention`
+    (queries and keys detached when explaining; projections as the ``qkv_projection`` option
+    says).
 
     Example:
         >>> from transformers import CLIPVisionConfig
@@ -67,6 +69,8 @@ def hf_attention(module: nn.Module, context: RuleContext) -> nn.Module:
         raise UnsupportedModule(
             f"scales attention scores by {module.scale}, not head_dim ** -0.5; give it a rule"
         )
+    if getattr(module, "is_causal", False):
+        raise UnsupportedModule("causal self-attention is not converted in an image tower")
     return HFSelfAttention(
         *(qkv_projection_rule(getattr(module, n), context) for n in ("q_proj", "k_proj", "v_proj")),
         context.convert_child(module.out_proj, "out_proj"),
@@ -85,11 +89,13 @@ def _rules() -> dict[type[nn.Module], Rule]:
             QuickGELUActivation,
         )
         from transformers.models.clip.modeling_clip import CLIPAttention
+        from transformers.models.siglip.modeling_siglip import SiglipAttention
     except ImportError:
         return {}
     return {
         HFSelfAttention: keep,
         CLIPAttention: hf_attention,
+        SiglipAttention: hf_attention,
         QuickGELUActivation: activation(lambda m: BcosQuickGELU()),
         GELUActivation: activation(lambda m: BcosGELU()),
         # the tanh approximation, in C (GELUTanh) or written out (NewGELUActivation)
@@ -99,8 +105,9 @@ def _rules() -> dict[type[nn.Module], Rule]:
 
 
 class HFImageTower(nn.Module):
-    """The image tower of a transformers ``CLIPModel``: its ``vision_model`` and
-    ``visual_projection``, under those names, without the text tower.
+    """The image tower of a transformers ``CLIPModel`` (or ``SiglipModel``): its ``vision_model``
+    and ``visual_projection`` (an identity for SigLIP), under those names, without the text
+    tower.
 
     Example:
         >>> from transformers import CLIPConfig, CLIPModel
@@ -127,6 +134,19 @@ def _hf_embeddings(self: nn.Module, pixel_values: Tensor, interpolate_pos_encodi
     patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
     cls = self.class_embedding.expand(patches.shape[0], 1, -1)
     return torch.cat([cls, patches], 1) + self.position_embedding.weight
+
+
+def _siglip_embeddings(
+    self: nn.Module, pixel_values: Tensor, interpolate_pos_encoding: bool = False
+):
+    # no class token; the positional embedding as the table it is (looked up at 0..L-1)
+    patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+    return patches + self.position_embedding.weight
+
+
+def _siglip_vision_model(self: nn.Module, pixel_values: Tensor, *args: Any, **kwargs: Any):
+    hidden = self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
+    return self.head(hidden)  # pooler_output: the attention-pooling head
 
 
 def _hf_encoder(self: nn.Module, inputs_embeds: Tensor, attention_mask=None, **kwargs: Any):
@@ -159,6 +179,7 @@ def traceable(model: nn.Module) -> list[str]:
     """
     try:
         from transformers.models.clip import modeling_clip as clip
+        from transformers.models.siglip import modeling_siglip as siglip
     except ImportError:
         return []
     if not any(type(m).__module__.startswith("transformers.") for m in model.modules()):
@@ -168,13 +189,21 @@ def traceable(model: nn.Module) -> list[str]:
         clip.CLIPEncoder: _hf_encoder,
         clip.CLIPVisionModel: _hf_vision_model,
         clip.CLIPVisionModelWithProjection: _hf_projected,
+        siglip.SiglipVisionEmbeddings: _siglip_embeddings,
+        siglip.SiglipEncoder: _hf_encoder,
+        siglip.SiglipVisionModel: _siglip_vision_model,
     }
     replaced = []
     for module in model.modules():
         forward = forwards.get(type(module))
         if forward is None:
             continue
-        if forward is _hf_embeddings:
+        if forward is _siglip_vision_model and not module.use_head:
+            raise ConversionError(
+                "the SigLIP vision model has no attention-pooling head (vision_use_head=False), "
+                "so it has no image embedding to convert"
+            )
+        if forward in (_hf_embeddings, _siglip_embeddings):
             positions = torch.arange(module.position_embedding.num_embeddings)
             if not torch.equal(module.position_ids.flatten().cpu(), positions):
                 raise ConversionError(
@@ -194,13 +223,20 @@ def traceable(model: nn.Module) -> list[str]:
 
 def _towers() -> dict[type[nn.Module], Tower]:
     try:
-        from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
+        from transformers import (
+            CLIPModel,
+            CLIPVisionModel,
+            CLIPVisionModelWithProjection,
+            SiglipModel,
+            SiglipVisionModel,
+        )
     except ImportError:
         return {}
     projected = "its image tower (vision_model, then visual_projection)"
 
     def clip_tower(model: Any) -> nn.Module:
-        return HFImageTower(model.vision_model, model.visual_projection)
+        projection = getattr(model, "visual_projection", None) or nn.Identity()
+        return HFImageTower(model.vision_model, projection)
 
     def itself(model: Any) -> nn.Module:
         return model
@@ -211,6 +247,8 @@ def _towers() -> dict[type[nn.Module], Tower]:
         HFImageFeatures: (projected, lambda features: clip_tower(features.model)),
         CLIPVisionModelWithProjection: (projected, itself),
         CLIPVisionModel: ("pooler_output of the vision model", itself),
+        SiglipModel: ("its image tower (vision_model, its attention-pooling head)", clip_tower),
+        SiglipVisionModel: ("pooler_output of the vision model (attention pooling)", itself),
     }
 
 
@@ -222,5 +260,12 @@ FAMILY = Family(
     supported=(
         Support("transformers", "CLIPModel (image tower)", "exact", "text tower kept"),
         Support("transformers", "CLIPVisionModel", "exact", "pooler_output"),
+        Support(
+            "transformers",
+            "SiglipModel (image tower)",
+            "exact",
+            "attention-pooling head; text tower kept",
+        ),
+        Support("transformers", "SiglipVisionModel", "exact", "pooler_output (attention pooling)"),
     ),
 )
