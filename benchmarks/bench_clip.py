@@ -49,11 +49,12 @@ from bcosify.data import SHAPES, SyntheticShapes
 from bcosify.evaluate import (
     DEFAULT_TEMPLATES,
     class_embeddings,
+    linear_probe,
     mask_localisation,
     zero_shot_accuracy,
 )
 from bcosify.models.clip import ClipModel, as_clip
-from bcosify.train import distill, get_recipe
+from bcosify.train import align, distill, get_recipe
 
 SECTION = "bench_clip"
 
@@ -235,10 +236,17 @@ def cosine_to_teacher(student: BcosCLIP, data: Rendered) -> float:
 
 
 def distil(
-    start: BcosCLIP, data: Rendered, settings: Settings, scratch: bool, out: Path
+    start: BcosCLIP,
+    data: Rendered,
+    settings: Settings,
+    scratch: bool,
+    out: Path,
+    features: bool = False,
 ) -> tuple[BcosCLIP, float]:
+    """Distil (the embeddings only) or, with ``features``, align (features at three depths of
+    the tower and the embeddings) a student from the teacher."""
     recipe = get_recipe(
-        "bcosify-clip",
+        "bcosify-align" if features else "bcosify-clip",
         model="bcos-scratch" if scratch else "bcosify",
         epochs=settings.distill_epochs,
         batch_size=settings.batch_size,
@@ -249,7 +257,8 @@ def distil(
         checkpoint_every=10**6,
     )
     started = time.perf_counter()
-    result = distill(copy.deepcopy(start), data, out, recipe=recipe, loss="cosine", progress=False)
+    train = align if features else distill
+    result = train(copy.deepcopy(start), data, out, recipe=recipe, loss="cosine", progress=False)
     return result.model.eval(), time.perf_counter() - started
 
 
@@ -261,6 +270,7 @@ def run(settings: Settings) -> dict[str, object]:
         for split, n in (("train", settings.num_train), ("test", settings.num_test))
     }
     train, test = Rendered(shapes["train"]), Rendered(shapes["test"])
+    probe_train = torch.utils.data.Subset(train, range(min(len(train), 2000)))
     print(f"  rendered in {time.perf_counter() - render:.0f} s", file=sys.stderr)
     teacher = build_teacher(settings)
     teacher_seconds = train_teacher(teacher, train, settings)
@@ -274,6 +284,9 @@ def run(settings: Settings) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as runs:
         warm, warm_seconds = distil(converted, train, settings, False, Path(runs) / "warm")
         cold, cold_seconds = distil(converted, train, settings, True, Path(runs) / "cold")
+        aligned, aligned_seconds = distil(
+            converted, train, settings, False, Path(runs) / "aligned", features=True
+        )
 
     # the default templates, and the same ensembled over every colour word of the captions
     templates = {"default": DEFAULT_TEMPLATES, "colour": COLOUR_TEMPLATES}
@@ -292,8 +305,10 @@ def run(settings: Settings) -> dict[str, object]:
         ("B-cos, converted, not distilled", converted, 0.0),
         ("B-cos, distilled from the teacher's weights", warm, warm_seconds),
         ("B-cos, distilled from random weights", cold, cold_seconds),
+        ("B-cos, aligned (features at 3 depths and embeddings)", aligned, aligned_seconds),
     ):
         row: dict[str, float] = {"seconds": seconds}
+        row["probe"] = linear_probe(model, probe_train, test).top1
         for kind, embeddings in classes.items():
             row[f"top1 {kind}"] = zero_shot_accuracy(model, embeddings, test)["top1"]
         row["cosine"] = cosine_to_teacher(model, test) if isinstance(model, BcosCLIP) else 1.0
@@ -315,15 +330,15 @@ def report(results: dict[str, Any], settings: Settings, command: str) -> str:
     rows: dict[str, dict[str, float]] = results["rows"]
     lines = [
         "| image tower | zero-shot top-1, default templates | zero-shot top-1, colour "
-        "templates | cosine to teacher | inside mask, own caption | inside mask, class prompt "
-        "| training s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "templates | linear probe | cosine to teacher | inside mask, own caption | inside mask, "
+        "class prompt | training s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         lines.append(
             f"| {name} | {row['top1 default']:.1%} | {row['top1 colour']:.1%} | "
-            f"{row['cosine']:.3f} | {row['inside caption']:.3f} | {row['inside class']:.3f} | "
-            f"{row['seconds']:.0f} |"
+            f"{row['probe']:.1%} | {row['cosine']:.3f} | {row['inside caption']:.3f} | "
+            f"{row['inside class']:.3f} | {row['seconds']:.0f} |"
         )
     residual = max(r["residual"] for r in rows.values() if not math.isnan(r["residual"]))
     s = settings
@@ -351,8 +366,12 @@ def report(results: dict[str, Any], settings: Settings, command: str) -> str:
             "Students: `convert_clip(teacher)` (B = 2, fold encoding, no biases), distilled with "
             f"`bcosify.train.distill` (cosine loss, {s.distill_epochs} epochs, AdamW lr "
             f"{s.distill_lr}, cosine schedule, batch {s.batch_size}, no augmentation) from the "
-            'teacher\'s weights, and from random weights (`model="bcos-scratch"`); the same '
-            "training images, labels unused.",
+            'teacher\'s weights, and from random weights (`model="bcos-scratch"`); and aligned '
+            "with `bcosify.train.align` (recipe `bcosify-align`: 1 - cosine on the tower's "
+            "features at three depths and on the embeddings) from the teacher's weights, with "
+            "the same budget; the same training images, labels unused. *Linear probe*: a "
+            "logistic regression on the frozen embeddings (`bcosify.evaluate.linear_probe`, "
+            "at most 2000 training images, L2 penalty chosen on a held-out fifth).",
             "",
             "Zero-shot: top-1 on the test split (`bcosify.evaluate.zero_shot_accuracy`) with "
             "class embeddings from the teacher's text tower for the shape names, with the default "

@@ -417,4 +417,4 @@ def test_the_clip_benchmark_runs_and_writes_its_section(tmp_path, capsys, monkey
     text = docs.read_text()
     assert "<!-- bench_clip:start -->" in text and "<!-- bench_clip:end -->" in text
     rows = [line for line in text.splitlines() if line.startswith("| B-cos")]
-    assert len(rows) == 3 and "zero-shot top-1" in capsys.readouterr().out
+    assert len(rows) == 4 and "zero-shot top-1" in capsys.readouterr().out

@@ -9,7 +9,15 @@ The most used names are available at the top level::
 """
 
 from . import convert, explain, models, nn
-from .convert import BcosCLIP, BcosModel, ConversionReport, convert_clip, load, load_clip
+from .convert import (
+    BcosCLIP,
+    BcosModel,
+    ConversionReport,
+    calibrate,
+    convert_clip,
+    load,
+    load_clip,
+)
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
 from .explain import BcosAttribution, Explanation
 from .nn import explanation_mode
@@ -27,6 +35,7 @@ __all__ = [
     "Explanation",
     "ExplanationError",
     "__version__",
+    "calibrate",
     "convert",
     "convert_clip",
     "explain",

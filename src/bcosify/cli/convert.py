@@ -6,7 +6,10 @@ import argparse
 import math
 from pathlib import Path
 
+from torch.utils.data import Dataset, Subset
+
 from ..convert import BcosCLIP, BcosModel, convert
+from ..data import build_dataset
 from ..errors import UsageError
 from ..models import source_info
 from .arguments import finite_float, output_folder, positive_int
@@ -55,6 +58,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--std", type=finite_float, nargs="+", help="input std (default: the source's)"
     )
+    parser.add_argument(
+        "--calibrate",
+        type=positive_int,
+        metavar="N",
+        help="rescale the converted model on N images of --data (no labels), so that it is "
+        "usable in evaluation mode before any fine-tuning (bcosify.calibrate)",
+    )
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        help="images for --calibrate: 'synthetic' or an image folder (default: synthetic)",
+    )
+    parser.add_argument(
+        "--image-size", type=positive_int, default=224, help="image size for --calibrate"
+    )
     parser.set_defaults(run=run)
 
 
@@ -74,11 +92,23 @@ def run(args: argparse.Namespace) -> int:
         maxpool=args.maxpool,
         activations=args.activations,
         classifier_before_pool=not args.classifier_after_pool,
+        calibrate=_calibration_images(args),
     )
     print(report)
     directory = model.save_pretrained(args.out)
     print(f"saved to {directory}/ (load with bcosify.load({str(directory)!r}))")
     return 0
+
+
+def _calibration_images(args: argparse.Namespace) -> Dataset | None:
+    """N images of --data for --calibrate (the validation split when there is one)."""
+    if args.calibrate is None:
+        return None
+    split = "val" if args.data == "synthetic" or (Path(args.data) / "val").is_dir() else "."
+    data = build_dataset(
+        args.data, split, args.image_size, num_examples=args.calibrate, augment=False
+    )
+    return Subset(data, range(min(args.calibrate, len(data))))
 
 
 def _check_normalisation(args: argparse.Namespace, original: object) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
+from ..convert import BcosCLIP
 from ..data import ImageFolderDataset, UnlabelledImages, build_dataset
 from ..errors import CheckpointError
-from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, distill, get_recipe, train
+from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
 from ..train.distributed import check_device
 from ..train.resume import RESUMABLE_CHANGES
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     # the initial weights of a model built here (a source without weights) follow --seed
     torch.manual_seed(recipe.seed)
     if recipe.loss in DISTILLATION_LOSSES:
-        return _distill(args, recipe)
+        return _align(args, recipe)
     train_data, val_data = _splits(args, recipe)
     classes = getattr(train_data, "classes", None)
     model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
@@ -130,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
     return _finish(result.finished, result.step, result.signal, args.out)
 
 
-def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
-    """A CLIP image tower distilled from the original: labels, if the data has any, unused."""
+def _align(args: argparse.Namespace, recipe: Recipe) -> int:
+    """A B-cos student aligned to (or, for CLIP, distilled from) the original: labels, if the
+    data has any, unused."""
     if args.data == "synthetic":
         train_data, val_data = _splits(args, recipe)
     else:
@@ -149,7 +151,7 @@ def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
             else None
         )
     model = load_model_argument(args.model, args.weights, None)
-    result = distill(
+    result = align(
         model,
         train_data,
         args.out,
@@ -159,9 +161,11 @@ def _distill(args: argparse.Namespace, recipe: Recipe) -> int:
         device=args.device,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
-    ).train
-    status = _finish(result.finished, result.step, result.signal, args.out)
-    if result.finished:
+    )
+    status = _finish(result.train.finished, result.train.step, result.train.signal, args.out)
+    if result.config and result.config.paths:
+        print(f"aligned the output and {', '.join(result.config.paths)} to the original")
+    if result.train.finished and isinstance(result.model, BcosCLIP):
         print(f"the B-cos CLIP is in {args.out}/clip/ (load it with bcosify.load_clip)")
     return status
 

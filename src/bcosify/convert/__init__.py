@@ -3,6 +3,7 @@
 The package is callable: ``bcosify.convert(model)`` is :func:`bcosify.convert.convert`.
 """
 
+from .calibrate import CalibrationResult, calibrate
 from .clip import BcosCLIP, ClipConversion, convert_clip, load_clip
 from .converter import Conversion, ConversionReport, Replacement, convert
 from .families import Support, supported
@@ -15,6 +16,7 @@ from .table import default_rules
 __all__ = [
     "BcosCLIP",
     "BcosModel",
+    "CalibrationResult",
     "ClipConversion",
     "Conversion",
     "ConversionOptions",
@@ -25,6 +27,7 @@ __all__ = [
     "RuleContext",
     "Support",
     "UnsupportedModule",
+    "calibrate",
     "convert",
     "convert_clip",
     "default_rules",

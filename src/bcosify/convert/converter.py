@@ -13,6 +13,8 @@ from ..device import device_of
 from ..errors import ConversionError
 from ..models.sources import source_info
 from ..nn import BcosConv2d, BcosLinear
+from .calibrate import Images
+from .calibrate import calibrate as calibrate_model
 from .encoding import encode_first_layer
 from .families import image_tower, prepare, traced_methods
 from .graph import GraphProblems
@@ -97,6 +99,7 @@ def convert(
     qkv_projection: Literal["linear", "bcos"] = "linear",
     rules: dict[type[nn.Module], Rule] | None = None,
     class_names: list[str] | None = None,
+    calibrate: Images | None = None,
 ) -> Conversion:
     """Convert a pretrained model into a B-cos model with the same weights.
 
@@ -126,6 +129,9 @@ def convert(
         rules: extra or overriding entries of the rule table, ``{ModuleType: rule}``, where
             ``rule(module, context)`` returns the replacement (see :mod:`bcosify.convert.rules`).
         class_names: stored with the model (defaults to the source's, when known).
+        calibrate: images in ``[0, 1]`` (a tensor, dataset or batches; labels unused) to
+            rescale the converted model on with :func:`bcosify.calibrate` (method ``"auto"``),
+            so that it is usable in evaluation mode before fine-tuning.
 
     Raises:
         ConversionError: listing every module and operation without a dynamic-linear form.
@@ -230,6 +236,8 @@ def convert(
             if options.logit_bias == "auto"
             else f"logit_bias.bias = {bias:.4f}"
         )
+    if calibrate is not None:
+        report.notes.append(str(calibrate_model(converted, calibrate)))
     return Conversion(converted.eval(), report)
 
 

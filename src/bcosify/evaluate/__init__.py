@@ -17,6 +17,7 @@ from .metrics import (
     mask_localisation,
     pointing_game_scores,
 )
+from .probe import LinearProbeResult, linear_probe, penultimate_features
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ZeroShotResult,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "EXPLAINER_NAMES",
     "Explainer",
+    "LinearProbeResult",
     "PointingGameResult",
     "ZeroShotResult",
     "accuracy",
@@ -38,8 +40,10 @@ __all__ = [
     "deletion_curves",
     "gradcam_layer",
     "grid_pointing_game",
+    "linear_probe",
     "make_grids",
     "mask_localisation",
+    "penultimate_features",
     "pointing_game_scores",
     "zero_shot_accuracy",
     "zero_shot_evaluation",

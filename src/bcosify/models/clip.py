@@ -112,6 +112,12 @@ class ClipModel(nn.Module):
         """The image tower: normalised images ``(N, 3, H, W)`` to embeddings ``(N, D)``."""
         raise NotImplementedError
 
+    @property
+    def feature_root(self) -> nn.Module:
+        """The module in which the image tower's layers have the paths they have in the
+        converted tower (for aligning features): the tower itself unless a subclass says."""
+        return self.visual
+
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
         """Text embeddings ``(len(prompts), D)`` (not normalised)."""
         raise NotImplementedError
@@ -236,6 +242,11 @@ class HFClipModel(ClipModel):
         # built once, on first use, and not registered as a submodule: registering it would
         # store the tower's weights twice (it holds the model itself)
         return HFImageFeatures(self.model)
+
+    @property
+    def feature_root(self) -> nn.Module:
+        # the converted tower keeps the model's paths (vision_model..., visual_projection)
+        return self.model
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         """``input_ids`` and ``attention_mask`` for the text tower, padded to the longest

@@ -2,9 +2,13 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import (
+    Alignment,
+    AlignmentConfig,
     Distillation,
     DistillationConfig,
     DistillationResult,
+    align,
+    alignment_paths,
     distill,
 )
 from .loop import Objective, TrainResult, train
@@ -16,6 +20,8 @@ from .validation import validate
 __all__ = [
     "DISTILLATION_LOSSES",
     "RECIPES",
+    "Alignment",
+    "AlignmentConfig",
     "Distillation",
     "DistillationConfig",
     "DistillationResult",
@@ -24,6 +30,8 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "TrainResult",
+    "align",
+    "alignment_paths",
     "classification_loss",
     "distill",
     "get_recipe",

@@ -61,6 +61,11 @@ class Recipe:
         seed: seeds data order, augmentation and every random operation.
         checkpoint_every: steps between checkpoints (besides every epoch end).
         num_workers: data-loading processes.
+        align_paths: for the alignment recipes (:func:`bcosify.train.align`), the module paths
+            of the original whose features the student is aligned to, besides the output.
+        align_depths: when ``align_paths`` is empty, how many paths :func:`bcosify.train.align`
+            picks, spread over the depth of the network (it then records them in
+            ``align_paths``); 0 aligns the output only (CLIP distillation).
     """
 
     name: str
@@ -85,8 +90,17 @@ class Recipe:
     seed: int = 0
     checkpoint_every: int = 500
     num_workers: int = 0
+    align_paths: tuple[str, ...] = ()
+    align_depths: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.align_paths, str) or not all(
+            isinstance(p, str) for p in self.align_paths
+        ):
+            raise RecipeError(
+                f"align_paths must be a list of module paths, got {self.align_paths!r}"
+            )
+        object.__setattr__(self, "align_paths", tuple(self.align_paths))  # from JSON: a list
         self._check_types()
         choices = {
             "model": ("original", "bcosify", "bcos-scratch"),
@@ -111,7 +125,15 @@ class Recipe:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise RecipeError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "warmup_steps", "b_ramp_steps", "num_workers", "seed"):
+        nonnegative = (
+            "weight_decay",
+            "warmup_steps",
+            "b_ramp_steps",
+            "num_workers",
+            "seed",
+            "align_depths",
+        )
+        for name in nonnegative:
             if getattr(self, name) < 0:
                 raise RecipeError(f"{name} must be zero or more, got {getattr(self, name)!r}")
         if self.agc_clip is not None and not self.agc_clip > 0:
@@ -224,6 +246,21 @@ RECIPES: dict[str, Recipe] = {
         epochs=30,
         batch_size=256,
         image_size=224,
+    ),
+    # label-free B-cosification (RECIPE 9, ALOE): the student aligned to the frozen original by
+    # (1 - cosine) on features at three depths and on the output, no labels read; the CNN
+    # recipe's optimiser
+    "bcosify-align": Recipe(
+        "bcosify-align",
+        model="bcosify",
+        loss="cosine",
+        optimizer="adamw",
+        lr=1e-4,
+        weight_decay=0.0,
+        epochs=30,
+        batch_size=256,
+        image_size=224,
+        align_depths=3,
     ),
 }
 
