@@ -10,6 +10,7 @@ from .explainers import EXPLAINER_NAMES, Explainer, build_explainer, gradcam_lay
 from .metrics import (
     PointingGameResult,
     accuracy,
+    correct,
     deletion_auc,
     deletion_curves,
     grid_pointing_game,
@@ -17,6 +18,7 @@ from .metrics import (
     mask_localisation,
     pointing_game_scores,
 )
+from .statistics import Interval, bootstrap_interval
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ZeroShotResult,
@@ -29,11 +31,14 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "EXPLAINER_NAMES",
     "Explainer",
+    "Interval",
     "PointingGameResult",
     "ZeroShotResult",
     "accuracy",
+    "bootstrap_interval",
     "build_explainer",
     "class_embeddings",
+    "correct",
     "deletion_auc",
     "deletion_curves",
     "gradcam_layer",
