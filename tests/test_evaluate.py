@@ -397,15 +397,16 @@ def test_single_map_explainers_spread_the_map_over_the_channels(models):
 
 def test_gradcam_layer_skips_the_classifier_that_conversion_moved_before_the_pooling(models):
     example = torch.rand(1, 3, 16, 16)
-    assert gradcam_layer(models["original"], example)[0] == "model.4"
-    # the converted network runs its 1x1 classifier conv '9' last; the feature conv is '4'
-    assert gradcam_layer(models["bcos"], example)[0] == "network.4"
+    # conv 4, batch norm 5, ReLU 6: the rectified feature map, 8 x 8
+    assert gradcam_layer(models["original"], example)[0] == "model.6"
+    # the converted network runs its 1x1 classifier conv '9' last, after the ReLU '6'
+    assert gradcam_layer(models["bcos"], example)[0] == "network.6"
     explainer = build_explainer("gradcam", models["bcos"], layer="network.0")
     explainer.attribute(example, torch.tensor([0]))
     assert explainer.options["layer"] == "network.0"
     with pytest.raises(EvaluationError, match=r"no submodule 'network.99'"):
         build_explainer("gradcam", models["bcos"], layer="network.99")
-    with pytest.raises(EvaluationError, match=r"no nn.Conv2d"):
+    with pytest.raises(EvaluationError, match=r"no layer with a 4-D output"):
         build_explainer("gradcam", nn.Sequential(nn.Flatten(), nn.Linear(12, 2))).attribute(
             torch.rand(1, 3, 2, 2), torch.tensor([0])
         )
@@ -461,6 +462,14 @@ def test_rise_is_seeded_and_weighs_masks_by_the_class_probability(models):
     single = build_explainer("rise", ones, n_masks=400, probability="softmax")
     mean_mask = single.attribute(inputs[:1], torch.tensor([0])).sum(1)
     assert mean_mask.mean().item() == pytest.approx(1.0, abs=0.05)
+    # centred, a probability that no mask changes leaves nothing
+    flat = build_explainer("rise", ones, n_masks=400, probability="softmax", centred=True)
+    assert flat.attribute(inputs[:1], torch.tensor([0])).abs().max() < 1e-5
+    # and otherwise the map moves by the mean probability times the mean mask
+    centred = build_explainer("rise", models["original"], **options, centred=True)
+    moved = first - centred.attribute(inputs, targets)
+    assert (moved > 0).all()  # the mean probability is positive, and every pixel was kept
+    assert moved.std() < moved.mean()  # nearly constant: the mean mask is nearly flat
 
 
 def test_build_explainer_and_attribute_refuse_bad_requests(models):
@@ -534,24 +543,26 @@ def test_lime_runs_each_distinct_image_once_and_is_seeded(models):
         build_explainer("lime", models["original"], kernel_width=0.0)
 
 
-def test_gradcam_takes_the_deepest_convolution_with_at_least_7x7_outputs():
+def test_gradcam_takes_the_deepest_feature_map_with_at_least_7x7_outputs():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),  # 28
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1),  # 14
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1),  # 7
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1),  # 3
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 14
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),  # a 7x7 block
+        nn.MaxPool2d(2),  # 3
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     ).eval()
     example = torch.rand(1, 3, 28, 28)
-    assert gradcam_layer(model, example)[0] == "4"
-    assert gradcam_layer(model, example, min_resolution=1)[0] == "6"
-    assert gradcam_layer(model, example, min_resolution=10)[0] == "2"
-    # nothing fine enough: the finest, deepest
-    assert gradcam_layer(model, example, min_resolution=100)[0] == "0"
+    assert gradcam_layer(model, example)[0] == "5"  # the block, after its ReLU
+    assert gradcam_layer(model, example, min_resolution=2)[0] == "8"  # 3 x 3; the pool is 1 x 1
+    assert gradcam_layer(model, example, min_resolution=10)[0] == "4"
+    # nothing fine enough: the last of the finest
+    assert gradcam_layer(model, example, min_resolution=100)[0] == "1"
     explainer = build_explainer("gradcam", model, min_resolution=10)
     explainer.attribute(example, torch.tensor([0]))
-    assert explainer.options["layer"] == "2"
+    assert explainer.options["layer"] == "4"

@@ -180,16 +180,20 @@ def _integrated_gradients(
 def gradcam_layer(
     model: nn.Module, example: Tensor, *, min_resolution: int = 7
 ) -> tuple[str, nn.Module]:
-    """The layer GradCAM explains by default: the deepest convolution with a fine enough output.
+    """The layer GradCAM explains by default: the deepest feature map that is fine enough.
 
-    One forward pass of ``example`` (no gradients, evaluation mode) records every
-    ``nn.Conv2d`` (B-cos convolutions included) with a 4-D output in the order they run. A
-    last 1x1 convolution with one output channel per class is the classifier (B-cos conversion
-    applies the linear classifier before the global pooling), not a feature layer, so it is
-    left out. Of the others, the last one whose output is at least ``min_resolution`` pixels
-    high and wide is taken (GradCAM's map has the layer's resolution: the last block of a small
-    network on small images can be 2 x 2, a map too coarse to localise anything; a ResNet's at
-    224 px is 7 x 7); when none is, the last of those with the finest output.
+    One forward pass of ``example`` (no gradients, evaluation mode) records every submodule
+    with a 4-D output, in the order their forward passes finish (a block after the layers in
+    it). The last one whose output is at least ``min_resolution`` pixels high and wide is
+    taken: the rectified output of the deepest convolutional stage that is still that fine
+    (a block or its activation, as GradCAM uses: a convolution's own output, before its batch
+    norm and ReLU, carries offsets that spread the map evenly), such as a ResNet's ``layer4``
+    at 224 px. GradCAM's map has the layer's resolution: the last stage of a small network on
+    small images can be 2 x 2, too coarse to localise anything. When no output is that fine,
+    the last of the finest is taken. When the last convolution to run is 1x1 with one output
+    channel per class, it is the classifier (B-cos conversion applies the linear classifier
+    before the global pooling): only what finishes before it starts counts. In a model traced
+    into a flat graph (a converted B-cos model), only the leaf layers run as modules.
 
     Returns:
         The layer's dotted name in ``model`` and the layer.
@@ -199,42 +203,52 @@ def gradcam_layer(
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
         ...                       nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1),
         ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        >>> gradcam_layer(model, torch.rand(1, 3, 20, 20))[0]  # outputs 18, 7 and 7 (classifier)
-        '3'
-        >>> gradcam_layer(model, torch.rand(1, 3, 16, 16))[0]  # outputs 14, 5: '3' is too coarse
-        '0'
+        >>> gradcam_layer(model, torch.rand(1, 3, 20, 20))[0]  # 18, 18, 9, 7, 7, classifier
+        '4'
+        >>> gradcam_layer(model, torch.rand(1, 3, 16, 16))[0]  # 14, 14, 7, 5, 5: '4' too coarse
+        '2'
     """
     check_positive(min_resolution=min_resolution)
     names = {id(m): name for name, m in model.named_modules()}
-    calls: list[tuple[nn.Conv2d, int]] = []
+    # (module, None) when a forward pass starts, (module, side) when one with a 4-D output ends
+    events: list[tuple[nn.Module, int | None]] = []
 
-    def record(module: nn.Module, args: object, output: object) -> None:
+    def start(module: nn.Module, args: object) -> None:
+        events.append((module, None))
+
+    def finish(module: nn.Module, args: object, output: object) -> None:
         if isinstance(output, Tensor) and output.ndim == 4:
-            calls.append((module, min(output.shape[-2:])))  # type: ignore[arg-type]
+            events.append((module, min(output.shape[-2:])))
 
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles = [m.register_forward_hook(record) for m in convs]
+    handles = []
+    for module in model.modules():
+        if module is not model:
+            handles.append(module.register_forward_pre_hook(start))
+            handles.append(module.register_forward_hook(finish))
     try:
         with _evaluation(model), torch.no_grad():
             logits = model(example.to(device_of(model)))
     finally:
         for handle in handles:
             handle.remove()
-    if not calls:
+    classes = logits.shape[-1] if isinstance(logits, Tensor) and logits.ndim == 2 else None
+    convolutions = [
+        i for i, (m, side) in enumerate(events) if side is None and isinstance(m, nn.Conv2d)
+    ]
+    if convolutions:  # the last convolution to run may be the classifier
+        last = events[convolutions[-1]][0]
+        if last.kernel_size == (1, 1) and last.out_channels == classes:
+            events = events[: convolutions[-1]]
+    finished = [(module, side) for module, side in events if side is not None]
+    if not finished:
         raise EvaluationError(
-            f"GradCAM found no nn.Conv2d with a 4-D output in {type(model).__name__}'s forward "
+            f"GradCAM found no layer with a 4-D output in {type(model).__name__}'s forward "
             "pass; pass the layer to explain: build_explainer('gradcam', model, layer=...) with "
             "a module of the model or its dotted name"
         )
-    classes = logits.shape[-1] if isinstance(logits, Tensor) and logits.ndim == 2 else None
-    features = [
-        (m, size)
-        for m, size in calls
-        if not (m.kernel_size == (1, 1) and m.out_channels == classes)
-    ] or calls
-    fine = [m for m, size in features if size >= min_resolution]
-    finest = max(size for _, size in features)
-    layer = fine[-1] if fine else [m for m, size in features if size == finest][-1]
+    fine = [m for m, side in finished if side >= min_resolution]
+    finest = max(side for _, side in finished)
+    layer = fine[-1] if fine else [m for m, side in finished if side == finest][-1]
     return names[id(layer)], layer
 
 
@@ -590,7 +604,12 @@ class _RiseExplainer(_Explainer):
     Each mask is a ``cells x cells`` grid of independent coin flips (keep with probability
     ``keep``), upsampled bilinearly to ``cells + 1`` cells of ``ceil(size / cells)`` pixels and
     cropped at a random shift, so its edges are soft and fall anywhere. The saliency of a pixel
-    is ``sum_i p_c(x * M_i) M_i / (n_masks * keep)``.
+    is ``sum_i p_c(x * M_i) M_i / (n_masks * keep)``; ``centred=True`` subtracts the mean
+    probability over the masks from every ``p_c(x * M_i)`` first, so that the map is positive
+    where keeping the pixel raises the probability above average and negative where it lowers
+    it, instead of positive everywhere around the constant ``mean(p_c)``: metrics that count
+    positive attribution (the pointing game, localisation in a mask) see the evidence, not the
+    constant. The order of the pixels, which deletion uses, barely changes.
     """
 
     name = "rise"
@@ -605,6 +624,7 @@ class _RiseExplainer(_Explainer):
         seed: int = 0,
         batch_size: int = 256,
         probability: str = "auto",
+        centred: bool = False,
     ) -> None:
         super().__init__(model)
         check_positive(n_masks=n_masks, cells=cells, batch_size=batch_size)
@@ -617,6 +637,7 @@ class _RiseExplainer(_Explainer):
             "seed": seed,
             "batch_size": batch_size,
             "probability": resolve_probability(model, probability),
+            "centred": bool(centred),
         }
 
     @torch.no_grad()
@@ -634,6 +655,8 @@ class _RiseExplainer(_Explainer):
         # times (explained for several classes, as in the pointing game) is masked only once
         unique, row = distinct_images(inputs)
         saliency = inputs.new_zeros(count, height, width)
+        coverage = inputs.new_zeros(height, width)  # sum_i M_i
+        total = inputs.new_zeros(count)  # sum_i p_c(x * M_i)
         step = max(1, o["batch_size"] // len(unique))
         for start in range(0, o["n_masks"], step):
             stop = min(start + step, o["n_masks"])
@@ -652,6 +675,10 @@ class _RiseExplainer(_Explainer):
             scores = scores.view(len(unique), stop - start, -1)[row]
             weights = scores.gather(2, target.view(count, 1, 1).expand(-1, stop - start, 1))
             saliency += torch.einsum("nm,mhw->nhw", weights.squeeze(2), masks)
+            coverage += masks.sum(0)
+            total += weights.squeeze(2).sum(1)
+        if o["centred"]:  # sum_i (p_i - mean p) M_i
+            saliency -= (total / o["n_masks"])[:, None, None] * coverage
         saliency /= o["n_masks"] * o["keep"]
         return saliency[:, None] / inputs.shape[1]
 
@@ -701,9 +728,9 @@ def build_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
     - ``"input_x_gradient"``: input times gradient. No options.
     - ``"integrated_gradients"``: ``n_steps`` [50], ``internal_batch_size`` [64] (images per
       forward pass), ``baseline`` [0.0].
-    - ``"gradcam"``: GradCAM on ``layer`` [the deepest convolution with an output of at least
-      ``min_resolution`` [7] pixels a side, see :func:`gradcam_layer`] (a module or its dotted
-      name), ``relu`` [True]; upsampled bilinearly to the input size.
+    - ``"gradcam"``: GradCAM on ``layer`` [the deepest feature map at least ``min_resolution``
+      [7] pixels a side, see :func:`gradcam_layer`] (a module or its dotted name), ``relu``
+      [True]; upsampled bilinearly to the input size.
     - ``"deeplift"``: ``baseline`` [0.0]. Needs every ReLU/pooling non-linearity to be its own
       module called once per forward pass, and refuses models where one is reused. On a B-cos
       model the B-cos units are treated through their gradient.
@@ -714,7 +741,8 @@ def build_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
       ``batch_size`` [64] (perturbed images per forward pass); the LIME package's defaults.
     - ``"rise"``: ``n_masks`` [2000], ``cells`` [7], ``keep`` [0.5], ``seed`` [0],
       ``batch_size`` [256] (masked images per forward pass), ``probability`` ["auto":
-      sigmoid for B-cos models, softmax otherwise].
+      sigmoid for B-cos models, softmax otherwise], ``centred`` [False: as published; True
+      subtracts the mean probability, see RISE's class].
 
     GradCAM, LIME and RISE give one map per image; it is returned divided by the number of
     channels on every channel, so the channel sum is the map.
