@@ -20,9 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from common import command_line, load_average, machine, publish
 
-from bcosify.cli.demo import PRESETS, run_demo
+from bcosify.cli.demo import PRESETS, idle_cores, run_demo
 
 SECTION = "bench_demo"
 
@@ -154,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, help="where the demos write (default: a temp dir)")
     parser.add_argument("--write", help="markdown file whose section to (re)write")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: as the demo)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads or idle_cores())
     out = args.out or Path(tempfile.mkdtemp(prefix="bcosify-demo-"))
     before = load_average()
     runs = []

@@ -462,7 +462,7 @@ class _LimeExplainer(_Explainer):
         alpha: float = 1.0,
         baseline: float = 0.0,
         seed: int = 0,
-        batch_size: int = 64,
+        batch_size: int = 256,
     ) -> None:
         super().__init__(model)
         check_positive(n_samples=n_samples, patches=patches, batch_size=batch_size)
@@ -738,7 +738,7 @@ def build_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
       ``baseline`` [0.0], ``perturbations_per_eval`` [16]; the change of the target logit.
     - ``"lime"``: Captum's LIME on ``patches x patches`` squares [8], ``n_samples`` [1000],
       ``kernel_width`` [0.25], ridge ``alpha`` [1.0], ``baseline`` [0.0], ``seed`` [0],
-      ``batch_size`` [64] (perturbed images per forward pass); the LIME package's defaults.
+      ``batch_size`` [256] (perturbed images per forward pass); the LIME package's defaults.
     - ``"rise"``: ``n_masks`` [2000], ``cells`` [7], ``keep`` [0.5], ``seed`` [0],
       ``batch_size`` [256] (masked images per forward pass), ``probability`` ["auto":
       sigmoid for B-cos models, softmax otherwise], ``centred`` [False: as published; True

@@ -22,6 +22,8 @@ from .plots import interval_chart, line_chart
 
 __all__ = ["DemoExamples", "colour_smoothing", "write_demo_report"]
 
+# options that decide how fast a method runs, not what it computes
+_PLUMBING = {"batch_size", "internal_batch_size", "perturbations_per_eval", "seed"}
 # gallery pictures are enlarged to at least this many pixels a side, by an integer factor
 _GALLERY_PIXELS = 96
 
@@ -98,10 +100,20 @@ def write_demo_report(out: Path, metrics: Mapping[str, Any], examples: DemoExamp
             else f"; trained in {original['seconds']:.0f} s and cached for later runs."
         ),
         f"Settings: {json.dumps(s)}. Training in this run took {metrics['training_seconds']:.0f} "
-        f"s, the whole run {metrics['total_seconds']:.0f} s (before writing this report). All "
-        "numbers are measured in this run.",
+        f"s, the whole run {metrics['total_seconds']:.0f} s (before writing this report), on "
+        f"{_machine(metrics['machine'])}. All numbers are measured in this run.",
     ]
     return report.write(out)
+
+
+def _machine(machine: Mapping[str, Any]) -> str:
+    load = machine["load_before"], machine["load_after"]
+    loads = (
+        ""
+        if None in load
+        else f", 1-minute load average {load[0]:.1f} at the start and {load[1]:.1f} at the end"
+    )
+    return f"{machine['threads']} torch thread(s) of {machine['cores']} cores{loads}"
 
 
 def _interval(value: Mapping[str, Any] | None, digits: int = 3, percent: bool = False) -> str:
@@ -174,7 +186,8 @@ def _targets(metrics: Mapping[str, Any]) -> Table:
         rows,
         note="Judged on this run's measurements. 'Above' means the lower end of the B-cosified "
         "model's interval is above the upper end of the other's; 'not below' that its upper end "
-        "is not below the other's lower end.",
+        "is not below the other's lower end; n/a: not measurable in this run (too few "
+        "confidently classified images for the grids). " + " ".join(metrics.get("caveats", [])),
     )
 
 
@@ -304,7 +317,10 @@ def _baselines(metrics: Mapping[str, Any]) -> Table:
             continue
         detail = "; ".join(
             f"{'single images' if n == '1' else f'{n}x{n} grids'}: "
-            + (", ".join(f"{k}={v}" for k, v in options.items()) or "defaults")
+            + (
+                ", ".join(f"{k}={v}" for k, v in options.items() if k not in _PLUMBING)
+                or "defaults"
+            )
             for n, options in r["options"].items()
         )
         if r["method"] == "gradcam":
@@ -316,7 +332,9 @@ def _baselines(metrics: Mapping[str, Any]) -> Table:
             )
         check = references.get(r["method"], {})
         if "pointing_game" in check:
-            budget = ", ".join(f"{k}={v}" for k, v in check["options"].items())
+            budget = ", ".join(
+                f"{k}={v}" for k, v in check["options"].items() if k not in _PLUMBING
+            )
             detail += (
                 f". With {budget}, on the first {check['grids']} {check['grid']} grids: pointing "
                 f"game {check['pointing_game']:.3f} (with the settings above, the same grids: "
