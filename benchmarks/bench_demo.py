@@ -86,15 +86,21 @@ def report(runs: list[dict[str, Any]], preset: str, command: str, loads: tuple[s
             )
         )
         lines.append(f"| {name} | {top1} | {gap} |")
+    plateaus = sum(r["original_training"]["plateau_reached"] for r in runs)
     cost = [r["cost"] for r in runs]
     lines += [
+        "",
+        f"The original reached a plateau ({first['settings']['finetune_epochs']} more epochs "
+        f"gained less than {first['settings']['plateau_gain']} point) in {plateaus} of "
+        f"{len(runs)} seeds, after "
+        f"{spread([len(r['training_curves']['original']['epoch']) for r in runs], _one)} epochs.",
         "",
         "The cost: the from-scratch model's final validation accuracy "
         f"{spread([c['scratch_final_val'] for c in cost], _percent)}; the B-cosified model first "
         f"reaches it at epoch {spread([c['reached_at_epoch'] for c in cost], _one)}, speed-up "
         f"{spread([c['epoch_speedup'] for c in cost], _times)} in epochs and "
         f"{spread([c['time_speedup'] for c in cost], _times)} in time (n/a: reached before "
-        "fine-tuning, or never).",
+        "fine-tuning, epoch 0, or never).",
         "",
         "| explanation (model) | "
         + " | ".join(f"pointing game {g}" for g in grids)
@@ -114,14 +120,17 @@ def report(runs: list[dict[str, Any]], preset: str, command: str, loads: tuple[s
         ms = spread([1000 * x["seconds_per_image"] for x in results], lambda v: f"{v:.1f}")
         lines.append(f"| {name} | {' | '.join(games)} | {inside} | {deletion} | {ms} |")
     ig = spread(
-        [1000 * r["references"]["integrated_gradients"]["seconds_per_image"] for r in runs],
+        [1000 * r["speed"]["seconds_per_image"]["integrated_gradients"] for r in runs],
         lambda v: f"{v:.1f}",
     )
+    bcos = spread([1000 * r["speed"]["seconds_per_image"]["bcos"] for r in runs], _ms)
+    ratio = spread([r["speed"]["ratio"] for r in runs], lambda v: f"{v:.0f}x")
     layer = first["explanations"]["gradcam (original)"]["layer"]
     lines += [
         "",
-        f"Integrated Gradients at the published 50 steps: {ig} ms / image (the speed target's "
-        f"reference). GradCAM on `{layer['name']}` ({layer['resolution']} x "
+        f"Timed in turns on the single images: B-cos {bcos} ms / image, Integrated Gradients "
+        f"at the published 50 steps {ig} ms / image, {ratio} slower (the speed target). GradCAM "
+        f"on `{layer['name']}` ({layer['resolution']} x "
         f"{layer['resolution']}). The per-run 95% intervals are in each run's report.",
         "",
         "Targets, met in how many of the seeds:",
@@ -134,11 +143,19 @@ def report(runs: list[dict[str, Any]], preset: str, command: str, loads: tuple[s
             f"- {name.replace('_', ' ')}: {sum(judged)} of {len(runs)}"
             + (f" ({unmeasured} not measurable)" if unmeasured else "")
         )
+    caveats = [(r["settings"]["seed"], c) for r in runs for c in r.get("caveats", [])]
+    if caveats:
+        lines += ["", "Caveats:", ""]
+        lines += [f"- seed {seed}: {text.removeprefix('Caveat: ')}" for seed, text in caveats]
     return "\n".join(lines)
 
 
 def _seconds(value: float) -> str:
     return f"{value:.0f} s"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
 
 
 def _one(value: float) -> str:

@@ -204,3 +204,11 @@ def test_evaluate_cli_prints_a_table_and_writes_json(demo_run, tmp_path, capsys)
     results = json.loads(out.read_text())
     assert set(results["explanations"]) == {"bcos"}
     assert 0 <= results["accuracy"]["top1"] <= 1
+
+
+def test_demo_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    for argument, message in ((["--threads", "0"], "--threads"), (["--seed", "-1"], "--seed")):
+        assert main(["demo", "--out", str(tmp_path), *argument]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing started

@@ -296,6 +296,7 @@ def run_demo(
         print(f"{time.perf_counter() - started:.0f} s", flush=True)
     results["gradcam (original)"]["layer"] = {"name": layer, "resolution": resolution}
     references = evaluation.reference_runs(models["original"])
+    speed = evaluation.speed_race(models["B-cosified"], models["original"])
 
     clock.stage("5/5 writing the report")
     metrics = _metrics(
@@ -304,6 +305,7 @@ def run_demo(
         top5,
         results,
         references,
+        speed,
         original_run,
         {
             "original": original_run["curve"],
@@ -664,8 +666,7 @@ class _Evaluation:
     def reference_runs(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         """The sampled methods with their published budgets (or four times the demo's) on the
         first ``check_grids`` grids of the smallest size: whether the demo's smaller budgets
-        change their pointing game. And the time of Integrated Gradients at its published 50
-        steps on the single images, which the speed target compares with."""
+        change their pointing game."""
         s = self.s
         n = min(s.grid_sizes)
         grids = min(s.check_grids, s.grids)
@@ -684,11 +685,31 @@ class _Evaluation:
                 check["pointing_game"] = float(theirs.per_grid.mean())
                 check["pointing_game_demo_budget"] = float(ours.per_grid[:grids].mean())
             checks[method] = check
-        explainer = build_explainer("integrated_gradients", model, n_steps=50)
-        _, checks["integrated_gradients"]["seconds_per_image"] = _timed(
-            explainer, self.images, self.labels
-        )
         return checks
+
+    def speed_race(self, bcos: nn.Module, original: nn.Module, rounds: int = 5) -> dict[str, Any]:
+        """The B-cosified model's explanation against Integrated Gradients at its published 50
+        steps on the original, timed in turns on the single images (so that a change in what
+        else the machine runs slows both): the median seconds per image of each."""
+        racers = {
+            "bcos": build_explainer("bcos", bcos),
+            "integrated_gradients": build_explainer("integrated_gradients", original, n_steps=50),
+        }
+        times: dict[str, list[float]] = {name: [] for name in racers}
+        for explainer in racers.values():
+            explainer.attribute(self.images[:4], self.labels[:4])  # warm-up
+        for _ in range(rounds):
+            for name, explainer in racers.items():
+                tic = time.perf_counter()
+                explainer.attribute(self.images, self.labels)
+                times[name].append((time.perf_counter() - tic) / len(self.images))
+        seconds = {name: statistics.median(values) for name, values in times.items()}
+        return {
+            "ig_steps": 50,
+            "rounds": rounds,
+            "seconds_per_image": seconds,
+            "ratio": seconds["integrated_gradients"] / seconds["bcos"],
+        }
 
 
 def _timed(
@@ -715,6 +736,7 @@ def _metrics(
     top5: dict[str, float],
     results: dict[str, dict[str, Any]],
     references: dict[str, dict[str, Any]],
+    speed: dict[str, Any],
     original_run: dict[str, Any],
     curves: dict[str, Any],
     training_seconds: float,
@@ -750,9 +772,7 @@ def _metrics(
         targets[f"bcosified_pointing_game_{grid}_not_below_scratch"] = (
             None if mine is None or theirs is None else not mine.below(theirs)
         )
-    ig = references["integrated_gradients"]["seconds_per_image"]
-    speedup = ig / own["seconds_per_image"]
-    targets["bcos_20x_faster_than_integrated_gradients_50_steps"] = speedup >= 20
+    targets["bcos_20x_faster_than_integrated_gradients_50_steps"] = speed["ratio"] >= 20
     best = {grid: _best_posthoc(posthoc, grid) for grid in (f"{n}x{n}" for n in s.grid_sizes)}
     headline = [
         f"Accuracy (test): original {_percent(accuracy['original']['top1'])}, B-cosified "
@@ -770,9 +790,11 @@ def _metrics(
             f"{_interval_text(mine)}; the best post-hoc method on the original ({name}) "
             f"{_interval_text(value)}; uniform {1 / int(grid[0]) ** 2:.2f}."
         )
+    race = speed["seconds_per_image"]
     headline.append(
-        f"Explanation time per image: B-cos {1000 * own['seconds_per_image']:.1f} ms, "
-        f"Integrated Gradients (50 steps) {1000 * ig:.1f} ms ({speedup:.0f}x slower)."
+        f"Explanation time per image (timed in turns): B-cos {1000 * race['bcos']:.2f} ms, "
+        f"Integrated Gradients (50 steps) {1000 * race['integrated_gradients']:.1f} ms "
+        f"({speed['ratio']:.0f}x slower)."
     )
     caveats = _caveats(own, references)
     return {
@@ -785,6 +807,7 @@ def _metrics(
         "cost": cost,
         "explanations": results,
         "references": references,
+        "speed": speed,
         "training_curves": curves,
         "training_seconds": training_seconds,
         "targets": targets,
