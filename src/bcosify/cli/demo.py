@@ -182,8 +182,12 @@ def run(args: argparse.Namespace) -> int:
         settings = DemoSettings(**{**asdict(settings), "seed": args.seed})
     if args.threads is not None and args.threads < 1:
         raise BcosifyError(f"--threads must be a positive integer, got {args.threads}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or idle_cores())
-    metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
+    try:
+        metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)  # when called in-process, as the tests do
     print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
     for line in metrics["headline"]:
         print(f"  - {line}")

@@ -62,15 +62,17 @@ def write_demo_report(out: Path, metrics: Mapping[str, Any], examples: DemoExamp
     """Write ``out / "report.html"`` and its pictures from the demo's ``metrics`` (as in
     ``metrics.json``) and its gallery ``examples``; returns the report's path."""
     s = metrics["settings"]
+    extras = [f"{s['distractors']} distractor object(s)"] if s["distractors"] else []
+    extras += ["textured"] if s["textured"] else []
     report = Report(
         "bcosify demo: B-cosification on synthetic shapes",
-        f"An ordinary CNN trained until its validation accuracy stopped improving (the "
-        f"'original'), B-cosified and fine-tuned for {s['finetune_epochs']} epochs, against "
-        f"the original fine-tuned for as long (a control) and the same B-cos architecture "
-        f"trained from scratch for {s['scratch_epochs']} epochs; {s['image_size']} x "
-        f"{s['image_size']} images of {s['classes']} shapes with {s['distractors']} "
-        f"distractor object(s){', textured' if s['textured'] else ''}, on cluttered "
-        "backgrounds. Intervals are bootstrap 95% intervals of the mean.",
+        f"An ordinary CNN trained until {s['finetune_epochs']} more epochs gained less than "
+        f"{s['plateau_gain']} point of validation accuracy (the 'original'), B-cosified and "
+        f"fine-tuned for {s['finetune_epochs']} epochs, against the original trained for as long "
+        f"(the control) and the same B-cos architecture trained from scratch for "
+        f"{s['scratch_epochs']} epochs; {s['image_size']} x {s['image_size']} images of "
+        f"{s['classes']} shapes{''.join(', ' + e for e in extras)}, on cluttered backgrounds. "
+        "Intervals are bootstrap 95% intervals of the mean.",
         headline=list(metrics["headline"]),
     )
     report.tables += [

@@ -86,7 +86,7 @@ class Report:
         >>> report = Report("Title", "What this is.")
         >>> report.tables.append(Table("Numbers", ["a", "b"], [["1", "2"]]))
         >>> path = report.write(pathlib.Path(tempfile.mkdtemp()))
-        >>> "<td>1</td>" in path.read_text()
+        >>> "<td class='num'>1</td>" in path.read_text()
         True
     """
 
