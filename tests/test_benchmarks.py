@@ -68,12 +68,29 @@ def test_missing_official_package_is_a_clear_error(bench, tmp_path):
 
 def test_demo_benchmark_writes_its_section(scripts, tmp_path, capsys):
     docs = tmp_path / "benchmarks.md"
-    argv = ["--preset", "test", "--out", str(tmp_path / "demo"), "--write", str(docs)]
+    argv = [
+        "--preset",
+        "test",
+        "--seeds",
+        "3",
+        "--out",
+        str(tmp_path / "demo"),
+        "--write",
+        str(docs),
+    ]
     assert scripts["bench_demo"].main(argv) == 0
     text = docs.read_text()
     start, end = scripts["common"].markers("bench_demo")
     assert start in text and end in text
-    for row in ("| standard |", "| B-cosified |", "| bcos (B-cosified) |", "| rise (standard) |"):
+    for row in ("| original |", "| B-cosified |", "| bcos (B-cosified) |", "| lime (original) |"):
         assert row in text
-    assert "bench_demo.py --preset test" in text and "Machine:" in text
-    assert (tmp_path / "demo" / "report.html").is_file()
+    assert "seeds 3" in text and "bench_demo.py --preset test" in text and "Machine:" in text
+    assert "1 of 1" in text or "0 of 1" in text  # targets counted over the seeds
+    assert (tmp_path / "demo" / "seed-3" / "report.html").is_file()
+
+
+def test_demo_benchmark_gives_the_mean_and_range_over_seeds(scripts):
+    spread = scripts["bench_demo"].spread
+    assert spread([0.5, 0.7, 0.6], lambda v: f"{v:.2f}") == "0.60 (0.50 to 0.70)"
+    assert spread([2.0, None], lambda v: f"{v:.1f}") == "2.0, 1 n/a"
+    assert spread([None], str) == "n/a"

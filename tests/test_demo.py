@@ -1,14 +1,19 @@
-"""The demo end to end at test size, and the report it writes."""
+"""The demo end to end at test size, the report it writes, and the cached original."""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
+import torch
+from browser import CHROMIUM, measure_page
 
 from bcosify.cli import main
-from bcosify.report import Figure, Report
+from bcosify.cli.demo import PRESETS, _datasets, _original, _Trainer
+from bcosify.evaluate import EXPLAINER_NAMES
+from bcosify.report import Figure, Report, Table
 
 
 @pytest.fixture(scope="module")
@@ -22,32 +27,116 @@ def test_tiny_demo_writes_report_metrics_and_pictures(demo_run):
     status, tmp_path = demo_run
     assert status == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["accuracy"]) == {"standard", "B-cosified", "B-cos from scratch"}
-    explained = {r["method"] for r in metrics["explanations"].values()}
-    assert explained == {
-        "bcos",
-        "saliency",
-        "input_x_gradient",
-        "integrated_gradients",
-        "gradcam",
-        "deeplift",
-        "occlusion",
-        "rise",
+    assert set(metrics["accuracy"]) == {
+        "original",
+        "original fine-tuned",
+        "B-cosified",
+        "B-cos from scratch",
     }
+    for value in metrics["accuracy"].values():
+        top1 = value["top1"]
+        assert 0 <= top1["low"] <= top1["mean"] <= top1["high"] <= 1
+    assert {r["method"] for r in metrics["explanations"].values()} == set(EXPLAINER_NAMES)
     for result in metrics["explanations"].values():
-        assert 0.0 <= result["mask_localisation"] <= 1.0
+        inside = result["mask_localisation"]
+        assert 0.0 <= inside["low"] <= inside["mean"] <= inside["high"] <= 1.0
+        assert inside["count"] == PRESETS["test"].eval_images
         assert result["seconds_per_image"] > 0
+        assert set(result["pointing_game"]) == {"2x2"}
+        game = result["pointing_game"]["2x2"]  # barely trained models: often too few classes
+        assert "distinct classes" in game.get("error", "") or (
+            game["low"] <= game["mean"] <= game["high"] and game["count"] == PRESETS["test"].grids
+        )
+    layer = metrics["explanations"]["gradcam (original)"]["layer"]
+    assert layer["resolution"] >= 7 and layer["name"].startswith("model.features")
+    # the original trained until a continuation gained too little, or to the last run
+    original = metrics["original_training"]
+    assert not original["cached"] and 2 <= original["cycles"] <= PRESETS["test"].max_cycles
+    assert len(original["cycle_gains"]) == original["cycles"] - 1
+    curves = metrics["training_curves"]
+    assert curves["B-cosified"]["epoch"][0] == 0  # converted, before fine-tuning
+    assert len(curves["B-cos from scratch"]["epoch"]) == PRESETS["test"].scratch_epochs
+    assert all(t >= 0 for t in curves["B-cosified"]["seconds"])
+    assert set(metrics["targets"]) >= {
+        "under_5_minutes",
+        "bcosified_within_1_point_of_the_original",
+    }
     html = (tmp_path / "report.html").read_text()
     referenced = re.findall(r"src='([^']+)'", html)
     assert referenced and all((tmp_path / path).is_file() for path in referenced)
     assert any(path.endswith(".png") and "gallery" in path for path in referenced)
-    assert "Grid pointing game" in html and "Accuracy on the test set" in html
+    for heading in ("Targets", "Accuracy on the test set", "The cost of an interpretable model"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "pointing 2x2" in html  # gallery columns carry their method's score
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install chromium")
+def test_the_report_fits_a_1280_pixel_window_and_every_image_loads(demo_run):
+    found = measure_page(demo_run[1] / "report.html", width=1280)
+    assert found["width"] == 1280 and found["pageWidth"] <= 1280
+    assert found["overflowing"] == []
+    images = found["images"]
+    assert len(images) > 10 and all(image["loaded"] for image in images), images
+    gallery = [image for image in images if image["src"].startswith("gallery/")]
+    for image in gallery:  # shown at their own size, never blurred by the browser
+        assert image["natural"] >= 96 and image["rendering"] == "pixelated"
+        assert image["natural"] <= image["shown"] <= image["natural"] + 2  # + the border
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install chromium")
+def test_the_browser_check_sees_overflow_and_missing_images(tmp_path):
+    from bcosify.explain import save_image
+
+    save_image(tmp_path / "ok.png", torch.rand(8, 8, 3))
+    report = Report("t", "lead", figures=[Figure("ok.png", "fine")])
+    report.tables.append(Table("wide", ["a"], [["x" * 400]]))  # scrolls in its own box
+    report.write(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert measure_page(tmp_path / "report.html")["overflowing"] == []
+    wide = "<div style='width: 2000px'>too wide</div><img src='missing.png'>"
+    (tmp_path / "broken.html").write_text(page.replace("</body>", wide + "</body>"))
+    found = measure_page(tmp_path / "broken.html")
+    assert found["pageWidth"] > 1280 and "div" in found["overflowing"]
+    assert [image["loaded"] for image in found["images"]] == [True, False]
 
 
 def test_report_refuses_to_reference_missing_images(tmp_path):
     report = Report("t", "lead", figures=[Figure("missing.png", "caption")])
     with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         report.write(tmp_path)
+
+
+def test_the_trained_original_is_cached_by_its_settings(demo_run, tmp_path, capsys):
+    settings = PRESETS["test"]
+    cache = demo_run[1] / "cache"
+    trainer = _Trainer(settings, _datasets(settings), tmp_path, progress=False)
+    _, _, run = _original(settings, trainer, cache)
+    assert run["cached"] and "from the cache" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    first = json.loads((demo_run[1] / "metrics.json").read_text())["original_training"]
+    assert run["key"] == first["key"] and run["cycle_gains"] == first["cycle_gains"]
+    # settings the original depends on change the key; those it does not, do not
+    evaluation_only = replace(settings, grids=7, lime_samples=3)
+    same = _Trainer(evaluation_only, trainer.data, tmp_path, progress=False)
+    assert _original(evaluation_only, same, cache)[2]["cached"]
+    changed = replace(settings, lr_standard=1e-2)
+    other = _Trainer(changed, trainer.data, tmp_path, progress=False)
+    _, _, fresh = _original(changed, other, cache)
+    assert not fresh["cached"] and fresh["key"] != run["key"]
+    # an unreadable entry is trained again, not an error, and what is stored loads exactly
+    entry = cache / f"original-{fresh['key']}"
+    (entry / "run.json").write_text("{not json")
+    trained, control, again = _original(changed, other, cache)
+    assert not again["cached"] and json.loads((entry / "run.json").read_text())["key"]
+    loaded, loaded_control, reloaded = _original(changed, other, cache)
+    assert reloaded["cached"] and reloaded["control_curve"] == again["control_curve"]
+    for a, b in ((loaded, trained), (loaded_control, control)):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y)
+    assert not all(  # the control is the original trained further
+        torch.equal(x, y)
+        for x, y in zip(trained.state_dict().values(), control.state_dict().values(), strict=True)
+    )
 
 
 def test_explain_cli_writes_pictures_and_names_unreadable_images(demo_run, tmp_path, capsys):
@@ -69,13 +158,13 @@ def test_explain_cli_writes_pictures_and_names_unreadable_images(demo_run, tmp_p
     assert written == [
         f"shape{i}_{kind}.png" for i in range(2) for kind in ("colour", "contributions", "figure")
     ]
-    standard = demo_run[1] / "runs" / "standard"
+    control = demo_run[1] / "runs" / "original-1"  # an ordinary model
     assert (
         main(
             [
                 "explain",
                 "--model",
-                str(standard),
+                str(control),
                 "--image",
                 str(images),
                 "--out",
@@ -115,3 +204,11 @@ def test_evaluate_cli_prints_a_table_and_writes_json(demo_run, tmp_path, capsys)
     results = json.loads(out.read_text())
     assert set(results["explanations"]) == {"bcos"}
     assert 0 <= results["accuracy"]["top1"] <= 1
+
+
+def test_demo_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    for argument, message in ((["--threads", "0"], "--threads"), (["--seed", "-1"], "--seed")):
+        assert main(["demo", "--out", str(tmp_path), *argument]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing started

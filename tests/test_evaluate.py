@@ -13,9 +13,12 @@ from bcosify.errors import BcosifyError, EvaluationError
 from bcosify.evaluate import (
     EXPLAINER_NAMES,
     Explainer,
+    Interval,
     PointingGameResult,
     accuracy,
+    bootstrap_interval,
     build_explainer,
+    correct,
     deletion_auc,
     deletion_curves,
     gradcam_layer,
@@ -29,7 +32,11 @@ from bcosify.nn import is_explaining
 from bcosify.train import Normalized
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
-FAST = {"rise": {"n_masks": 40, "batch_size": 64}, "occlusion": {"window": 4, "stride": 4}}
+FAST = {
+    "rise": {"n_masks": 40, "batch_size": 64},
+    "occlusion": {"window": 4, "stride": 4},
+    "lime": {"n_samples": 40, "patches": 4},
+}
 
 
 def tiny_cnn(num_classes: int = 5) -> nn.Module:
@@ -262,6 +269,64 @@ def test_accuracy_reuses_validation():
     labels[0] = 3  # one wrong top-1, but within the top 5
     result = accuracy(ValueClassifier(5), TensorDataset(images, labels), batch_size=4)
     assert result == {"top1": pytest.approx(0.9), "top5": 1.0}
+    hits = correct(ValueClassifier(5), TensorDataset(images, labels), batch_size=3)
+    assert hits.dtype == torch.bool and hits.tolist() == [False] + [True] * 9
+    assert correct(ValueClassifier(5), TensorDataset(images, labels), k=5).all()
+
+
+# --- intervals -----------------------------------------------------------------------------------
+
+
+def test_bootstrap_intervals_cover_the_true_mean_about_as_often_as_they_claim():
+    generator = torch.Generator().manual_seed(0)
+    covered = 0
+    for trial in range(200):
+        sample = torch.randn(40, generator=generator) + 3.0
+        interval = bootstrap_interval(sample, resamples=1000, seed=trial)
+        assert interval.low < interval.mean < interval.high and interval.count == 40
+        assert interval.mean == pytest.approx(float(sample.mean()))
+        covered += interval.low <= 3.0 <= interval.high
+    # a percentile bootstrap of 40 values is a little narrow; far from 95% would be a bug
+    assert 0.88 <= covered / 200 <= 0.99
+    # four times the values, half the width
+    wide = bootstrap_interval(torch.randn(100, generator=generator))
+    narrow = bootstrap_interval(torch.randn(400, generator=generator))
+    ratio = (narrow.high - narrow.low) / (wide.high - wide.low)
+    assert 0.38 < ratio < 0.62
+    # seeded: the same values and seed give the same interval
+    assert bootstrap_interval(sample, seed=5) == bootstrap_interval(sample, seed=5)
+    assert bootstrap_interval([2.0, 2.0, 2.0]) == Interval(2.0, 2.0, 2.0, 0.95, 3)
+
+
+def test_bootstrap_interval_refuses_bad_input():
+    with pytest.raises(EvaluationError, match="at least one value"):
+        bootstrap_interval([])
+    with pytest.raises(EvaluationError, match="finite"):
+        bootstrap_interval([1.0, float("nan")])
+    with pytest.raises(EvaluationError, match="level"):
+        bootstrap_interval([1.0, 2.0], level=95)
+    with pytest.raises(EvaluationError, match="resamples"):
+        bootstrap_interval([1.0, 2.0], resamples=0)
+
+
+def test_intervals_compare_by_their_ends():
+    high, low = Interval(0.8, 0.75, 0.85, 0.95, 9), Interval(0.7, 0.6, 0.76, 0.95, 9)
+    assert not high.above(low) and not low.below(high)  # they overlap at 0.75 to 0.76
+    lower = Interval(0.6, 0.5, 0.7, 0.95, 9)
+    assert high.above(lower) and lower.below(high) and not lower.above(high)
+    assert str(high) == "0.800 [0.750, 0.850]" and high.to_dict()["count"] == 9
+
+
+def test_the_pointing_game_interval_resamples_grids_not_cells():
+    # every grid scores all its cells alike: 10 grids of 1s and 10 of 0s
+    scores = torch.cat([torch.ones(10, 4), torch.zeros(10, 4)])
+    result = PointingGameResult.from_scores(scores, 2)
+    torch.testing.assert_close(result.per_grid, scores.double().mean(1))
+    grids = result.interval(seed=1)
+    cells = bootstrap_interval(scores.flatten(), seed=1)  # what treating cells as independent gives
+    assert grids.count == 20 and grids.mean == pytest.approx(0.5)
+    assert (grids.high - grids.low) > 1.5 * (cells.high - cells.low)
+    assert "95% interval" in str(result)
 
 
 # --- explainers ----------------------------------------------------------------------------------
@@ -323,7 +388,7 @@ def test_bcos_explainer_is_the_models_own_explanation(models):
 
 def test_single_map_explainers_spread_the_map_over_the_channels(models):
     inputs, targets = torch.rand(2, 3, 16, 16), torch.tensor([1, 2])
-    for name in ("gradcam", "rise"):
+    for name in ("gradcam", "rise", "lime"):
         a = build_explainer(name, models["original"], **FAST.get(name, {})).attribute(
             inputs, targets
         )
@@ -332,15 +397,16 @@ def test_single_map_explainers_spread_the_map_over_the_channels(models):
 
 def test_gradcam_layer_skips_the_classifier_that_conversion_moved_before_the_pooling(models):
     example = torch.rand(1, 3, 16, 16)
-    assert gradcam_layer(models["original"], example)[0] == "model.4"
-    # the converted network runs its 1x1 classifier conv '9' last; the feature conv is '4'
-    assert gradcam_layer(models["bcos"], example)[0] == "network.4"
+    # conv 4, batch norm 5, ReLU 6: the rectified feature map, 8 x 8
+    assert gradcam_layer(models["original"], example)[0] == "model.6"
+    # the converted network runs its 1x1 classifier conv '9' last, after the ReLU '6'
+    assert gradcam_layer(models["bcos"], example)[0] == "network.6"
     explainer = build_explainer("gradcam", models["bcos"], layer="network.0")
     explainer.attribute(example, torch.tensor([0]))
     assert explainer.options["layer"] == "network.0"
     with pytest.raises(EvaluationError, match=r"no submodule 'network.99'"):
         build_explainer("gradcam", models["bcos"], layer="network.99")
-    with pytest.raises(EvaluationError, match=r"no nn.Conv2d"):
+    with pytest.raises(EvaluationError, match=r"no layer with a 4-D output"):
         build_explainer("gradcam", nn.Sequential(nn.Flatten(), nn.Linear(12, 2))).attribute(
             torch.rand(1, 3, 2, 2), torch.tensor([0])
         )
@@ -396,11 +462,19 @@ def test_rise_is_seeded_and_weighs_masks_by_the_class_probability(models):
     single = build_explainer("rise", ones, n_masks=400, probability="softmax")
     mean_mask = single.attribute(inputs[:1], torch.tensor([0])).sum(1)
     assert mean_mask.mean().item() == pytest.approx(1.0, abs=0.05)
+    # centred, a probability that no mask changes leaves nothing
+    flat = build_explainer("rise", ones, n_masks=400, probability="softmax", centred=True)
+    assert flat.attribute(inputs[:1], torch.tensor([0])).abs().max() < 1e-5
+    # and otherwise the map moves by the mean probability times the mean mask
+    centred = build_explainer("rise", models["original"], **options, centred=True)
+    moved = first - centred.attribute(inputs, targets)
+    assert (moved > 0).all()  # the mean probability is positive, and every pixel was kept
+    assert moved.std() < moved.mean()  # nearly constant: the mean mask is nearly flat
 
 
 def test_build_explainer_and_attribute_refuse_bad_requests(models):
-    with pytest.raises(EvaluationError, match=r"unknown explainer 'lime'.*saliency"):
-        build_explainer("lime", models["original"])
+    with pytest.raises(EvaluationError, match=r"unknown explainer 'shap'.*saliency.*lime"):
+        build_explainer("shap", models["original"])
     with pytest.raises(EvaluationError, match=r"no option.*n_step.*n_steps"):
         build_explainer("integrated_gradients", models["original"], n_step=10)
     with pytest.raises(EvaluationError, match="no options"):
@@ -415,3 +489,80 @@ def test_build_explainer_and_attribute_refuse_bad_requests(models):
     with pytest.raises(EvaluationError, match="one integer class index per image"):
         explainer.attribute(torch.rand(2, 3, 16, 16), torch.tensor([0, 1, 2]))
     assert isinstance(models["bcos"], BcosModel)
+
+
+# --- LIME and GradCAM's layer ----------------------------------------------------------------
+
+
+def test_lime_recovers_the_contributions_of_a_linear_model_square_by_square():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2, bias=False)).eval()
+    image = torch.rand(1, 3, 16, 16)
+    # on/off squares of a linear model: the score is exactly linear in them, so an unregularised
+    # regression finds each square's contribution, whatever the weighting of the samples
+    lime = build_explainer("lime", model, n_samples=120, patches=4, alpha=0.0)
+    attributions = lime.attribute(image, torch.tensor([1]))
+    per_pixel = (model[1].weight[1].detach().view(3, 16, 16) * image[0]).sum(0)
+    expected = per_pixel.view(4, 4, 4, 4).sum((1, 3))  # (square row, square column)
+    squares = attributions[0].sum(0).view(4, 4, 4, 4)
+    assert torch.equal(squares, squares[:, :1, :, :1].expand_as(squares))  # constant per square
+    torch.testing.assert_close(squares[:, 0, :, 0], expected, rtol=1e-4, atol=1e-4)
+    # ridge regularisation shrinks the coefficients towards 0
+    shrunk = build_explainer("lime", model, n_samples=120, patches=4, alpha=50.0)
+    assert shrunk.attribute(image, torch.tensor([1])).abs().sum() < attributions.abs().sum()
+
+
+class CountingModel(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.seen = model, 0
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.seen += len(images)
+        return self.model(images)
+
+
+def test_lime_runs_each_distinct_image_once_and_is_seeded(models):
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    inputs, targets = images[[0, 1, 0, 0]], torch.tensor([2, 2, 0, 4])
+    counting = CountingModel(models["original"])
+    options = {"n_samples": 30, "patches": 4, "batch_size": 8}
+    together = build_explainer("lime", counting, **options).attribute(inputs, targets)
+    assert counting.seen == 2 * 30  # two distinct images, 30 perturbations each
+    alone = build_explainer("lime", models["original"], **options)
+    for i in range(len(inputs)):
+        torch.testing.assert_close(
+            together[i : i + 1], alone.attribute(inputs[i : i + 1], targets[i : i + 1])
+        )
+    assert not torch.allclose(together[0], together[2])  # other class, other explanation
+    other = build_explainer("lime", models["original"], **{**options, "seed": 1})
+    assert not torch.allclose(together, other.attribute(inputs, targets))
+    with pytest.raises(EvaluationError, match="patches"):
+        build_explainer("lime", models["original"], patches=32).attribute(inputs, targets)
+    with pytest.raises(EvaluationError, match="kernel_width"):
+        build_explainer("lime", models["original"], kernel_width=0.0)
+
+
+def test_gradcam_takes_the_deepest_feature_map_with_at_least_7x7_outputs():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),  # 28
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 14
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),  # a 7x7 block
+        nn.MaxPool2d(2),  # 3
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    example = torch.rand(1, 3, 28, 28)
+    assert gradcam_layer(model, example)[0] == "5"  # the block, after its ReLU
+    assert gradcam_layer(model, example, min_resolution=2)[0] == "8"  # 3 x 3; the pool is 1 x 1
+    assert gradcam_layer(model, example, min_resolution=10)[0] == "4"
+    # nothing fine enough: the last of the finest
+    assert gradcam_layer(model, example, min_resolution=100)[0] == "1"
+    explainer = build_explainer("gradcam", model, min_resolution=10)
+    explainer.attribute(example, torch.tensor([0]))
+    assert explainer.options["layer"] == "4"

@@ -14,11 +14,13 @@ from .folder import (
     read_image,
     train_transform,
 )
-from .synthetic import SHAPES, SPLITS, SyntheticShapes, write_image_folder
+from .synthetic import ALL_SHAPES, EXTRA_SHAPES, SHAPES, SPLITS, SyntheticShapes, write_image_folder
 from .unlabelled import UnlabelledImages
 
 __all__ = [
+    "ALL_SHAPES",
     "DEFAULT_SYNTHETIC_SIZES",
+    "EXTRA_SHAPES",
     "IMAGE_EXTENSIONS",
     "SHAPES",
     "SPLITS",

@@ -10,6 +10,7 @@ from .explainers import EXPLAINER_NAMES, Explainer, build_explainer, gradcam_lay
 from .metrics import (
     PointingGameResult,
     accuracy,
+    correct,
     deletion_auc,
     deletion_curves,
     grid_pointing_game,
@@ -18,6 +19,7 @@ from .metrics import (
     pointing_game_scores,
 )
 from .probe import LinearProbeResult, linear_probe, penultimate_features
+from .statistics import Interval, bootstrap_interval
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ZeroShotResult,
@@ -30,12 +32,15 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "EXPLAINER_NAMES",
     "Explainer",
+    "Interval",
     "LinearProbeResult",
     "PointingGameResult",
     "ZeroShotResult",
     "accuracy",
+    "bootstrap_interval",
     "build_explainer",
     "class_embeddings",
+    "correct",
     "deletion_auc",
     "deletion_curves",
     "gradcam_layer",

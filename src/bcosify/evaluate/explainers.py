@@ -46,6 +46,7 @@ EXPLAINER_NAMES: tuple[str, ...] = (
     "gradcam",
     "deeplift",
     "occlusion",
+    "lime",
     "rise",
 )
 
@@ -55,6 +56,7 @@ _CAPTUM_NOTICES = (
     r"\s*Setting forward, backward hooks and attributes on non-linear",
     r"Input Tensor \d+ did not already require gradients",
     r"Internal batch size cannot be less than the number of input examples",
+    r"Attempting to construct interpretable model with > 10000 features",
 )
 
 
@@ -175,51 +177,78 @@ def _integrated_gradients(
     )
 
 
-def gradcam_layer(model: nn.Module, example: Tensor) -> tuple[str, nn.Module]:
-    """The layer GradCAM explains by default: the last convolution in forward order.
+def gradcam_layer(
+    model: nn.Module, example: Tensor, *, min_resolution: int = 7
+) -> tuple[str, nn.Module]:
+    """The layer GradCAM explains by default: the deepest feature map that is fine enough.
 
-    One forward pass of ``example`` (no gradients, evaluation mode) records every
-    ``nn.Conv2d`` (B-cos convolutions included) with a 4-D output in the order they run. A
-    last 1x1 convolution with one output channel per class is the classifier (B-cos conversion
-    applies the linear classifier before the global pooling), not a feature layer, so the
-    convolution before it is taken.
+    One forward pass of ``example`` (no gradients, evaluation mode) records every submodule
+    with a 4-D output, in the order their forward passes finish (a block after the layers in
+    it). The last one whose output is at least ``min_resolution`` pixels high and wide is
+    taken: the rectified output of the deepest convolutional stage that is still that fine
+    (a block or its activation, as GradCAM uses: a convolution's own output, before its batch
+    norm and ReLU, carries offsets that spread the map evenly), such as a ResNet's ``layer4``
+    at 224 px. GradCAM's map has the layer's resolution: the last stage of a small network on
+    small images can be 2 x 2, too coarse to localise anything. When no output is that fine,
+    the last of the finest is taken. When the last convolution to run is 1x1 with one output
+    channel per class, it is the classifier (B-cos conversion applies the linear classifier
+    before the global pooling): only what finishes before it starts counts. In a model traced
+    into a flat graph (a converted B-cos model), only the leaf layers run as modules.
 
     Returns:
         The layer's dotted name in ``model`` and the layer.
 
     Example:
         >>> from torch import nn
-        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1),
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+        ...                       nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1),
         ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        >>> gradcam_layer(model, torch.rand(1, 3, 8, 8))[0]
-        '0'
+        >>> gradcam_layer(model, torch.rand(1, 3, 20, 20))[0]  # 18, 18, 9, 7, 7, classifier
+        '4'
+        >>> gradcam_layer(model, torch.rand(1, 3, 16, 16))[0]  # 14, 14, 7, 5, 5: '4' too coarse
+        '2'
     """
+    check_positive(min_resolution=min_resolution)
     names = {id(m): name for name, m in model.named_modules()}
-    calls: list[nn.Conv2d] = []
+    # (module, None) when a forward pass starts, (module, side) when one with a 4-D output ends
+    events: list[tuple[nn.Module, int | None]] = []
 
-    def record(module: nn.Module, args: object, output: object) -> None:
+    def start(module: nn.Module, args: object) -> None:
+        events.append((module, None))
+
+    def finish(module: nn.Module, args: object, output: object) -> None:
         if isinstance(output, Tensor) and output.ndim == 4:
-            calls.append(module)  # type: ignore[arg-type]
+            events.append((module, min(output.shape[-2:])))
 
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles = [m.register_forward_hook(record) for m in convs]
+    handles = []
+    for module in model.modules():
+        if module is not model:
+            handles.append(module.register_forward_pre_hook(start))
+            handles.append(module.register_forward_hook(finish))
     try:
         with _evaluation(model), torch.no_grad():
             logits = model(example.to(device_of(model)))
     finally:
         for handle in handles:
             handle.remove()
-    if not calls:
+    classes = logits.shape[-1] if isinstance(logits, Tensor) and logits.ndim == 2 else None
+    convolutions = [
+        i for i, (m, side) in enumerate(events) if side is None and isinstance(m, nn.Conv2d)
+    ]
+    if convolutions:  # the last convolution to run may be the classifier
+        last = events[convolutions[-1]][0]
+        if last.kernel_size == (1, 1) and last.out_channels == classes:
+            events = events[: convolutions[-1]]
+    finished = [(module, side) for module, side in events if side is not None]
+    if not finished:
         raise EvaluationError(
-            f"GradCAM found no nn.Conv2d with a 4-D output in {type(model).__name__}'s forward "
+            f"GradCAM found no layer with a 4-D output in {type(model).__name__}'s forward "
             "pass; pass the layer to explain: build_explainer('gradcam', model, layer=...) with "
             "a module of the model or its dotted name"
         )
-    classes = logits.shape[-1] if isinstance(logits, Tensor) and logits.ndim == 2 else None
-    features = [
-        m for m in calls if not (m.kernel_size == (1, 1) and m.out_channels == classes)
-    ] or calls
-    layer = features[-1]
+    fine = [m for m, side in finished if side >= min_resolution]
+    finest = max(side for _, side in finished)
+    layer = fine[-1] if fine else [m for m, side in finished if side == finest][-1]
     return names[id(layer)], layer
 
 
@@ -227,9 +256,16 @@ class _GradCamExplainer(_Explainer):
     name = "gradcam"
 
     def __init__(
-        self, model: nn.Module, *, layer: nn.Module | str | None = None, relu: bool = True
+        self,
+        model: nn.Module,
+        *,
+        layer: nn.Module | str | None = None,
+        relu: bool = True,
+        min_resolution: int = 7,
     ) -> None:
         super().__init__(model)
+        check_positive(min_resolution=min_resolution)
+        self._min_resolution = min_resolution
         self.layer: nn.Module | None = None
         self.layer_name: str | None = None
         if isinstance(layer, str):
@@ -254,7 +290,9 @@ class _GradCamExplainer(_Explainer):
         captum = _captum()
         if self.layer is None:
             # found on first use: it takes a forward pass, so it needs an input of the right size
-            self.layer_name, self.layer = gradcam_layer(self.model, inputs[:1])
+            self.layer_name, self.layer = gradcam_layer(
+                self.model, inputs[:1], min_resolution=self._min_resolution
+            )
             self.options["layer"] = self.layer_name
         cam = captum.LayerGradCam(self.model, self.layer).attribute(
             inputs, target=target, relu_attributions=self.options["relu"]
@@ -395,13 +433,183 @@ class _OcclusionExplainer(_Explainer):
         return attributions[row, torch.tensor(column, device=row.device)]
 
 
+class _LimeExplainer(_Explainer):
+    """LIME (Ribeiro et al., 2016) with Captum's ``LimeBase``, as the original LIME package does it.
+
+    The interpretable features are ``patches x patches`` squares of the image (superpixels
+    that need no segmentation library); each of ``n_samples`` perturbed images keeps every
+    square with probability 1/2 and sets the others to ``baseline``; the samples are weighted
+    by an exponential kernel of the cosine distance of their on/off vector to the all-on one
+    (width ``kernel_width``), and a weighted ridge regression (``alpha``, with an intercept)
+    of the target's score on the on/off vectors gives one coefficient per square. These are
+    the LIME package's choices for images (ridge with alpha 1, kernel width 0.25, 1000
+    samples); Captum's own default, a Lasso from scikit-learn, is not a dependency of bcosify.
+
+    The perturbations are seeded: every image gets the same ones, so an image explained for
+    several classes (the pointing game's grids) is perturbed and run through the model once,
+    and its classes' regressions share the samples.
+    """
+
+    name = "lime"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        n_samples: int = 1000,
+        patches: int = 8,
+        kernel_width: float = 0.25,
+        alpha: float = 1.0,
+        baseline: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 256,
+    ) -> None:
+        super().__init__(model)
+        check_positive(n_samples=n_samples, patches=patches, batch_size=batch_size)
+        if not kernel_width > 0 or not alpha >= 0:
+            raise EvaluationError(
+                f"LIME needs kernel_width > 0 and alpha >= 0; got {kernel_width} and {alpha}"
+            )
+        self.options = {
+            "n_samples": n_samples,
+            "patches": patches,
+            "kernel_width": kernel_width,
+            "alpha": alpha,
+            "baseline": baseline,
+            "seed": seed,
+            "batch_size": batch_size,
+        }
+
+    def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
+        captum = _captum()
+        o = self.options
+        height, width = inputs.shape[-2:]
+        if o["patches"] > min(height, width):
+            raise EvaluationError(
+                f"LIME: {o['patches']} patches a side do not fit images of {height} x {width} "
+                "pixels; pass a smaller patches="
+            )
+        rows = torch.arange(height, device=inputs.device) * o["patches"] // height
+        columns = torch.arange(width, device=inputs.device) * o["patches"] // width
+        square = rows[:, None] * o["patches"] + columns[None, :]  # (H, W): each pixel's feature
+        features = o["patches"] ** 2
+
+        def perturbations(original: Tensor, **kwargs: Any) -> Any:
+            generator = torch.Generator().manual_seed(o["seed"])
+            while True:
+                yield (torch.rand(1, features, generator=generator) < 0.5).long()
+
+        def similarity(original: Tensor, perturbed: Tensor, on: Tensor, **kwargs: Any) -> Tensor:
+            # the cosine distance of a 0/1 vector with k ones to the all-ones vector
+            distance = 1 - torch.sqrt(on.float().sum() / features)
+            return torch.exp(-(distance**2) / (2 * o["kernel_width"] ** 2))
+
+        def perturbed_image(on: Tensor, original: Tensor, **kwargs: Any) -> Tensor:
+            keep = on[0].to(original.device).bool()[square]
+            return torch.where(keep, original, torch.full_like(original, o["baseline"]))
+
+        unique, row = distinct_images(inputs)
+        result = torch.empty_like(inputs)
+        for u in range(len(unique)):
+            forward, image = _Replay(self.model), _Replay(perturbed_image)
+            lime = captum.LimeBase(
+                forward,
+                interpretable_model=_WeightedRidge(o["alpha"]),
+                similarity_func=similarity,
+                perturb_func=perturbations,
+                perturb_interpretable_space=True,
+                from_interp_rep_transform=image,
+                to_interp_rep_transform=None,
+            )
+            for i in torch.nonzero(row == u).flatten().tolist():
+                forward.rewind()
+                image.rewind()
+                coefficients = lime.attribute(
+                    unique[u : u + 1],
+                    target=int(target[i]),
+                    n_samples=o["n_samples"],
+                    perturbations_per_eval=o["batch_size"],
+                )
+                result[i] = coefficients.to(inputs.device)[square]
+        # the coefficient of a square is on every channel: spread it, so the channel sum is it
+        return result / inputs.shape[1]
+
+
+class _Replay:
+    """A function that replays its results when the same arguments come again in the same order.
+
+    LIME asks for the same perturbed images, and the model's scores of them, once per explained
+    class: each is computed once, and :meth:`rewind` starts the next class's replay. A call is
+    replayed only if its first argument equals the recorded one; otherwise it is computed anew.
+    """
+
+    def __init__(self, function: Callable[..., Tensor]) -> None:
+        self.function = function
+        self._recorded: list[tuple[Tensor, Tensor]] = []
+        self._position = 0
+
+    def rewind(self) -> None:
+        self._position = 0
+
+    @torch.no_grad()
+    def __call__(self, key: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        position, self._position = self._position, self._position + 1
+        if position < len(self._recorded):
+            seen, result = self._recorded[position]
+            if torch.equal(seen, key):
+                return result
+        result = self.function(key, *args, **kwargs)
+        if position < len(self._recorded):
+            self._recorded[position] = (key, result)
+        else:
+            self._recorded.append((key, result))
+        return result
+
+
+class _WeightedRidge:
+    """Weighted ridge regression with an unpenalised intercept, solved exactly.
+
+    What scikit-learn's ``Ridge(alpha).fit(x, y, sample_weight=w)`` computes, the LIME
+    package's interpretable model, in the interface Captum's ``Lime`` trains (``fit``,
+    ``representation``, call): minimise ``sum_i w_i (y_i - b - x_i . c)^2 + alpha |c|^2``.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.coefficients = torch.zeros(0)
+        self.intercept = torch.zeros(())
+
+    def fit(self, train_data: Any, **kwargs: Any) -> None:
+        parts = list(zip(*train_data, strict=True))
+        x, y, w = (torch.cat(part).double() for part in parts)
+        y, w = y.flatten(), w.flatten()
+        share = w / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+        x_mean, y_mean = share @ x, share @ y
+        xc, yc = x - x_mean, y - y_mean
+        gram = xc.T @ (w[:, None] * xc) + self.alpha * torch.eye(x.shape[1], dtype=x.dtype)
+        coefficients = torch.linalg.solve(gram, xc.T @ (w * yc))
+        self.coefficients = coefficients.float()
+        self.intercept = (y_mean - x_mean @ coefficients).float()
+
+    def representation(self) -> Tensor:
+        return self.coefficients
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.float() @ self.coefficients + self.intercept
+
+
 class _RiseExplainer(_Explainer):
     """RISE (Petsiuk et al., 2018): the class probability of randomly masked images, as weights.
 
     Each mask is a ``cells x cells`` grid of independent coin flips (keep with probability
     ``keep``), upsampled bilinearly to ``cells + 1`` cells of ``ceil(size / cells)`` pixels and
     cropped at a random shift, so its edges are soft and fall anywhere. The saliency of a pixel
-    is ``sum_i p_c(x * M_i) M_i / (n_masks * keep)``.
+    is ``sum_i p_c(x * M_i) M_i / (n_masks * keep)``; ``centred=True`` subtracts the mean
+    probability over the masks from every ``p_c(x * M_i)`` first, so that the map is positive
+    where keeping the pixel raises the probability above average and negative where it lowers
+    it, instead of positive everywhere around the constant ``mean(p_c)``: metrics that count
+    positive attribution (the pointing game, localisation in a mask) see the evidence, not the
+    constant. The order of the pixels, which deletion uses, barely changes.
     """
 
     name = "rise"
@@ -416,6 +624,7 @@ class _RiseExplainer(_Explainer):
         seed: int = 0,
         batch_size: int = 256,
         probability: str = "auto",
+        centred: bool = False,
     ) -> None:
         super().__init__(model)
         check_positive(n_masks=n_masks, cells=cells, batch_size=batch_size)
@@ -428,6 +637,7 @@ class _RiseExplainer(_Explainer):
             "seed": seed,
             "batch_size": batch_size,
             "probability": resolve_probability(model, probability),
+            "centred": bool(centred),
         }
 
     @torch.no_grad()
@@ -445,6 +655,8 @@ class _RiseExplainer(_Explainer):
         # times (explained for several classes, as in the pointing game) is masked only once
         unique, row = distinct_images(inputs)
         saliency = inputs.new_zeros(count, height, width)
+        coverage = inputs.new_zeros(height, width)  # sum_i M_i
+        total = inputs.new_zeros(count)  # sum_i p_c(x * M_i)
         step = max(1, o["batch_size"] // len(unique))
         for start in range(0, o["n_masks"], step):
             stop = min(start + step, o["n_masks"])
@@ -463,6 +675,10 @@ class _RiseExplainer(_Explainer):
             scores = scores.view(len(unique), stop - start, -1)[row]
             weights = scores.gather(2, target.view(count, 1, 1).expand(-1, stop - start, 1))
             saliency += torch.einsum("nm,mhw->nhw", weights.squeeze(2), masks)
+            coverage += masks.sum(0)
+            total += weights.squeeze(2).sum(1)
+        if o["centred"]:  # sum_i (p_i - mean p) M_i
+            saliency -= (total / o["n_masks"])[:, None, None] * coverage
         saliency /= o["n_masks"] * o["keep"]
         return saliency[:, None] / inputs.shape[1]
 
@@ -496,6 +712,7 @@ _FACTORIES: dict[str, Callable[..., Explainer]] = {
     "gradcam": _GradCamExplainer,
     "deeplift": _DeepLiftExplainer,
     "occlusion": _OcclusionExplainer,
+    "lime": _LimeExplainer,
     "rise": _RiseExplainer,
 }
 
@@ -511,19 +728,24 @@ def build_explainer(name: str, model: nn.Module, **options: Any) -> Explainer:
     - ``"input_x_gradient"``: input times gradient. No options.
     - ``"integrated_gradients"``: ``n_steps`` [50], ``internal_batch_size`` [64] (images per
       forward pass), ``baseline`` [0.0].
-    - ``"gradcam"``: GradCAM on ``layer`` [the last convolution, see :func:`gradcam_layer`]
-      (a module or its dotted name), ``relu`` [True]; upsampled bilinearly to the input size.
+    - ``"gradcam"``: GradCAM on ``layer`` [the deepest feature map at least ``min_resolution``
+      [7] pixels a side, see :func:`gradcam_layer`] (a module or its dotted name), ``relu``
+      [True]; upsampled bilinearly to the input size.
     - ``"deeplift"``: ``baseline`` [0.0]. Needs every ReLU/pooling non-linearity to be its own
       module called once per forward pass, and refuses models where one is reused. On a B-cos
       model the B-cos units are treated through their gradient.
     - ``"occlusion"``: ``window`` [1/8 of the image side], ``stride`` [half the window],
       ``baseline`` [0.0], ``perturbations_per_eval`` [16]; the change of the target logit.
+    - ``"lime"``: Captum's LIME on ``patches x patches`` squares [8], ``n_samples`` [1000],
+      ``kernel_width`` [0.25], ridge ``alpha`` [1.0], ``baseline`` [0.0], ``seed`` [0],
+      ``batch_size`` [256] (perturbed images per forward pass); the LIME package's defaults.
     - ``"rise"``: ``n_masks`` [2000], ``cells`` [7], ``keep`` [0.5], ``seed`` [0],
       ``batch_size`` [256] (masked images per forward pass), ``probability`` ["auto":
-      sigmoid for B-cos models, softmax otherwise].
+      sigmoid for B-cos models, softmax otherwise], ``centred`` [False: as published; True
+      subtracts the mean probability, see RISE's class].
 
-    GradCAM and RISE give one map per image; it is returned divided by the number of channels
-    on every channel, so the channel sum is the map.
+    GradCAM, LIME and RISE give one map per image; it is returned divided by the number of
+    channels on every channel, so the channel sum is the map.
 
     Raises:
         EvaluationError: for an unknown name or option, or a model the method cannot explain.

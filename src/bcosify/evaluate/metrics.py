@@ -1,6 +1,7 @@
 """Metrics of models and of their explanations.
 
-- :func:`accuracy`: top-1 / top-5 of a model on a dataset.
+- :func:`accuracy`: top-1 / top-5 of a model on a dataset; :func:`correct`: which examples it
+  gets right (for intervals and paired comparisons).
 - :func:`grid_pointing_game`: localisation on grids of images of distinct classes (RECIPE 7): the
   share of the positive attribution for a cell's class that falls inside that cell.
 - :func:`mask_localisation`: the share of positive attribution inside the object's mask.
@@ -33,10 +34,12 @@ from ._common import (
     resolve_probability,
 )
 from .explainers import Explainer
+from .statistics import Interval, bootstrap_interval
 
 __all__ = [
     "PointingGameResult",
     "accuracy",
+    "correct",
     "deletion_auc",
     "deletion_curves",
     "grid_pointing_game",
@@ -56,6 +59,31 @@ def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 64) -> dic
     """
     scores = validate(model, dataset, batch_size=batch_size)
     return {"top1": scores["val_top1"], "top5": scores["val_top5"]}
+
+
+@torch.no_grad()
+def correct(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, k: int = 1) -> Tensor:
+    """Whether each example's label is among ``model``'s ``k`` highest scores, ``(N,)`` bool.
+
+    The mean is the top-k accuracy; per example, it gives the accuracy a bootstrap interval
+    (:func:`bootstrap_interval`) and compares two models on the same examples.
+
+    Example:
+        >>> data = torch.utils.data.TensorDataset(torch.eye(3), torch.tensor([0, 2, 2]))
+        >>> correct(torch.nn.Identity(), data).tolist()
+        [True, False, True]
+    """
+    check_positive(batch_size=batch_size, k=k)
+    device = device_of(model)
+    hits = []
+    with _evaluation(model):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            logits = model(batch[0].to(device)).float()
+            best = logits.topk(min(k, logits.shape[1]), dim=1).indices.cpu()
+            hits.append((best == torch.as_tensor(batch[1]).long()[:, None]).any(1))
+    if not hits:
+        raise EvaluationError("correct() needs a non-empty dataset")
+    return torch.cat(hits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,12 +135,31 @@ class PointingGameResult:
             examples=examples,
         )
 
+    @property
+    def per_grid(self) -> Tensor:
+        """``(G,)``: the mean score of each grid over its cells."""
+        return self.scores.double().mean(1) if self.scores.ndim == 2 else self.scores.double()
+
+    def interval(self, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+        """The mean with a bootstrap interval (:func:`bootstrap_interval`) over the grids.
+
+        The grid is the unit that is resampled: the cells of a grid share its images, so their
+        scores are not independent.
+
+        Example:
+            >>> scores = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+            >>> PointingGameResult.from_scores(scores, 2).interval().mean
+            0.75
+        """
+        return bootstrap_interval(self.per_grid, level=level, resamples=resamples, seed=seed)
+
     def __str__(self) -> str:
         q1, median, q3 = self.quartiles
+        interval = self.interval()
         return (
             f"{self.grid}x{self.grid} grid pointing game, {self.scores.shape[0]} grids: mean "
-            f"{self.mean:.3f}, quartiles {q1:.3f} / {median:.3f} / {q3:.3f} "
-            f"(uniform: {1 / self.grid**2:.3f})"
+            f"{self.mean:.3f} (95% interval {interval.low:.3f} to {interval.high:.3f}), "
+            f"quartiles {q1:.3f} / {median:.3f} / {q3:.3f} (uniform: {1 / self.grid**2:.3f})"
         )
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-__all__ = ["bar_chart", "line_chart"]
+_REFERENCE_COLOURS = ("#555555", "#c44e52", "#8172b2")
+
+__all__ = ["bar_chart", "interval_chart", "line_chart"]
 
 
 def line_chart(
@@ -17,8 +19,10 @@ def line_chart(
     title: str,
     xlabel: str,
     ylabel: str,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """Lines ``name -> (x, y)`` in one plot, saved as a PNG.
+    """Lines ``name -> (x, y)`` in one plot, saved as a PNG; ``references`` are horizontal
+    dashed lines ``label -> y``.
 
     Example:
         >>> import tempfile, pathlib
@@ -26,10 +30,12 @@ def line_chart(
         >>> line_chart(out, {"a": ([1, 2], [0.5, 0.7])}, title="t", xlabel="x", ylabel="y").exists()
         True
     """
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    fig = Figure(figsize=(5.6, 3.6), layout="constrained")
     ax = fig.subplots()
     for name, (x, y) in series.items():
-        ax.plot(x, y, marker="o", label=name)
+        ax.plot(x, y, marker="o", markersize=3.5, label=name)
+    for (label, y), colour in zip((references or {}).items(), _REFERENCE_COLOURS, strict=False):
+        ax.axhline(y, color=colour, linestyle="--", linewidth=1, label=label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -64,5 +70,50 @@ def bar_chart(
         ax.legend(loc="lower right")
     ax.set(title=title, xlabel=ylabel)
     ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def interval_chart(
+    path: Path,
+    rows: Sequence[str],
+    series: Mapping[str, Sequence[tuple[float, float, float] | None]],
+    *,
+    title: str,
+    xlabel: str,
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """Horizontal bars of means with their intervals, one group of bars per row, saved as a PNG.
+
+    ``series`` maps a series name to one ``(mean, low, high)`` per row (None: not measured);
+    ``references`` maps a series name to a vertical reference line (a uniform score, say).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "i.png"
+        >>> interval_chart(out, ["a", "b"], {"2x2": [(0.8, 0.7, 0.9), None]}, title="t",
+        ...                xlabel="score").exists()
+        True
+    """
+    height = 0.28 * len(rows) * max(1, len(series)) + 1.3
+    fig = Figure(figsize=(5.6, height), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(series))
+    colours = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
+    for index, (name, values) in enumerate(series.items()):
+        offset = (index - (len(series) - 1) / 2) * width
+        y = [i + offset for i, v in enumerate(values) if v is not None]
+        kept = [v for v in values if v is not None]
+        means = [m for m, _, _ in kept]
+        errors = [[m - low for m, low, _ in kept], [high - m for m, _, high in kept]]
+        colour = colours[index % len(colours)]
+        ax.barh(y, means, height=width, color=colour, label=name, xerr=errors, capsize=2)
+        if references and name in references:
+            ax.axvline(references[name], color=colour, linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel=xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
     fig.savefig(path, dpi=100)
     return path
