@@ -17,6 +17,7 @@ from .metrics import (
     mask_localisation,
     pointing_game_scores,
 )
+from .quantus import quantus_explain
 from .zero_shot import (
     DEFAULT_TEMPLATES,
     ZeroShotResult,
@@ -41,6 +42,7 @@ __all__ = [
     "make_grids",
     "mask_localisation",
     "pointing_game_scores",
+    "quantus_explain",
     "zero_shot_accuracy",
     "zero_shot_evaluation",
 ]
