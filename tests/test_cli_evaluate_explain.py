@@ -3,28 +3,16 @@ JSON, class names, and the official B-cos v2 models (bcos:<arch>)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 import torch
 from PIL import Image
+from test_cli import run_cli
 
 import bcosify
 from bcosify.cli import explain as explain_command
-from bcosify.cli import main
 from bcosify.data import SHAPES
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exit:  # argparse
-            status = exit.code
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
