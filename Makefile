@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum,open-clip,transformers]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum,quantus,hub,open-clip,transformers]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -40,10 +40,11 @@ def reference_conv(x, weight, b, stride, padding, dilation, groups, normalize=Fa
     for g in range(groups):
         p = patches[:, g * c_in_g * kh * kw : (g + 1) * c_in_g * kh * kw]  # (N, Cg*k*k, L)
         w = weight[g * c_out_g : (g + 1) * c_out_g].reshape(c_out_g, -1)  # (Og, Cg*k*k)
+        if normalize:  # B-cos v2: unit-norm weight rows
+            w = w / w.norm(dim=1, keepdim=True)
         lin = torch.einsum("ok,nkl->nol", w, p)
         x_norm = (p.pow(2).sum(1, keepdim=True) + EPS).sqrt()
-        denom = x_norm * w.norm(dim=1)[None, :, None] if normalize else x_norm
-        scale = (lin / denom).abs() ** (b - 1)
+        scale = (lin / x_norm).abs() ** (b - 1)
         outs.append(lin * (scale.detach() if detach else scale))
     out = torch.cat(outs, 1)
     h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -106,14 +107,13 @@ def test_linear_matches_formula(b):
 def test_linear_normalised_weights_and_max_out():
     layer = BcosLinear(6, 3, b=2.0, max_out=2, normalize_weights=True)
     assert layer.weight.shape == (6, 6)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # the scale of the weights must not matter
     x = torch.randn(5, 6)
-    lin = (x @ layer.weight.T).view(5, 3, 2)
-    wn = layer.weight.norm(dim=1).view(3, 2)
-    best = lin.argmax(-1, keepdim=True)
-    out = lin.gather(-1, best).squeeze(-1)
-    w_sel = wn.expand(5, 3, 2).gather(-1, best).squeeze(-1)
+    unit = layer.weight / layer.weight.norm(dim=1, keepdim=True)
+    out = (x @ unit.T).view(5, 3, 2).amax(-1)  # MaxOut over the unit-norm rows
     norm = (x.pow(2).sum(-1, keepdim=True) + EPS).sqrt()
-    torch.testing.assert_close(layer(x), out * (out / (norm * w_sel)).abs(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layer(x), out * (out / norm).abs(), rtol=1e-4, atol=1e-6)
 
 
 def test_conv_max_out_keeps_best_unit_before_scaling():

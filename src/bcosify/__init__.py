@@ -8,6 +8,8 @@ The most used names are available at the top level::
     explanation = bcosify.explain(model, images, target=labels)
 """
 
+from typing import Any
+
 from . import convert, explain, models, nn
 from .convert import (
     BcosCLIP,
@@ -19,10 +21,17 @@ from .convert import (
     load_clip,
 )
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
-from .explain import BcosAttribution, Explanation
+from .explain import Explanation
 from .nn import explanation_mode
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    from .explain.core import lazy_attribute  # BcosAttribution: imported on first use
+
+    return lazy_attribute(__name__, name)
+
 
 __all__ = [
     "BcosAttribution",

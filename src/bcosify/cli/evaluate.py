@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from .. import __version__
 from ..convert import BcosCLIP, BcosModel
 from ..data import build_dataset, check_classes
 from ..data.classes import format_classes
+from ..device import device_of
 from ..errors import DataError, EvaluationError
 from ..evaluate import (
     DEFAULT_TEMPLATES,
@@ -24,11 +28,13 @@ from ..evaluate import (
     mask_localisation,
     zero_shot_evaluation,
 )
+from ..evaluate._common import has_bcos_layers
 from ..explain import explain
 from ..models import class_names_of
 from ..train import Normalized
+from ..train.distributed import check_device
 from ..train.prepare import input_normalization
-from .arguments import output_file, positive_int
+from .arguments import finite_float, output_file, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -62,6 +68,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--images", type=positive_int, default=32, help="images for localisation/deletion"
     )
+    parser.add_argument(
+        "--threshold",
+        type=_probability,
+        default=0.5,
+        help="pointing game: the confidence an image needs to enter a grid (default 0.5)",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (32)"
+    )
+    parser.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cuda if available)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the pointing-game grids and of RISE (0)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     parser.add_argument(
         "--templates",
@@ -76,35 +96,55 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         output_file(args.out)
-    model = load_model_argument(str(args.model), None, None).eval()
+    device = check_device(args.device) if args.device else _default_device()
+    model = load_model_argument(str(args.model), None, None).eval().to(device)
     data = _dataset(args)
     if isinstance(model, BcosCLIP):
         return _zero_shot(model, data, args)
     data = _with_the_models_classes(model, data, args)
+    is_bcos = isinstance(model, BcosModel) or has_bcos_layers(model)
     if not isinstance(model, BcosModel):
-        model = Normalized(model, *input_normalization(model)).eval()
+        model = Normalized(model, *input_normalization(model)).eval().to(device)
     results: dict[str, Any] = {
-        "model": str(args.model),
-        "data": str(args.data),
-        "split": args.split,
-        "accuracy": accuracy(model, data),
+        **_header(args, device),
+        "accuracy": accuracy(model, data, batch_size=args.batch_size),
     }
-    names = args.explainers or (["bcos"] if isinstance(model, BcosModel) else ["gradcam"])
+    names = args.explainers or (["bcos"] if is_bcos else ["gradcam"])
     images, labels, masks = _first_items(data, args.images)
     rows = []
     for name in names:
-        explainer = build_explainer(name, model)
+        options = {"seed": args.seed} if name == "rise" else {}
+        explainer = build_explainer(name, model, **options)
         entry: dict[str, Any] = {}
-        try:
-            entry["pointing_game_2x2"] = grid_pointing_game(
-                model, explainer, data, n=2, num_grids=args.grids
-            ).mean
-        except EvaluationError as error:
-            entry["pointing_game_2x2"], entry["pointing_game_error"] = None, str(error)
-        tic = time.perf_counter()
-        attributions = explainer.attribute(images, labels)
-        entry["seconds_per_image"] = (time.perf_counter() - tic) / len(images)
-        entry["deletion_auc"] = float(deletion_auc(model, images, labels, attributions).mean())
+        steps = 1 + math.ceil(len(images) / args.batch_size)
+        with tqdm(total=steps, desc=name, unit="step", disable=args.no_progress) as bar:
+            bar.set_postfix_str(f"pointing game, {args.grids} grids")
+            try:
+                entry["pointing_game_2x2"] = grid_pointing_game(
+                    model,
+                    explainer,
+                    data,
+                    n=2,
+                    num_grids=args.grids,
+                    threshold=args.threshold,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                ).mean
+            except EvaluationError as error:
+                entry["pointing_game_2x2"], entry["pointing_game_error"] = None, str(error)
+            bar.update()
+            bar.set_postfix_str(f"localisation and deletion, {len(images)} images")
+            tic = time.perf_counter()
+            parts = []
+            for start in range(0, len(images), args.batch_size):
+                batch = slice(start, start + args.batch_size)
+                parts.append(explainer.attribute(images[batch], labels[batch]))
+                bar.update()
+            attributions = torch.cat(parts)
+            entry["seconds_per_image"] = (time.perf_counter() - tic) / len(images)
+        entry["deletion_auc"] = float(
+            deletion_auc(model, images, labels, attributions, batch_size=args.batch_size).mean()
+        )
         if masks is not None:
             entry["mask_localisation"] = float(mask_localisation(attributions, masks).mean())
         results.setdefault("explanations", {})[name] = entry
@@ -121,6 +161,39 @@ def run(args: argparse.Namespace) -> int:
         )
     _write(results, args.out)
     return 0
+
+
+def _probability(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text}")
+    return value
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """What was evaluated and how: enough to repeat the run."""
+    return {
+        "bcosify_version": __version__,
+        "model": str(args.model),
+        "data": str(args.data),
+        "split": args.split,
+        "settings": {
+            "image_size": args.image_size,
+            "num_examples": args.num_examples,
+            "images": args.images,
+            "grids": args.grids,
+            "threshold": args.threshold,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": str(device),
+            "explainers": args.explainers,
+            "templates": args.templates,
+        },
+    }
 
 
 def _dataset(args: argparse.Namespace, classes: list[str] | None = None) -> Any:
@@ -164,11 +237,11 @@ def _with_the_models_classes(model: torch.nn.Module, data: Any, args: argparse.N
 def _zero_shot(model: BcosCLIP, data: Any, args: argparse.Namespace) -> int:
     """Zero-shot top-1 of the original and the B-cos tower; on data with masks, how much of the
     explanation of each image's similarity with its class's text lies inside the mask."""
-    zero_shot = zero_shot_evaluation(model, data, templates=args.templates)
+    zero_shot = zero_shot_evaluation(
+        model, data, templates=args.templates, batch_size=args.batch_size
+    )
     results: dict[str, Any] = {
-        "model": str(args.model),
-        "data": str(args.data),
-        "split": args.split,
+        **_header(args, device_of(model)),
         "zero_shot": {"teacher": zero_shot.teacher, "student": zero_shot.student},
         "templates": list(zero_shot.templates),
     }

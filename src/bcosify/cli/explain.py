@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
 
 from ..convert import BcosCLIP, BcosModel
 from ..data import IMAGE_EXTENSIONS, eval_transform, read_image
 from ..errors import DataError, UsageError
+from ..evaluate._common import has_bcos_layers
 from ..explain import (
     Explanation,
     explain,
@@ -17,6 +22,8 @@ from ..explain import (
     save_colour_explanation,
     save_contribution_map,
 )
+from ..models import class_names_of, source_info
+from ..train.distributed import check_device
 from .arguments import at_least, output_folder, positive_int
 from .loading import load_model_argument
 
@@ -51,16 +58,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--smooth", type=at_least(0), default=0, help="alpha smoothing (15 at 224 px)"
     )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, help="images explained together (16)"
+    )
+    parser.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
 
-def _explained(e: Explanation, names: list[str] | None, prompt: str | None) -> str:
+def _explained(e: Explanation, index: int, names: list[str] | None, prompt: str | None) -> str:
     """What was explained, for the printed line: the class and logit, or the prompt."""
     if prompt is not None:
-        return f"prompt {prompt!r}, cosine similarity {float(e.scores[0]):.3f}"
-    target = int(e.targets[0]) if e.targets is not None else -1
+        return f"prompt {prompt!r}, cosine similarity {float(e.scores[index]):.3f}"
+    target = int(e.targets[index]) if e.targets is not None else -1
     label = names[target] if names and 0 <= target < len(names) else str(target)
-    return f"class {label}, logit {float(e.scores[0]):.3f}"
+    return f"class {label}, logit {float(e.scores[index]):.3f}"
 
 
 def _images(path: Path) -> list[Path]:
@@ -94,11 +106,13 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 def run(args: argparse.Namespace) -> int:
     output_folder(args.out)
     model = load_model_argument(str(args.model), None, None)
-    if not isinstance(model, (BcosModel, BcosCLIP)):
+    if not isinstance(model, (BcosModel, BcosCLIP)) and not has_bcos_layers(model):
         raise UsageError(
             f"{args.model} is an ordinary model; B-cosify it first (bcosify convert, or bcosify "
             "train --recipe bcosify-cnn) to get explanations that are exact by construction"
         )
+    if args.device is not None:
+        model = model.to(check_device(args.device))
     is_clip = isinstance(model, BcosCLIP)
     if is_clip != (args.prompt is not None) or (is_clip and args.target is not None):
         raise UsageError(
@@ -108,44 +122,96 @@ def run(args: argparse.Namespace) -> int:
             else "--prompt needs a B-cos CLIP model (bcosify.convert.convert_clip); this model "
             "classifies, so pass --target or nothing"
         )
-    config = model.visual.config if is_clip else model.config
-    size = args.image_size or (config.input_size or (None,))[0]
-    names = config.class_names
+    size = args.image_size or _input_size(model)
+    names = None if is_clip else class_names_of(model)
     target = model.encode_text([args.prompt])[0] if is_clip else args.target
     failures = 0
     paths = _images(args.image)
     stems = output_stems(paths)
     args.out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(paths), unit="image", disable=args.no_progress) as bar:
+        for batch in _batches(paths, size, args.batch_size):
+            failures += batch.failures
+            bar.update(batch.failures)
+            if not batch.paths:
+                continue
+            try:
+                e = explain(model, torch.stack(batch.images), target=target)
+            except RuntimeError as error:  # the model's own check, e.g. images too small for it
+                if getattr(args, "debug", False):
+                    raise
+                height, width = batch.images[0].shape[-2:]
+                for path in batch.paths:
+                    tqdm.write(
+                        f"skipped: {path} ({width}x{height} pixels): the model cannot take it "
+                        f"({str(error).splitlines()[0]}); pass --image-size to resize the images",
+                        file=sys.stderr,
+                    )
+                failures += len(batch.paths)
+                bar.update(len(batch.paths))
+                continue
+            scale = max(1, math.ceil(224 / batch.images[0].shape[-1]))
+            title = None if args.prompt is None else repr(args.prompt)
+            for index, path in enumerate(batch.paths):
+                stem = args.out / stems[path]
+                save_colour_explanation(
+                    f"{stem}_colour.png",
+                    e.inputs[index],
+                    e.weights[index],
+                    smooth=args.smooth,
+                    upscale=scale,
+                )
+                save_contribution_map(
+                    f"{stem}_contributions.png", e.contribution_map[index], upscale=scale
+                )
+                figure = explanation_figure(
+                    e, index, smooth=args.smooth, class_names=names, title=title
+                )
+                figure.savefig(f"{stem}_figure.png", dpi=90)
+                tqdm.write(
+                    f"{path.name}: {_explained(e, index, names, args.prompt)}, completeness "
+                    f"residual {float(e.residual[index]):.1e} -> {stem}_*.png"
+                )
+            bar.update(len(batch.paths))
+    return 1 if failures else 0
+
+
+def _input_size(model: torch.nn.Module) -> int | None:
+    """The image size the model was made for, when it says."""
+    config = getattr(getattr(model, "visual", model), "config", None)
+    size = getattr(config, "input_size", None)
+    if size is None:
+        info = source_info(model)
+        size = info.input_size if info else None
+    return size[0] if size else None
+
+
+class _Batch:
+    """Images of one size, read and transformed, and how many files before them failed."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+        self.images: list[torch.Tensor] = []
+        self.failures = 0
+
+
+def _batches(paths: list[Path], size: int | None, batch_size: int) -> Iterator[_Batch]:
+    """The images in order, in batches of at most ``batch_size`` of one shape each (images of
+    their own size differ); an unreadable file is reported and counted, not batched."""
+    batch = _Batch()
     for path in paths:
         try:
             pixels = read_image(path)
         except DataError as error:
-            print(f"skipped: {error}", file=sys.stderr)
-            failures += 1
+            tqdm.write(f"skipped: {error}", file=sys.stderr)
+            batch.failures += 1
             continue
         image = eval_transform(size)(pixels) if size else pixels.float() / 255
-        try:
-            e = explain(model, image[None], target=target)
-        except RuntimeError as error:  # the model's own check, e.g. an image too small for it
-            if getattr(args, "debug", False):
-                raise
-            height, width = image.shape[-2:]
-            print(
-                f"skipped: {path} ({width}x{height} pixels): the model cannot take it "
-                f"({str(error).splitlines()[0]}); pass --image-size to resize the images",
-                file=sys.stderr,
-            )
-            failures += 1
-            continue
-        scale = max(1, math.ceil(224 / image.shape[-1]))
-        stem = args.out / stems[path]
-        save_colour_explanation(
-            f"{stem}_colour.png", e.inputs[0], e.weights[0], smooth=args.smooth, upscale=scale
-        )
-        save_contribution_map(f"{stem}_contributions.png", e.contribution_map[0], upscale=scale)
-        explanation_figure(e, 0, smooth=args.smooth).savefig(f"{stem}_figure.png", dpi=90)
-        print(
-            f"{path.name}: {_explained(e, names, args.prompt)}, completeness residual "
-            f"{float(e.residual[0]):.1e} -> {stem}_*.png"
-        )
-    return 1 if failures else 0
+        if batch.images and (
+            image.shape != batch.images[0].shape or len(batch.images) == batch_size
+        ):
+            yield batch
+            batch = _Batch()
+        batch.paths.append(path)
+        batch.images.append(image)
+    yield batch

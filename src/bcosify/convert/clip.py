@@ -21,6 +21,7 @@ from ..models.clip import ClipModel, Tokenizer, as_clip
 from ..models.sources import create, load_state_dict_strictly, source_info
 from ..serialization import read_config_json, read_weights, write_pretrained
 from .converter import ConversionReport, convert
+from .hub import HubMixin
 from .model import BcosModel
 from .options import ConversionOptions
 
@@ -29,13 +30,16 @@ __all__ = ["BcosCLIP", "ClipConversion", "convert_clip", "load_clip"]
 _FORMAT = "bcosify-clip/1"
 
 
-class BcosCLIP(nn.Module):
+class BcosCLIP(HubMixin, nn.Module):
     """A B-cosified CLIP: the B-cos image tower and the original model, frozen.
 
     ``model(images)`` (images in ``[0, 1]``) returns the B-cos image embeddings, so that
     ``bcosify.explain(model, images, target=text_embedding)`` explains the cosine similarity of
     each image with a text. ``encode_text`` uses the original text tower; ``original`` is the
     whole original model (its image tower is the teacher for distillation).
+
+    ``save_pretrained`` / ``bcosify.load_clip`` keep it on disk, ``from_pretrained`` /
+    ``push_to_hub`` on the Hugging Face Hub (:mod:`bcosify.convert.hub`).
 
     Attributes:
         visual: the converted image tower (a :class:`~bcosify.convert.BcosModel`).
@@ -97,6 +101,25 @@ class BcosCLIP(nn.Module):
             "options": self.options.to_dict(),
         }
         return write_pretrained(directory, self, config)
+
+    _pipeline_tag = "zero-shot-image-classification"
+
+    @classmethod
+    def _load_folder(cls, folder: Path, **kwargs: Any) -> BcosCLIP:
+        return load_clip(folder, **kwargs)
+
+    def _card_facts(self) -> dict[str, Any]:
+        source = self.source.get("source") or "a user-built CLIP model"
+        facts = self.visual._card_facts()
+        facts["title"] = f"B-cos CLIP {source}"
+        facts["details"]["source model"] = f"`{source}`: the B-cos image tower, with the "
+        facts["details"]["source model"] += "original text tower frozen beside it"
+        facts["details"].pop("classes")
+        facts["explain"] = [
+            'text = model.encode_text(["a photo of a dog"])',
+            "e = bcosify.explain(model, images, target=text[0])   # the cosine similarity",
+        ]
+        return facts
 
 
 class ClipConversion(NamedTuple):

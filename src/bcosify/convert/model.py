@@ -15,6 +15,7 @@ from ..errors import CheckpointError, InputRangeError
 from ..nn import InputEncoding, InputNormalization, LogitBias
 from ..nn.mode import fx_tracing
 from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
+from .hub import HubMixin
 from .options import ConversionOptions
 
 __all__ = ["INPUT_TOLERANCE", "BcosModel", "ModelConfig", "read_config"]
@@ -81,7 +82,7 @@ or a 0-255 image far more."""
 _FAMILY_METHODS = ("forward_features", "forward_head", "reset_classifier")
 
 
-class BcosModel(nn.Module):
+class BcosModel(HubMixin, nn.Module):
     """A B-cos model made by :func:`bcosify.convert`: takes RGB images in ``[0, 1]``.
 
     ``forward`` encodes the images as ``[x, 1 - x]`` (for the ``"paper"`` encoding followed by the
@@ -95,6 +96,9 @@ class BcosModel(nn.Module):
     ``forward_head``, ``reset_classifier`` (the new head a B-cos layer, the logit bias
     updated), ``num_classes`` and a ``pretrained_cfg`` with mean 0 and std 1, so that
     ``timm.data.resolve_data_config(model=model)`` gives transforms that feed ``[0, 1]``.
+
+    ``save_pretrained`` / ``bcosify.load`` keep it on disk, ``from_pretrained`` /
+    ``push_to_hub`` on the Hugging Face Hub (:mod:`bcosify.convert.hub`).
 
     Inputs outside ``[0, 1]`` (by more than :data:`INPUT_TOLERANCE`), the likeliest silent
     mistake, raise :class:`~bcosify.errors.InputRangeError`; set ``model.input_check`` to
@@ -233,6 +237,33 @@ class BcosModel(nn.Module):
             ['config.json', 'model.safetensors']
         """
         return write_pretrained(directory, self, self.config.to_dict())
+
+    @classmethod
+    def _load_folder(cls, folder: Path, **kwargs: Any) -> BcosModel:
+        from .loading import load
+
+        return load(folder, **kwargs)
+
+    def _card_facts(self) -> dict[str, Any]:
+        """What the model card (:meth:`model_card`) says about this model."""
+        config, options = self.config, self.config.options
+        source = config.source or "a user-built network"
+        arguments = f" with {config.source_kwargs}" if config.source_kwargs else ""
+        size = f", {config.input_size[0]} x {config.input_size[1]}" if config.input_size else ""
+        names = config.class_names or []
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        details = {
+            "source model": f"`{source}`{arguments}",
+            "conversion": f"B = {options.b:g}, encoding `{options.encoding}`, max pooling "
+            f"`{options.maxpool}`, activations `{options.activations}`",
+            "input": f"RGB images in [0, 1] (not normalised), encoded as [x, 1 - x] inside{size}",
+            "classes": f"{len(names)} ({shown})" if names else "not recorded",
+        }
+        return {
+            "title": f"B-cos {source}",
+            "details": details,
+            "explain": ["e = bcosify.explain(model, images)   # the predicted classes"],
+        }
 
 
 def read_config(directory: str | Path) -> ModelConfig:

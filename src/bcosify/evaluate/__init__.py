@@ -19,6 +19,7 @@ from .metrics import (
     pointing_game_scores,
 )
 from .probe import LinearProbeResult, linear_probe, penultimate_features
+from .quantus import quantus_explain
 from .statistics import Interval, bootstrap_interval
 from .zero_shot import (
     DEFAULT_TEMPLATES,
@@ -50,6 +51,7 @@ __all__ = [
     "mask_localisation",
     "penultimate_features",
     "pointing_game_scores",
+    "quantus_explain",
     "zero_shot_accuracy",
     "zero_shot_evaluation",
 ]

@@ -3,7 +3,9 @@
 The package is callable: ``bcosify.explain(model, images)`` is :func:`bcosify.explain.explain`.
 """
 
-from .core import BcosAttribution, Explanation, Target, explain
+from typing import Any
+
+from .core import Explanation, Target, explain
 from .targets import cosine_similarity_target
 from .visualize import (
     colour_explanation,
@@ -28,6 +30,13 @@ __all__ = [
     "save_image",
 ]
 
-from .._callable import make_callable
+
+def __getattr__(name: str) -> Any:
+    from .core import lazy_attribute  # BcosAttribution: imported on first use
+
+    return lazy_attribute(__name__, name)
+
+
+from .._callable import make_callable  # noqa: E402
 
 make_callable(__name__, explain)

@@ -11,7 +11,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from ..nn.mode import explanation_mode
 from ..nn.trace import ExplanationTrace
 from .targets import cosine_similarity_target
 
-__all__ = ["DEFAULT_TOLERANCE", "BcosAttribution", "Explanation", "Target", "explain"]
+__all__ = ["DEFAULT_TOLERANCE", "Explanation", "Target", "explain"]
 
 DEFAULT_TOLERANCE = 1e-4
 """The largest residual :func:`explain` accepts quietly, relative to ``max(1, |score|)``: a
@@ -217,34 +217,6 @@ def _why_inexact(model: nn.Module, inputs: Tensor, scores: Tensor) -> str:
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-class BcosAttribution:
-    """Captum-style attribution with the model's own B-cos explanation.
-
-    ``attribute(inputs, target=...)`` returns contributions shaped like ``inputs`` (for a model
-    that encodes its input as ``[x, 1 - x]``, folded back to ``x``), so the method plugs into
-    code written for Captum's attribution classes and into Quantus metrics.
-
-    Example:
-        >>> import torch
-        >>> from bcosify.nn import BcosConv2d, InputEncoding
-        >>> model = torch.nn.Sequential(InputEncoding(), BcosConv2d(6, 2, 1),
-        ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        >>> BcosAttribution(model).attribute(torch.rand(3, 3, 5, 5), target=1).shape
-        torch.Size([3, 3, 5, 5])
-    """
-
-    def __init__(self, forward_func: nn.Module) -> None:
-        self.forward_func = forward_func
-
-    def attribute(self, inputs: Tensor, target: Target = None) -> Tensor:
-        """Contributions of every input element to the target output, shaped like ``inputs``."""
-        return explain(self.forward_func, inputs, target).input_contributions
-
-    def has_convergence_delta(self) -> bool:
-        """Captum protocol: this method returns no convergence delta (it is exact)."""
-        return False
-
-
 def _select(logits: Tensor, target: Target, batch_size: int) -> tuple[Tensor, Tensor | None]:
     """The explained score per example, and the class indices when target is not a callable."""
     if isinstance(target, Tensor) and target.is_floating_point():
@@ -310,3 +282,17 @@ def _evaluation(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags:
             module.training = training
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, name)
+
+
+def lazy_attribute(module: str, name: str) -> Any:
+    """``module.name`` for the names imported on first use: :class:`BcosAttribution`, which
+    subclasses Captum's base class, so that ``import bcosify`` does not import Captum."""
+    if name == "BcosAttribution":
+        from .attribution import BcosAttribution
+
+        return BcosAttribution
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -167,12 +168,20 @@ def save_contribution_map(
 
 
 def explanation_figure(
-    explanation: Explanation, index: int = 0, *, smooth: int = 0, percentile: float = 99.5
+    explanation: Explanation,
+    index: int = 0,
+    *,
+    smooth: int = 0,
+    percentile: float = 99.5,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """A figure for one example: the image, its colour explanation and the signed map.
 
     The contribution map has a colour bar in logit units, and the title gives the explained
-    score, so the picture can be read without the code. Save it with ``fig.savefig(path)``.
+    class (by name when ``class_names`` are given) and score, so the picture can be read
+    without the code; ``title`` replaces what is explained (e.g. a CLIP prompt). Save it with
+    ``fig.savefig(path)``.
 
     Example:
         >>> import torch
@@ -180,9 +189,10 @@ def explanation_figure(
         >>> from bcosify.nn import BcosConv2d, InputEncoding
         >>> model = torch.nn.Sequential(InputEncoding(), BcosConv2d(6, 2, 3, padding=1),
         ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        >>> fig = explanation_figure(explain(model, torch.rand(1, 3, 8, 8)))
-        >>> len(fig.axes)
-        4
+        >>> e = explain(model, torch.rand(1, 3, 8, 8), target=1)
+        >>> fig = explanation_figure(e, class_names=["square", "circle"])
+        >>> len(fig.axes), fig.get_suptitle().startswith("class circle (1), score")
+        (4, True)
     """
     inputs, weights = explanation.inputs[index], explanation.weights[index]
     cmap_limit = explanation.contribution_map[index].abs().flatten()
@@ -202,13 +212,27 @@ def explanation_figure(
         vmax=limit,
     )
     fig.colorbar(shown, ax=axes[2], label="contribution to the score")
-    titles = ("input", "colour explanation", "contribution map")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_title(title)
+    panels = ("input", "colour explanation", "contribution map")
+    for ax, panel in zip(axes, panels, strict=True):
+        ax.set_title(panel)
         ax.set_axis_off()
-    target = "" if explanation.targets is None else f"class {int(explanation.targets[index])}, "
-    fig.suptitle(f"{target}score {float(explanation.scores[index]):.3f}")
+    what = _what(explanation, index, class_names, title)
+    fig.suptitle(f"{what}score {float(explanation.scores[index]):.3f}")
     return fig
+
+
+def _what(
+    explanation: Explanation, index: int, class_names: Sequence[str] | None, title: str | None
+) -> str:
+    """What is explained, for a title: the given text, or the class by name and index."""
+    if title is not None:
+        return f"{title}, "
+    if explanation.targets is None:
+        return ""
+    target = int(explanation.targets[index])
+    if class_names is not None and 0 <= target < len(class_names):
+        return f"class {class_names[target]} ({target}), "
+    return f"class {target}, "
 
 
 def _box_blur(alpha: Tensor, k: int) -> Tensor:

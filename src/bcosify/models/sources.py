@@ -98,7 +98,8 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
             ``.pt``/``.pth``/``.bin`` loaded with ``weights_only=True``); for torchvision a weight
             enum member or its name (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
             ``"ResNet50_Weights.IMAGENET1K_V2"``), which downloads when not cached; for timm
-            ``"hub"`` for the hub weights, which downloads.
+            ``"hub"`` for the hub weights, which downloads; for ``bcos:`` a checkpoint of the
+            official zoo (its ``.pth`` state dict, read with ``weights_only=True``).
         **kwargs: architecture arguments such as ``num_classes``.
 
     The returned model carries a :class:`SourceInfo` (see :func:`source_info`), so that
@@ -114,7 +115,7 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
     if not sep or not arch or library not in _LIBRARIES:
         raise ModelSourceError(
             f"unknown model source {name!r}: use 'torchvision:<arch>', 'timm:<arch>', "
-            "'bcosify:<arch>', 'open_clip:<arch>' or 'hf:<local folder>', e.g. "
+            "'bcosify:<arch>', 'bcos:<arch>', 'open_clip:<arch>' or 'hf:<local folder>', e.g. "
             "'torchvision:resnet50'"
         )
     model, info = _LIBRARIES[library](arch, weights, kwargs)
@@ -242,6 +243,41 @@ def _builtin(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module
     return model, SourceInfo(name, _json_kwargs(kwargs, name))
 
 
+def _official(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
+    from .official import build, official_state_dict
+
+    if weights is not None and not _is_file(weights):
+        raise ModelSourceError(
+            f"bcos:{arch} takes a local checkpoint of the official B-cos v2 model zoo (the "
+            f"torch.hub .pth file) or a safetensors file, or None; got {weights!r}"
+        )
+    unknown = sorted(set(kwargs) - {"num_classes"})
+    if unknown:
+        raise ModelSourceError(f"bcos:{arch} takes num_classes only, not {', '.join(unknown)}")
+    name = f"bcos:{arch}"
+    model = build(arch, **kwargs)
+    if weights is not None:
+        state = _unwrap_state_dict(_read_state_dict(Path(weights)), Path(weights))
+        what = f"the official B-cos weights in {str(weights)!r}"
+        load_state_dict_strictly(model, official_state_dict(model, state), what, ModelSourceError)
+    classes = kwargs.get("num_classes", 1000)
+    return model, SourceInfo(
+        name,
+        _json_kwargs(kwargs, name),
+        (0.0, 0.0, 0.0),  # the zoo's models take images in [0, 1], not normalised
+        (1.0, 1.0, 1.0),
+        _imagenet_classes() if classes == 1000 else None,
+        (224, 224),
+    )
+
+
+def _imagenet_classes() -> list[str]:
+    """The ImageNet class names in index order (shipped with torchvision, nothing downloads)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 def _open_clip(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
     from .clip import open_clip_source
 
@@ -258,6 +294,7 @@ _LIBRARIES: dict[str, Callable[[str, Any, dict[str, Any]], tuple[nn.Module, Sour
     "torchvision": _torchvision,
     "timm": _timm,
     "bcosify": _builtin,
+    "bcos": _official,
     "open_clip": _open_clip,
     "hf": _hf,
 }
@@ -289,22 +326,25 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         >>> load_weights(torch.nn.Linear(2, 2), path)
     """
     path = Path(path)
+    state = _unwrap_state_dict(_read_state_dict(path), path)
+    load_state_dict_strictly(model, state, f"the weights in {str(path)!r}", ModelSourceError)
+
+
+def _read_state_dict(path: Path) -> Any:
+    """What a weights file holds: safetensors, or ``torch.load(weights_only=True)``."""
     if not path.is_file():
         raise ModelSourceError(f"weights file {str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ModelSourceError(
             f"could not read weights from {str(path)!r}: {type(error).__name__}: {error}. "
             "Use a safetensors file or a state dict saved with torch.save(model.state_dict())."
         ) from None
-    state = _unwrap_state_dict(state, path)
-    load_state_dict_strictly(model, state, f"the weights in {str(path)!r}", ModelSourceError)
 
 
 def _unwrap_state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:

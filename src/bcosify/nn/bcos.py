@@ -3,18 +3,22 @@
 For a unit with weight ``w`` applied to an input patch ``x``::
 
     y = (w . x) * | (w . x) / ||x|| |^(B-1)                   normalize_weights=False
-    y = (w . x) * | (w . x) / (||w|| ||x||) |^(B-1)            normalize_weights=True
+    y = (v . x) * | (v . x) / ||x|| |^(B-1),  v = w / ||w||   normalize_weights=True
 
 with ``||x|| = sqrt(sum(x^2) + eps)`` over the unit's whole receptive field (for a convolution:
 the k x k window over all input channels of the group; zero padding counts as zeros). ``eps``
 inside the square root keeps the gradient finite where a window is all zeros. ``B = 1`` is
 exactly the plain layer on the same weights. With ``max_out = M`` each unit has ``M`` weight
-rows and keeps the one with the largest linear output ``w . x`` before the scaling.
+rows and keeps the one with the largest linear output ``w . x`` (``v . x``) before the scaling.
+
+``normalize_weights=True`` is the published B-cos v2 layer (Böhle et al., TPAMI 2024): every weight
+row is divided by its norm before it is applied, so a unit's output is ``||x|| cos^B`` with the
+sign of the cosine, whatever the scale of its weights; official B-cos v2 checkpoints load into it.
 
 In explanation mode the scaling factor ``|...|^(B-1)`` is detached, so ``y`` is linear in ``x``.
 
-The common convolution case (``B = 2``, no MaxOut, no weight normalisation: what B-cosification
-uses) runs through :class:`_BcosConv2dB2`, an autograd function with a hand-written backward
+The common convolution case (``B = 2``, no MaxOut: what B-cosification and B-cos v2 use) runs
+through :class:`_BcosConv2dB2`, an autograd function with a hand-written backward
 that keeps less memory and is faster; every other case is plain autograd over the same formula.
 """
 
@@ -254,30 +258,26 @@ class _BcosUnit(ExplanationAware):
         self.normalize_weights = bool(normalize_weights)
         self.eps = float(eps)
 
+    def _weight(self) -> Tensor:
+        """The weight the unit applies: ``weight``, or each row divided by its norm."""
+        if not self.normalize_weights:
+            return self.weight
+        norm = self.weight.flatten(1).norm(dim=1)
+        return self.weight / norm.view(-1, *(1,) * (self.weight.ndim - 1))
+
     def _bcos(self, linear_out: Tensor, input_norm: Tensor | None, unit_dim: int) -> Tensor:
         """Apply MaxOut and the B-cos scaling to the raw linear output (units along ``unit_dim``).
 
         ``input_norm`` may be None when ``b == 1``: the scaling is then exactly 1.
         """
         d = unit_dim % linear_out.ndim
-        trailing = (1,) * (linear_out.ndim - d - 1)
-        weight_norm = None
-        if self.normalize_weights:
-            weight_norm = self.weight.flatten(1).norm(dim=1)
         if self.max_out > 1:
-            units = linear_out.unflatten(d, (-1, self.max_out))
-            out, index = units.max(dim=d + 1)
-            if weight_norm is not None:
-                per_unit = weight_norm.view(-1, self.max_out, *trailing).expand_as(units)
-                weight_norm = per_unit.gather(d + 1, index.unsqueeze(d + 1)).squeeze(d + 1)
+            out = linear_out.unflatten(d, (-1, self.max_out)).max(dim=d + 1).values
         else:
             out = linear_out
-            if weight_norm is not None:
-                weight_norm = weight_norm.view(-1, *trailing)
         if input_norm is None:
             return out
-        denominator = input_norm if weight_norm is None else input_norm * weight_norm
-        abs_cos = out.abs() / denominator
+        abs_cos = out.abs() / input_norm
         # the fast path at B = 2; the clamp keeps the derivative of |cos|^(B-1) finite at 0
         scale = abs_cos if self.b == 2.0 else abs_cos.clamp_min(1e-12).pow(self.b - 1.0)
         return out * self.detach_if_explaining(scale)
@@ -390,15 +390,16 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
+        weight = self._weight()
         if self._fused(x):
             if isinstance(padding, str):
                 x, padding = self._explicit_padding(x)
             conv_args = (self.stride, padding, self.dilation, self.groups)
             y, _, _ = _BcosConv2dB2.apply(
-                x, self.weight, self._window, conv_args, self.eps, self.explaining
+                x, weight, self._window, conv_args, self.eps, self.explaining
             )
             return y
-        out = F.conv2d(x, self.weight, None, self.stride, padding, self.dilation, self.groups)
+        out = F.conv2d(x, weight, None, self.stride, padding, self.dilation, self.groups)
         norm = None if self.b == 1.0 else self._input_norm(x, padding)
         return self._bcos(out, norm, unit_dim=1)
 
@@ -408,7 +409,7 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
         Under autocast the plain autograd path runs instead: it lets autocast pick each
         operation's precision and casts the gradients back, exactly as before.
         """
-        plain = self.b != 2.0 or self.max_out != 1 or self.normalize_weights
+        plain = self.b != 2.0 or self.max_out != 1
         return not plain and not torch.is_autocast_enabled(x.device.type)
 
     def _explicit_padding(self, x: Tensor) -> tuple[Tensor, _Pair]:
@@ -503,7 +504,7 @@ class BcosLinear(_BcosUnit, nn.Linear):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.linear(x, self.weight)
+        out = F.linear(x, self._weight())
         norm = None if self.b == 1.0 else ((x * x).sum(-1, keepdim=True) + self.eps).sqrt()
         return self._bcos(out, norm, unit_dim=-1)
 

@@ -1,0 +1,144 @@
+"""bcosify against the official B-cos v2 package (``bcos``, a test dependency): the layers with
+``normalize_weights=True`` compute the published layer, and the official model zoo's state dicts
+load into bcosify modules (``bcosify.models.create("bcos:<arch>", weights=...)``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bcosify.nn import BcosConv2d, BcosLinear, explanation_mode
+
+bcos_modules = pytest.importorskip("bcos.modules")
+
+CONV_CASES = [
+    # in, out, kernel, stride, padding, groups, b, max_out
+    (6, 8, 3, 1, 1, 1, 2.0, 1),  # the fused B = 2 path
+    (6, 8, 3, 2, 1, 1, 2.0, 1),
+    (8, 12, 3, 1, 1, 4, 2.0, 1),
+    (6, 4, 1, 1, 0, 1, 2.0, 1),
+    (6, 8, 3, 1, 1, 1, 1.5, 1),
+    (6, 8, 3, 1, 1, 1, 2.0, 2),
+    (6, 8, 5, 2, 2, 1, 1.0, 1),
+]
+
+
+def _copy_official(official: torch.nn.Module, ours: torch.nn.Module, scale: float) -> None:
+    """Random weights of norm about ``scale`` per row, the same in both layers."""
+    with torch.no_grad():
+        ours.weight.normal_().mul_(scale / ours.weight[0].norm())
+        official.linear.weight.copy_(ours.weight)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_normalised_conv_is_the_official_layer(case):
+    c_in, c_out, k, stride, padding, groups, b, max_out = case
+    torch.manual_seed(sum(case))
+    ours = BcosConv2d(
+        c_in,
+        c_out,
+        k,
+        stride,
+        padding,
+        groups=groups,
+        b=b,
+        max_out=max_out,
+        normalize_weights=True,
+    )
+    official = bcos_modules.BcosConv2d(
+        c_in, c_out, k, stride, padding, groups=groups, b=b, max_out=max_out
+    )
+    _copy_official(official, ours, scale=3.0)  # weights of norm 3: the scale must not matter
+    x = torch.randn(2, c_in, 9, 11)
+    torch.testing.assert_close(ours(x), official(x), rtol=1e-4, atol=1e-5)
+    # and the explanation: the gradient with the scaling detached
+    x_ours, x_official = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with explanation_mode(ours):
+        ours(x_ours).sum().backward()
+    official.set_explanation_mode(True)
+    official(x_official).sum().backward()
+    # (the official layer adds 1e-6 to |cos| before the power when B != 2)
+    torch.testing.assert_close(x_ours.grad, x_official.grad, rtol=1e-3, atol=1e-4)
+    # the unnormalised layer is not the official one on these weights
+    plain = BcosConv2d(c_in, c_out, k, stride, padding, groups=groups, b=b, max_out=max_out)
+    plain.load_state_dict(ours.state_dict())
+    assert not torch.allclose(plain(x), official(x), rtol=1e-2)
+
+
+@pytest.mark.parametrize(("b", "max_out"), [(2.0, 1), (2.5, 1), (2.0, 3), (1.0, 1)])
+def test_normalised_linear_is_the_official_layer(b, max_out):
+    torch.manual_seed(int(b * 10) + max_out)
+    ours = BcosLinear(7, 5, b=b, max_out=max_out, normalize_weights=True)
+    official = bcos_modules.BcosLinear(7, 5, b=b, max_out=max_out)
+    _copy_official(official, ours, scale=3.0)
+    x = torch.randn(4, 3, 7)
+    torch.testing.assert_close(ours(x), official(x), rtol=1e-4, atol=1e-5)
+
+
+# --- the official model zoo: bcosify.models.create("bcos:<arch>", weights=...) ---------------
+
+ZOO = [
+    "resnet18",
+    pytest.param("resnet50", marks=pytest.mark.slow),
+    pytest.param("resnext50_32x4d", marks=pytest.mark.slow),
+    "densenet121",
+    pytest.param("vgg11_bnu", marks=pytest.mark.slow),
+]
+
+
+def _official_zoo_model(arch: str, seed: int) -> torch.nn.Module:
+    """The zoo's model as the official package builds it (its ImageNet config), with random
+    weights and random batch-norm statistics, so that every loaded number matters."""
+    import bcos
+
+    torch.manual_seed(seed)
+    model = getattr(bcos.pretrained, arch)(pretrained=False)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+                module.running_mean.normal_()  # unused by the uncentered norm
+                module.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_official_checkpoints_load_into_bcosify_modules(arch, tmp_path):
+    import bcos
+
+    import bcosify
+
+    official = _official_zoo_model(arch, seed=len(arch))
+    checkpoint = tmp_path / f"{arch}.pth"
+    torch.save(official.state_dict(), checkpoint)  # a torch.hub state dict, like the zoo's
+    model = bcosify.models.create(f"bcos:{arch}", weights=checkpoint).eval()
+    images = torch.rand(2, 3, 64, 64)
+    encoded = bcos.data.transforms.AddInverse()(images)
+    with torch.no_grad():
+        expected = official(encoded)
+    torch.testing.assert_close(model(images), expected, rtol=1e-4, atol=1e-4)
+
+    # the same explanation: the official explanation mode's gradient times the input
+    e = bcosify.explain(model, images, target=[3, 7])
+    leaf = encoded.clone().requires_grad_()
+    with official.explanation_mode():
+        official(leaf)[[0, 1], [3, 7]].sum().backward()
+    torch.testing.assert_close(e.contributions, leaf.grad * encoded, rtol=1e-3, atol=1e-5)
+    assert float(e.residual.abs().max()) < 1e-3
+    assert len(bcosify.models.class_names_of(model)) == 1000
+
+    # saved and reloaded as a bcosify model (safetensors and JSON), outputs equal
+    reloaded = bcosify.models.load_model(bcosify.models.save_model(model, tmp_path / "saved"))
+    assert torch.equal(reloaded.eval()(images), model(images))
+
+
+def test_zoo_errors_name_what_is_wrong(tmp_path):
+    import bcosify
+    from bcosify.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="available: resnet18"):
+        bcosify.models.create("bcos:convnext_tiny_pn")
+    wrong = tmp_path / "resnet34.pth"
+    torch.save(_official_zoo_model("resnet18", 0).state_dict(), wrong)
+    with pytest.raises(ModelSourceError, match=r"missing keys: network\.layer1\.2"):
+        bcosify.models.create("bcos:resnet34", weights=wrong)
