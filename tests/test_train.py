@@ -407,6 +407,10 @@ def test_one_run_per_folder_and_a_dead_owner_leaves_no_stale_lock(tmp_path):
         status, _, stderr = cli(*TINY_RUN, "--out", str(out), "--max-steps", "1")
         assert status == 1 and f"pid {first.pid}" in stderr and "in use" in stderr
         assert first.poll() is None  # the first run goes on undisturbed
+        # an epoch's metrics are logged before its checkpoint is written: wait for that too
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         first.send_signal(signal.SIGKILL)  # the owner dies without releasing anything
         first.wait()

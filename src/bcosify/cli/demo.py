@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..data import ALL_SHAPES, SyntheticShapes
-from ..errors import BcosifyError, EvaluationError
+from ..errors import BcosifyError, EvaluationError, UsageError
 from ..evaluate import (
     EXPLAINER_NAMES,
     Interval,
@@ -178,10 +178,10 @@ def run(args: argparse.Namespace) -> int:
     settings = PRESETS[args.preset or ("full" if args.full else "default")]
     if args.seed is not None:
         if args.seed < 0:
-            raise BcosifyError(f"--seed must be a non-negative integer, got {args.seed}")
+            raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
         settings = DemoSettings(**{**asdict(settings), "seed": args.seed})
     if args.threads is not None and args.threads < 1:
-        raise BcosifyError(f"--threads must be a positive integer, got {args.threads}")
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or idle_cores())
     try:
@@ -342,12 +342,12 @@ def run_demo(
 
 def _datasets(s: DemoSettings) -> dict[str, SyntheticShapes]:
     if s.max_cycles < 2:
-        raise BcosifyError(
+        raise UsageError(
             f"max_cycles must be at least 2 (the original, then a continuation that shows "
             f"whether more training pays); got {s.max_cycles}"
         )
     if not 2 <= s.classes <= len(ALL_SHAPES) - (1 if s.distractors else 0):
-        raise BcosifyError(
+        raise UsageError(
             f"the demo has 2 to {len(ALL_SHAPES) - 1} classes (one shape must be left for the "
             f"distractors); got {s.classes}"
         )

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..convert import BcosCLIP, BcosModel
-from ..data import build_dataset, check_classes
+from ..data import ALL_SHAPES, build_dataset, check_classes
 from ..data.classes import format_classes
 from ..device import device_of
 from ..errors import DataError, EvaluationError
@@ -213,8 +213,9 @@ def _with_the_models_classes(model: torch.nn.Module, data: Any, args: argparse.N
     """The data with labels that are the model's class indices, or a :class:`DataError`.
 
     A model with class names takes a dataset of the same classes, or (an image folder) of some
-    of them, whose labels are then renumbered to the model's. A model without names must have
-    one output per class of the data.
+    of them, whose labels are then renumbered to the model's; the synthetic shapes are rendered
+    with the model's classes when they are shapes. A model without names must have one output
+    per class of the data.
     """
     classes = getattr(data, "classes", None)
     if classes is None:
@@ -223,6 +224,8 @@ def _with_the_models_classes(model: torch.nn.Module, data: Any, args: argparse.N
     names = class_names_of(model)
     if names is not None:
         is_folder = args.data != "synthetic"
+        if not is_folder and set(names) <= set(ALL_SHAPES):  # perhaps other shapes (the demo's)
+            return data if classes == names else _dataset(args, names)
         check_classes(names, classes, "the model", "the data", subset=is_folder)
         return data if classes == names else _dataset(args, names)
     outputs = model(data[0][0][None]).shape[-1]

@@ -35,9 +35,9 @@ def build_dataset(
     :data:`DEFAULT_SYNTHETIC_SIZES` of the split. For a folder (:class:`ImageFolderDataset`),
     the train split gets the random training transform (unless ``augment`` is False) and the
     other splits the evaluation transform, at ``image_size``; ``num_examples`` and ``seed`` do not
-    apply, and ``classes`` fixes the class list (see :class:`ImageFolderDataset`). The synthetic
-    shapes are never augmented: every example is already a fresh random
-    scene.
+    apply, and ``classes`` fixes the class list (see :class:`ImageFolderDataset`; for the
+    synthetic shapes, which of :data:`~bcosify.data.ALL_SHAPES` are the classes). The synthetic
+    shapes are never augmented: every example is already a fresh random scene.
 
     Example:
         >>> data = build_dataset("synthetic", "val", 32, num_examples=8)
@@ -45,8 +45,6 @@ def build_dataset(
         (8, torch.Size([3, 32, 32]))
     """
     if str(name_or_path) == "synthetic":
-        if classes is not None:
-            raise DataError("classes= applies to image folders; the synthetic shapes are fixed")
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return SyntheticShapes(
@@ -55,6 +53,7 @@ def build_dataset(
             seed=seed,
             split=split,
             return_mask=return_mask,
+            classes=classes,
         )
     path = Path(name_or_path)
     if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
