@@ -18,7 +18,7 @@ On the synthetic shapes (``bcosify.data.SyntheticShapes``, 10 classes, with obje
    the test split (runs are resumed epoch by epoch, which is exact). At the end: a linear probe
    of the penultimate features (``bcosify.evaluate.linear_probe``, the teacher's too), the 2x2
    grid pointing game of the model's own explanations and the share of positive contribution
-   inside the object masks, with bootstrap 95% intervals over the grids and images.
+   inside the object masks, with bootstrap 95% intervals (over whole grids, and images).
 """
 
 from __future__ import annotations
@@ -33,14 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_clip import Rendered  # pre-rendered shapes with masks, shared
 from common import command_line, load_average, machine, publish
-from torch import Tensor, nn
+from torch import nn
 
 import bcosify
 from bcosify.data import SyntheticShapes
 from bcosify.errors import EvaluationError
 from bcosify.evaluate import (
+    Interval,
     accuracy,
+    bootstrap_interval,
     build_explainer,
     grid_pointing_game,
     linear_probe,
@@ -82,33 +85,6 @@ QUICK = Settings(
     explained=16,
     batch_size=32,
 )
-
-
-class Rendered(torch.utils.data.Dataset):
-    """Pre-rendered shapes: ``(image, label)`` items, masks and classes beside them."""
-
-    def __init__(self, shapes: SyntheticShapes) -> None:
-        examples = [shapes.example(i) for i in range(len(shapes))]
-        self.images = torch.stack([e[0] for e in examples])
-        self.labels = torch.tensor([e[1] for e in examples])
-        self.masks = torch.stack([e[2] for e in examples])
-        self.classes = list(shapes.classes)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-
-def interval(values: Tensor, seed: int = 0, draws: int = 2000) -> tuple[float, float, float]:
-    """Mean and bootstrap 95% interval of the mean."""
-    values = values.flatten().double()
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(values), (draws, len(values)), generator=generator)
-    means = values[picks].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return float(values.mean()), float(low), float(high)
 
 
 def train_teacher(data: Rendered, test: Rendered, settings: Settings, out: Path) -> nn.Module:
@@ -172,8 +148,10 @@ def localisation(model: nn.Module, test: Rendered, settings: Settings) -> dict[s
     the share inside the masks, with intervals."""
     explainer = build_explainer("bcos", model)
     index = torch.arange(min(settings.explained, len(test)))
-    images, labels = test.images[index], test.labels[index]
-    inside = mask_localisation(explainer.attribute(images, labels), test.masks[index])
+    images, labels = test.batch(index), test.labels[index]
+    inside = bootstrap_interval(
+        mask_localisation(explainer.attribute(images, labels), test.masks[index])
+    )
     try:
         game = grid_pointing_game(
             model,
@@ -186,8 +164,9 @@ def localisation(model: nn.Module, test: Rendered, settings: Settings) -> dict[s
         )
     except EvaluationError as error:
         print(f"  no pointing game: {error}", file=sys.stderr)
-        return {"pointing": None, "inside": interval(inside)}
-    return {"pointing": interval(game.scores), "inside": interval(inside)}
+        return {"pointing": None, "inside": inside}
+    # the cells of a grid belong together: the bootstrap resamples whole grids
+    return {"pointing": bootstrap_interval(game.scores.mean(1)), "inside": inside}
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -204,7 +183,7 @@ def run(settings: Settings) -> dict[str, Any]:
         info = teacher.bcosify_source
         as_input = Normalized(teacher, info.input_mean, info.input_std).eval()
         teacher_top1 = accuracy(as_input, test)["top1"]
-        calibration = data.images[: settings.calibration_images]
+        calibration = data.batch(torch.arange(min(len(data), settings.calibration_images)))
         converted = {}
         for method in ("none", "norms", "lsuv"):
             model, _ = bcosify.convert(teacher)
@@ -236,11 +215,10 @@ def run(settings: Settings) -> dict[str, Any]:
     return {"converted": converted, "rows": rows}
 
 
-def _interval(value: tuple[float, float, float] | None) -> str:
+def _interval(value: Interval | None) -> str:
     if value is None:
         return "n/a (too few images classified right)"
-    mean, low, high = value
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"
 
 
 def report(results: dict[str, Any], settings: Settings, command: str) -> str:
@@ -287,10 +265,10 @@ def report(results: dict[str, Any], settings: Settings, command: str) -> str:
     return "\n".join(lines)
 
 
-def _above(a: tuple[float, float, float] | None, b: tuple[float, float, float] | None) -> str:
+def _above(a: Interval | None, b: Interval | None) -> str:
     if a is None or b is None:
         return "not measured"
-    return "met" if a[1] > b[2] else "not met"
+    return "met" if a.above(b) else "not met"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
