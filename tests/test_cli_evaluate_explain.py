@@ -36,7 +36,7 @@ def test_evaluate_records_its_settings_and_shows_progress(official, tmp_path):
     assert results["settings"] == {
         "image_size": 32, "num_examples": 12, "images": 5, "grids": 2, "threshold": 0.0,
         "batch_size": 2, "seed": 3, "device": "cpu", "explainers": None,
-        "templates": results["settings"]["templates"],
+        "templates": results["settings"]["templates"], "probe_split": None,
     }  # fmt: skip
     # an official B-cos model is explained with its own explanation by default
     assert list(results["explanations"]) == ["bcos"]
@@ -48,6 +48,20 @@ def test_evaluate_records_its_settings_and_shows_progress(official, tmp_path):
     assert "confidence > 0.0" in entry["pointing_game_error"]
     assert "bcos" in stderr and "4/4" in stderr  # the pointing game, ceil(5 / 2) image batches
     assert "accuracy: top-1" in printed
+
+
+def test_evaluate_fits_a_linear_probe_on_another_split(official, tmp_path):
+    out = tmp_path / "results.json"
+    argv = ["evaluate", "--model", str(official), "--data", "synthetic", "--image-size", "32"]
+    argv += ["--num-examples", "12", "--images", "2", "--grids", "1", "--out", str(out)]
+    status, printed, stderr = run_cli(*argv, "--probe-split", "train")
+    assert status == 0, stderr
+    probe = json.loads(out.read_text())["linear_probe"]["model"]
+    assert probe["num_train"] == 12 and probe["num_test"] == 12 and 0 <= probe["top1"] <= 1
+    assert probe["features"] == 512  # the input of the ResNet-18's classifier
+    assert "model: linear probe: top-1" in printed
+    status, _, stderr = run_cli(*argv, "--probe-split", "val")
+    assert status == 1 and "is the evaluated split" in stderr and "Traceback" not in stderr
 
 
 @pytest.mark.parametrize(

@@ -291,9 +291,12 @@ def test_save_load_and_the_prompt_flag_of_bcosify_explain(tmp_path, capsys):
 
     report = tmp_path / "zero-shot.json"
     data = ["--data", "synthetic", "--image-size", "64", "--num-examples", "10", "--images", "4"]
-    assert main(["evaluate", "--model", str(saved), *data, "--out", str(report)]) == 0
+    argv = ["evaluate", "--model", str(saved), *data, "--probe-split", "train"]
+    assert main([*argv, "--out", str(report)]) == 0
     results = json.loads(report.read_text())
     assert set(results["zero_shot"]) == {"teacher", "student"}
+    for probe in results["linear_probe"].values():  # the teacher's and the student's features
+        assert 0 <= probe["top1"] <= 1 and probe["num_train"] == 10 and probe["num_test"] == 10
     assert 0 <= results["mask_localisation"] <= 1
 
 

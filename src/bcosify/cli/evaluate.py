@@ -25,6 +25,7 @@ from ..evaluate import (
     class_embeddings,
     deletion_auc,
     grid_pointing_game,
+    linear_probe,
     mask_localisation,
     zero_shot_evaluation,
 )
@@ -90,6 +91,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="B-cos CLIP models: prompt templates for zero-shot classification, each with {} "
         "for the class name",
     )
+    parser.add_argument(
+        "--probe-split",
+        help="also fit a linear probe (a logistic regression on the frozen features: the image "
+        "embeddings of a CLIP model, the classifier's input otherwise) on this split, e.g. "
+        "train, and score it on --split",
+    )
     parser.set_defaults(run=run)
 
 
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         **_header(args, device),
         "accuracy": accuracy(model, data, batch_size=args.batch_size),
+        **_probes({"model": model}, data, args),
     }
     names = args.explainers or (["bcos"] if is_bcos else ["gradcam"])
     images, labels, masks = _first_items(data, args.images)
@@ -192,6 +200,7 @@ def _header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "device": str(device),
             "explainers": args.explainers,
             "templates": args.templates,
+            "probe_split": args.probe_split,
         },
     }
 
@@ -249,6 +258,7 @@ def _zero_shot(model: BcosCLIP, data: Any, args: argparse.Namespace) -> int:
         "templates": list(zero_shot.templates),
     }
     print(zero_shot)
+    results.update(_probes({"teacher": model.original, "student": model}, data, args))
     images, labels, masks = _first_items(data, args.images)
     if masks is not None:
         classes = class_embeddings(model.encode_text, data.classes, args.templates)
@@ -258,6 +268,34 @@ def _zero_shot(model: BcosCLIP, data: Any, args: argparse.Namespace) -> int:
         print(f"class-prompt explanations: {inside:.3f} of the positive contribution in the mask")
     _write(results, args.out)
     return 0
+
+
+def _probes(
+    models: dict[str, torch.nn.Module], data: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``{"linear_probe": {name: result}}`` with ``--probe-split``, else nothing."""
+    if args.probe_split is None:
+        return {}
+    if args.probe_split == args.split:
+        raise DataError(
+            f"--probe-split {args.probe_split} is the evaluated split: fit the probe on another "
+            "split (e.g. --probe-split train)"
+        )
+    classes = getattr(data, "classes", None)
+    train = build_dataset(
+        args.data,
+        args.probe_split,
+        args.image_size,
+        num_examples=args.num_examples,
+        augment=False,  # the features of the images themselves, as for the evaluated split
+        skip_corrupt=args.skip_corrupt,
+        classes=None if classes is None else [str(c) for c in classes],
+    )
+    probes = {}
+    for name, model in models.items():
+        probes[name] = linear_probe(model, train, data, batch_size=args.batch_size, seed=args.seed)
+        print(f"{name}: {probes[name]}")
+    return {"linear_probe": {name: vars(result) for name, result in probes.items()}}
 
 
 def _first_items(data: Any, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
