@@ -2,7 +2,8 @@
 
 For every architecture of the conversion tests: every module path of the original exists under
 ``network.``, containers keep their classes, and a forward hook on every container fires as
-often as on the original. Then the tools users hook into a model with (GradCAM, Captum's layer
+often as on the original; the model survives ``torch.save`` of the whole model and
+``copy.deepcopy``. Then the tools users hook into a model with (GradCAM, Captum's layer
 attributions, torchvision's feature extraction) and timm's own interface.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 from collections import Counter
 
 import pytest
@@ -21,6 +23,7 @@ from test_convert_vit import original as vit_original
 from torch import nn
 
 import bcosify
+from bcosify.convert.tracing import rewritten_methods
 from bcosify.errors import InputRangeError
 from bcosify.models import create
 from bcosify.nn import BcosConv2d, BcosLinear
@@ -124,6 +127,20 @@ def check_tree(
     assert expected[""] == int(whole) and got == expected
 
 
+def check_copies(model: nn.Module, x: torch.Tensor) -> None:
+    """A whole-model ``torch.save`` / ``torch.load`` and ``copy.deepcopy`` give the same model:
+    classes (converted ones included), rewritten methods and outputs."""
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for copied in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+        pairs = list(zip(model.modules(), copied.modules(), strict=True))
+        assert all(type(a).__qualname__ == type(b).__qualname__ for a, b in pairs)
+        assert all(rewritten_methods(a) == rewritten_methods(b) for a, b in pairs)
+        with torch.no_grad():
+            torch.testing.assert_close(copied(x), model(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("arch", list(BUILDERS))
 def test_module_paths_classes_and_hooks_are_the_originals(arch):
     needs(arch)
@@ -137,6 +154,7 @@ def test_module_paths_classes_and_hooks_are_the_originals(arch):
         return original(normalise(images, mean, std) if images.shape[1] == 3 else images)
 
     check_tree(original, run, model, x)
+    check_copies(model, x)
 
 
 def _hf_config(transformers):
@@ -198,6 +216,7 @@ def test_clip_image_towers_keep_their_module_tree(kind):
         return run((images - mean) / std)
 
     check_tree(tower, normalised_run, model, x, whole=kind not in ("hf_clip", "hf_siglip"))
+    check_copies(model, x)
 
 
 def test_a_block_that_needs_no_change_keeps_its_class_and_code():

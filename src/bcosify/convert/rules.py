@@ -41,6 +41,7 @@ from ..nn import (
     DynamicAttention,
     PooledLayerNorm,
 )
+from .dynamic import dynamic_class
 from .options import ConversionOptions
 
 __all__ = [
@@ -282,24 +283,26 @@ def squeeze_excitation(gate: GateFunction) -> Rule:
     """
 
     def rule(module: nn.Module, context: RuleContext) -> nn.Module:
-        cls = type(module)
-
-        def forward(self: nn.Module, x: Tensor) -> Tensor:
-            return x * self.detach_if_explaining(gate(self, x))
-
-        module.__class__ = type(
-            f"Bcos{cls.__name__}",
-            (DetachedGate, cls),
-            {
-                "forward": forward,
-                "__module__": cls.__module__,
-                "_bcosify_original": cls,
-                "_bcosify_converted": True,
-            },
-        )
+        module.__class__ = dynamic_class(_gated_class, type(module), gate)
         return module
 
     return rule
+
+
+def _gated_class(cls: type, gate: GateFunction) -> type:
+    """``Bcos<cls>``: ``cls`` with the forward ``x * gate(x)``, the gate detached when explaining
+    (``gate`` a module-level function, so that the converted model pickles)."""
+
+    def forward(self: nn.Module, x: Tensor) -> Tensor:
+        return x * self.detach_if_explaining(gate(self, x))
+
+    namespace = {
+        "forward": forward,
+        "__module__": cls.__module__,
+        "_bcosify_original": cls,
+        "_bcosify_converted": True,
+    }
+    return type(f"Bcos{cls.__name__}", (DetachedGate, cls), namespace)
 
 
 def generic_rules() -> dict[type[nn.Module], Rule]:

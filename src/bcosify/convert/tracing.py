@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import fx, nn
 
+from .dynamic import GeneratedCode, dynamic_class
+
 __all__ = [
     "CallInfo",
     "ModuleGraph",
@@ -299,13 +301,12 @@ def rewritten_methods(module: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(type(module), "_bcosify_rewritten", ()))
 
 
-@dataclass
-class _Specialised:
-    """One traced version of a method: the arguments it was fixed to and the code it runs."""
+@dataclass(frozen=True)
+class _Dispatch:
+    """A traced method: one version per specialisation, the arguments it was fixed to and its
+    code (``None``: the graph did not change, the original method runs)."""
 
-    concrete: dict[str, Any]
-    code: Callable[..., Any]
-    edited: bool = field(default=True)
+    versions: tuple[tuple[dict[str, Any], GeneratedCode | None], ...]
 
 
 def install_methods(module: nn.Module, graphs: list[ModuleGraph]) -> tuple[str, ...]:
@@ -319,21 +320,20 @@ def install_methods(module: nn.Module, graphs: list[ModuleGraph]) -> tuple[str, 
     by_method: dict[str, list[ModuleGraph]] = {}
     for graph in graphs:
         by_method.setdefault(graph.method, []).append(graph)
-    cls = type(module)
     replaced = {
-        name: _dispatcher(module, cls, name, versions)
+        name: _Dispatch(tuple((g.concrete, _code(g) if g.changed else None) for g in versions))
         for name, versions in by_method.items()
         if any(g.changed for g in versions)
     }
-    if not replaced:
-        return ()
-    replace_methods(module, replaced)
+    if replaced:
+        module.__class__ = dynamic_class(_rewritten_class, type(module), replaced)
     return tuple(replaced)
 
 
 def replace_methods(module: nn.Module, methods: dict[str, Callable[..., Any]]) -> None:
     """Give ``module`` a class of its own: a subclass of its class (same name, ``isinstance``
-    still true) with ``methods`` in place of its own.
+    still true) with ``methods`` in place of its own. The module still pickles when the methods
+    are module-level functions (see :mod:`bcosify.convert.dynamic`).
 
     Example:
         >>> import torch
@@ -342,43 +342,48 @@ def replace_methods(module: nn.Module, methods: dict[str, Callable[..., Any]]) -
         >>> relu(torch.zeros(1)), isinstance(relu, torch.nn.ReLU), rewritten_methods(relu)
         (tensor([1.]), True, ('forward',))
     """
-    cls = type(module)
+    module.__class__ = dynamic_class(_rewritten_class, type(module), methods)
+
+
+def _rewritten_class(cls: type, methods: dict[str, Callable[..., Any] | _Dispatch]) -> type:
     namespace: dict[str, Any] = {
-        **methods,
-        "__module__": cls.__module__,
-        "__qualname__": cls.__qualname__,
-        "__doc__": cls.__doc__,
-        "_bcosify_original": getattr(cls, "_bcosify_original", cls),
-        "_bcosify_rewritten": tuple(sorted({*rewritten_methods(module), *methods})),
+        name: _dispatcher(cls, name, m) if isinstance(m, _Dispatch) else m
+        for name, m in methods.items()
     }
-    module.__class__ = type(cls.__name__, (cls,), namespace)
+    namespace.update(
+        {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "_bcosify_original": getattr(cls, "_bcosify_original", cls),
+            "_bcosify_rewritten": tuple(
+                sorted({*getattr(cls, "_bcosify_rewritten", ()), *methods})
+            ),
+        }
+    )
+    return type(cls.__name__, (cls,), namespace)
 
 
-def _dispatcher(
-    module: nn.Module, cls: type, name: str, versions: list[ModuleGraph]
-) -> Callable[..., Any]:
+def _dispatcher(cls: type, name: str, dispatch: _Dispatch) -> Callable[..., Any]:
     function = getattr(cls, name)
     signature = inspect.signature(function)
     parameters = _parameters(function, variadic=False)
-    options = [
-        _Specialised(g.concrete, _code(module, g) if g.changed else function, g.changed)
-        for g in versions
-    ]
+    options = [(fixed, code.function() if code else None) for fixed, code in dispatch.versions]
 
     @functools.wraps(function)
     def method(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         values = bound.arguments
-        for option in options:
-            if all(_matches(values.get(k), v) for k, v in option.concrete.items()):
-                if not option.edited:
+        for concrete, code in options:
+            if all(_matches(values.get(k), v) for k, v in concrete.items()):
+                if code is None:
                     return function(self, *args, **kwargs)
-                return option.code(self, *(values[p] for p in parameters))
-        fixed = sorted({k for o in options for k in o.concrete})
+                return code(self, *(values[p] for p in parameters))
+        fixed = sorted({k for concrete, _ in options for k in concrete})
         raise TypeError(
             f"{type(self).__name__}.{name} was converted for "
-            + " or ".join(str(o.concrete) for o in options)
+            + " or ".join(str(concrete) for concrete, _ in options)
             + f"; it was called with { ({k: values.get(k) for k in fixed}) }. Convert the model "
             "again if it must run with other arguments."
         )
@@ -394,8 +399,7 @@ def _matches(value: Any, fixed: Any) -> bool:
     return type(value) is type(fixed) and bool(value == fixed)
 
 
-def _code(module: nn.Module, graph: ModuleGraph) -> Callable[..., Any]:
-    """The Python function fx generates for ``graph`` (taking ``self`` first)."""
+def _code(graph: ModuleGraph) -> GeneratedCode:
+    """The Python code fx generates for ``graph`` (a function taking ``self`` first)."""
     graph.graph.lint()
-    generated = fx.GraphModule(module, graph.graph, class_name=type(module).__name__)
-    return type(generated).forward
+    return GeneratedCode.of(graph.graph)

@@ -66,6 +66,19 @@ def global_response_norm(module: nn.Module, context: RuleContext) -> nn.Module:
     return norm
 
 
+# the gates of timm's squeeze-and-excitation blocks (module level: a converted model pickles)
+def _effective_se(se: nn.Module, x: Tensor) -> Tensor:
+    return se.gate(se.fc(_pooled(se, x)))
+
+
+def _se_module(se: nn.Module, x: Tensor) -> Tensor:
+    return se.gate(se.fc2(se.act(se.bn(se.fc1(_pooled(se, x))))))
+
+
+def _efficientnet_se(se: nn.Module, x: Tensor) -> Tensor:
+    return se.gate(se.conv_expand(se.act1(se.conv_reduce(_pooled(se, x)))))
+
+
 def _rules() -> dict[type[nn.Module], Rule]:
     try:
         import timm.layers as layers
@@ -73,15 +86,6 @@ def _rules() -> dict[type[nn.Module], Rule]:
         from timm.models._efficientnet_blocks import SqueezeExcite
     except ImportError:
         return {}
-
-    def effective_se(se: nn.Module, x: Tensor) -> Tensor:
-        return se.gate(se.fc(_pooled(se, x)))
-
-    def se_module(se: nn.Module, x: Tensor) -> Tensor:
-        return se.gate(se.fc2(se.act(se.bn(se.fc1(_pooled(se, x))))))
-
-    def efficientnet_se(se: nn.Module, x: Tensor) -> Tensor:
-        return se.gate(se.conv_expand(se.act1(se.conv_reduce(_pooled(se, x)))))
 
     def conv2d_same(module: nn.Module, context: RuleContext) -> nn.Module:
         raise UnsupportedModule(
@@ -93,9 +97,9 @@ def _rules() -> dict[type[nn.Module], Rule]:
         layers.LayerNorm2d: layernorm2d,
         layers.BatchNormAct2d: _timm_batchnorm_act,
         BcosBatchNormAct2d: keep,
-        layers.SEModule: squeeze_excitation(se_module),
-        layers.EffectiveSEModule: squeeze_excitation(effective_se),
-        SqueezeExcite: squeeze_excitation(efficientnet_se),
+        layers.SEModule: squeeze_excitation(_se_module),
+        layers.EffectiveSEModule: squeeze_excitation(_effective_se),
+        SqueezeExcite: squeeze_excitation(_efficientnet_se),
         layers.DropPath: keep,
         layers.Conv2dSame: conv2d_same,
         layers.LayerNorm: layernorm,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from ...nn import BcosWindowAttention
 from ..rules import Rule, RuleContext, keep, layernorm2d, qkv_projection, squeeze_excitation
@@ -26,13 +26,17 @@ def _swin_attention(module: nn.Module, context: RuleContext) -> nn.Module:
     )
 
 
+def _squeeze_excitation_scale(block: nn.Module, x: Tensor) -> Tensor:
+    return block._scale(x)
+
+
 def _rules() -> dict[type[nn.Module], Rule]:
     from torchvision.models.convnext import LayerNorm2d
     from torchvision.models.swin_transformer import ShiftedWindowAttention
     from torchvision.ops import SqueezeExcitation, StochasticDepth
 
     return {
-        SqueezeExcitation: squeeze_excitation(lambda se, x: se._scale(x)),
+        SqueezeExcitation: squeeze_excitation(_squeeze_excitation_scale),
         StochasticDepth: keep,
         LayerNorm2d: layernorm2d,
         ShiftedWindowAttention: _swin_attention,
