@@ -70,3 +70,26 @@ def test_text_mistakes_are_one_line(text_files, tmp_path):
         *argv, "--data", "synthetic", "--val-data", "x.jsonl", "--out", str(tmp_path / "b")
     )
     assert status != 0 and "--val-data is for texts" in err
+
+
+@pytest.mark.slow
+def test_the_text_demo_writes_its_report(tmp_path):
+    status, out, err = run_cli(
+        "demo", "--text", "--preset", "test", "--out", str(tmp_path), "--no-progress"
+    )
+    assert status == 0, err
+    assert "Open" in out and "B-cos pointing game" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["accuracy"]) == {"original", "bcosified", "scratch"}
+    assert len(metrics["explanations"]) == 1 + 2 * 6  # bcos, six post-hoc methods on two models
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Texts</h2>" in page and "text-decoration: underline" in page
+
+
+def test_text_demo_mistakes_are_one_line(tmp_path):
+    for extra, message in (
+        (["--full"], "--full and --cache are for the image demo"),
+        (["--preset", "full"], "--text takes --preset default or test, not full"),
+    ):
+        status, _, err = run_cli("demo", "--text", *extra, "--out", str(tmp_path))
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err

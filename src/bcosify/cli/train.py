@@ -131,7 +131,18 @@ def run(args: argparse.Namespace) -> int:
     train_data, val_data = _splits(args, recipe)
     classes = getattr(train_data, "classes", None)
     model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
-    result = train(
+    result = _train(args, model, train_data, val_data, recipe)
+    for data in (train_data, val_data):
+        if getattr(data, "num_skipped", 0):
+            print(data.summary())
+    return _finish(result.finished, result.step, result.signal, args.out)
+
+
+def _train(
+    args: argparse.Namespace, model: Any, train_data: Any, val_data: Any, recipe: Recipe
+) -> Any:
+    """:func:`bcosify.train.train` with the command line's run options."""
+    return train(
         model,
         train_data,
         recipe,
@@ -142,10 +153,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )
-    for data in (train_data, val_data):
-        if getattr(data, "num_skipped", 0):
-            print(data.summary())
-    return _finish(result.finished, result.step, result.signal, args.out)
 
 
 def is_text_file(data: str) -> bool:
@@ -175,17 +182,8 @@ def _train_text(args: argparse.Namespace, recipe: Recipe) -> int:
         if args.val_data
         else None
     )
-    result = train(
-        model.model if isinstance(model, TextClassifier) else model,
-        train_data,
-        recipe,
-        args.out,
-        val_data=val_data,
-        max_steps=args.max_steps,
-        device=args.device,
-        progress=not args.no_progress,
-        tensorboard=args.tensorboard,
-    )
+    network = model.model if isinstance(model, TextClassifier) else model
+    result = _train(args, network, train_data, val_data, recipe)
     if result.finished:
         tokenizer.save_pretrained(str(args.out / "model"))
     return _finish(result.finished, result.step, result.signal, args.out)

@@ -7,14 +7,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, OptionsError
+from ..models.text import padding_mask
 from ..nn import LogitBias
 from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
 from .hub import HubMixin
-from .options import Activations, QkvProjection, _check_choice
+from .options import Activations, QkvProjection, check_shared_options
 
 __all__ = [
     "TEXT_FORMAT",
@@ -60,14 +60,7 @@ class TextConversionOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "b", float(self.b))
-        if not self.b >= 1.0:
-            raise OptionsError(f"b must be >= 1 (1 keeps the original linear layers), got {self.b}")
-        _check_choice("activations", self.activations, ("keep", "identity"))
-        _check_choice("qkv_projection", self.qkv_projection, ("linear", "bcos"))
-        if not (self.logit_bias in ("auto", None) or isinstance(self.logit_bias, (int, float))):
-            raise OptionsError(
-                f"logit_bias must be 'auto', a number or None, got {self.logit_bias!r}"
-            )
+        check_shared_options(self.b, self.activations, self.qkv_projection, self.logit_bias)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,11 +171,9 @@ class BcosTextModel(HubMixin, nn.Module):
         )
 
     def default_mask(self, input_ids: Tensor) -> Tensor:
-        """The attention mask of ``input_ids`` when none is given: ``input_ids !=
-        pad_token_id``, or all ones for a model without a padding token."""
-        if self.config.pad_token_id is None:
-            return torch.ones_like(input_ids)
-        return (input_ids != self.config.pad_token_id).long()
+        """The attention mask of ``input_ids`` when none is given (:func:`~bcosify.models.
+        text.padding_mask`)."""
+        return padding_mask(input_ids, self.config.pad_token_id)
 
     def forward(
         self,

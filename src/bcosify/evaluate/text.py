@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -39,7 +38,7 @@ from ..explain.text import explain_tokens
 from ..models.text import text_logits
 from ..nn import BcosTokenEmbedding, explanation_mode
 from ._common import check_positive, has_bcos_layers, probabilities, resolve_probability
-from .explainers import _CAPTUM_NOTICES, _captum, _WeightedRidge
+from .explainers import _captum, _Explainer, _WeightedRidge, posthoc
 
 __all__ = [
     "ERASURE_FRACTIONS",
@@ -137,22 +136,14 @@ class _TextExplainer:
     def attribute(self, input_ids: Tensor, attention_mask: Tensor, target: Tensor) -> Tensor:
         ids, mask, targets = _check_tokens(input_ids, attention_mask, target, self.name)
         device = device_of(self.model)
-        with (
-            _evaluation(self.model),
-            explanation_mode(self.model, enabled=False),
-            warnings.catch_warnings(),
-        ):
-            for notice in _CAPTUM_NOTICES:
-                warnings.filterwarnings("ignore", message=notice)
+        with posthoc(self.model):
             result = self._attribute(ids.to(device), mask.to(device), targets.to(device))
         return result.detach().to(device=input_ids.device, dtype=torch.float32)
 
     def _attribute(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"{type(self).__name__}({self.name!r}{', ' if options else ''}{options})"
+    __repr__ = _Explainer.__repr__  # the name and the options, as for images
 
 
 class _BcosTextExplainer(_TextExplainer):

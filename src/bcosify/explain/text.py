@@ -111,23 +111,31 @@ class TextExplanation(TokenExplanation):
         return path
 
 
-def token_html(tokens: Sequence[str], values: Sequence[float], scale: float | None = None) -> str:
+def token_html(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    scale: float | None = None,
+    underline: Sequence[bool] | None = None,
+) -> str:
     """Tokens as HTML spans coloured by their values: red for positive, blue for negative, the
     strength relative to ``scale`` (default: the largest absolute value); the value is the
-    span's tooltip.
+    span's tooltip. Tokens whose ``underline`` is true (ground-truth evidence, say) are
+    underlined.
 
     Example:
         >>> token_html(["good", "film"], [1.0, -0.5])  # doctest: +ELLIPSIS
         "<span title='1.000' style='background: rgba(214, 39, 40, 1.00)...'>good</span> ..."
     """
     scale = scale if scale is not None else max((abs(v) for v in values), default=0.0)
+    marks = [False] * len(tokens) if underline is None else list(underline)
     spans = []
-    for token, value in zip(tokens, values, strict=True):
+    for token, value, mark in zip(tokens, values, marks, strict=True):
         strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
         colour = "214, 39, 40" if value >= 0 else "31, 119, 180"
+        line = "; text-decoration: underline" if mark else ""
         spans.append(
             f"<span title='{value:.3f}' style='background: rgba({colour}, {strength:.2f}); "
-            f"padding: 0 2px; border-radius: 3px'>{html.escape(token)}</span>"
+            f"padding: 0 2px; border-radius: 3px{line}'>{html.escape(token)}</span>"
         )
     return " ".join(spans)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ModelSourceError
@@ -15,6 +16,7 @@ __all__ = [
     "is_hf_text_folder",
     "load_hf_text_classifier",
     "load_tokenizer",
+    "padding_mask",
     "text_logits",
 ]
 
@@ -47,9 +49,8 @@ class TextClassifier(nn.Module):
         return getattr(self.model.config, "pad_token_id", None)
 
     def default_mask(self, input_ids: Tensor) -> Tensor:
-        """The attention mask of ``input_ids`` when none is given."""
-        pad = self.pad_token_id
-        return (input_ids != pad).long() if pad is not None else input_ids.new_ones(input_ids.shape)
+        """The attention mask of ``input_ids`` when none is given (:func:`padding_mask`)."""
+        return padding_mask(input_ids, self.pad_token_id)
 
     def forward(
         self,
@@ -65,6 +66,22 @@ class TextClassifier(nn.Module):
     def input_embeddings(self) -> nn.Module:
         """The token embedding module (attributions to its output are per token)."""
         return self.model.get_input_embeddings()
+
+
+def padding_mask(input_ids: Tensor, pad_token_id: int | None) -> Tensor:
+    """The attention mask of token ids: 1 where ``input_ids != pad_token_id``, all ones for a
+    model without a padding token.
+
+    Example:
+        >>> import torch
+        >>> padding_mask(torch.tensor([[5, 6, 0]]), 0).tolist()
+        [[1, 1, 0]]
+        >>> padding_mask(torch.tensor([[5, 6]]), None).tolist()
+        [[1, 1]]
+    """
+    if pad_token_id is None:
+        return torch.ones_like(input_ids)
+    return (input_ids != pad_token_id).long()
 
 
 def text_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
