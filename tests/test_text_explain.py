@@ -80,19 +80,13 @@ def test_mistakes_are_named():
         explain_text(original, tokenizer, ["w1"])
 
 
-def test_an_inexact_model_is_not_silent():
+def test_an_inexact_model_is_not_silent(monkeypatch):
     tokenizer = word_tokenizer(WORDS)
     model = converted("bert")
     layer = model.network.bert.encoder.layer[0].intermediate.intermediate_act_fn
-    layer.explaining_was = None
-    original_forward = type(layer).forward
-
-    def leaky(self, x):  # a gate that explanation mode does not detach: not dynamic linear
-        return x * torch.sigmoid(x)
-
-    type(layer).forward = leaky
-    try:
-        with pytest.warns(InexactExplanationWarning):
-            explain_text(model, tokenizer, ["w1 w2 w3"], target=0)
-    finally:
-        type(layer).forward = original_forward
+    # a gate that explanation mode does not detach: not dynamic linear, so not exact
+    monkeypatch.setattr(layer, "forward", lambda x: x * torch.sigmoid(x))
+    with pytest.warns(InexactExplanationWarning):
+        explain_text(model, tokenizer, ["w1 w2 w3"], target=0)
+    with pytest.raises(ExplanationError, match="examples are inexact"):
+        explain_text(model, tokenizer, ["w1 w2 w3"], target=0, check="raise")
