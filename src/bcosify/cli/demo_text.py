@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.text import SPECIAL_TOKENS, SyntheticTexts
+from ..errors import ModelSourceError
 from ..evaluate import bootstrap_interval, correct
 from ..evaluate.text import (
     TEXT_EXPLAINER_NAMES,
@@ -94,7 +95,12 @@ TEXT_PRESETS = {
 
 def original_model(data: SyntheticTexts, settings: TextDemoSettings) -> nn.Module:
     """The small BERT of the demo, from random weights seeded by ``settings.seed``."""
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise ModelSourceError(
+            "the text demo needs transformers: pip install 'bcosify[transformers]'"
+        ) from None
 
     config = transformers.BertConfig(
         vocab_size=data.tokenizer.vocab_size,
