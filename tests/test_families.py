@@ -18,6 +18,7 @@ from nets import keep_signal_alive
 from test_convert import TIMM, TORCHVISION
 from test_convert_vit import SPECS as VITS
 from test_convert_vit import randomise
+from test_text_convert import CONFIGS as TEXT_CONFIGS
 from torch import nn
 
 import bcosify
@@ -45,6 +46,7 @@ def architectures_under_test() -> set[tuple[str, str]]:
         ("transformers", "SiglipModel (image tower)"),  # test_siglip_... below
         ("transformers", "SiglipVisionModel"),
     }
+    found |= {("transformers", name) for name, _ in TEXT_CONFIGS.values()}  # test_text_convert
     return found
 
 
@@ -56,7 +58,22 @@ def test_every_exact_claim_is_tested_and_every_test_is_claimed():
 UNSUPPORTED = {
     ("torchvision", "swin_v2_t"): lambda: create("torchvision:swin_v2_t", num_classes=3),
     ("timm", "tf_efficientnet_b0"): lambda: create("timm:tf_efficientnet_b0", num_classes=3),
+    ("transformers", "ElectraForSequenceClassification"): lambda: tiny_electra(),
 }
+
+
+def tiny_electra() -> nn.Module:
+    import transformers
+
+    config = transformers.ElectraConfig(
+        vocab_size=30,
+        embedding_size=16,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    return transformers.ElectraForSequenceClassification(config)
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,16 @@ from . import convert, explain, models, nn
 from .convert import (
     BcosCLIP,
     BcosModel,
+    BcosTextModel,
     ConversionReport,
     calibrate,
     convert_clip,
+    convert_text,
     load,
     load_clip,
 )
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
-from .explain import Explanation
+from .explain import Explanation, TextExplanation, explain_text
 from .nn import explanation_mode
 
 __version__ = "0.1.0"
@@ -37,17 +39,21 @@ __all__ = [
     "BcosAttribution",
     "BcosCLIP",
     "BcosModel",
+    "BcosTextModel",
     "BcosifyError",
     "CheckpointError",
     "ConversionError",
     "ConversionReport",
     "Explanation",
     "ExplanationError",
+    "TextExplanation",
     "__version__",
     "calibrate",
     "convert",
     "convert_clip",
+    "convert_text",
     "explain",
+    "explain_text",
     "explanation_mode",
     "load",
     "load_clip",

@@ -170,24 +170,56 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "1: threads of a small model that wait for each other on a busy machine are many times "
         "slower than one)",
     )
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="the B-cos language model demo instead: a small BERT on the synthetic text task "
+        "(presets default and test)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = PRESETS[args.preset or ("full" if args.full else "default")]
-    if args.seed is not None:
-        if args.seed < 0:
-            raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-        settings = DemoSettings(**{**asdict(settings), "seed": args.seed})
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+    if args.text:
+        return _run_text(args)
+    settings = PRESETS[args.preset or ("full" if args.full else "default")]
+    if args.seed is not None:
+        settings = DemoSettings(**{**asdict(settings), "seed": args.seed})
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or idle_cores())
     try:
         metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)  # when called in-process, as the tests do
+    print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
+    for line in metrics["headline"]:
+        print(f"  - {line}")
+    return 0
+
+
+def _run_text(args: argparse.Namespace) -> int:
+    """``bcosify demo --text``: :func:`bcosify.cli.demo_text.run_text_demo`."""
+    from .demo_text import TEXT_PRESETS, TextDemoSettings, run_text_demo
+
+    if args.full or args.cache is not None:
+        raise UsageError("--full and --cache are for the image demo; --text takes --preset")
+    preset = args.preset or "default"
+    if preset not in TEXT_PRESETS:
+        raise UsageError(f"--text takes --preset {' or '.join(TEXT_PRESETS)}, not {preset}")
+    settings = TEXT_PRESETS[preset]
+    if args.seed is not None:
+        settings = TextDemoSettings(**{**asdict(settings), "seed": args.seed})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or idle_cores())
+    try:
+        metrics = run_text_demo(settings, args.out, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)
     print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
     for line in metrics["headline"]:
         print(f"  - {line}")

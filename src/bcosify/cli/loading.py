@@ -10,6 +10,7 @@ from ..convert import load as load_bcos_model
 from ..convert import load_clip
 from ..errors import BcosifyError, CheckpointError, UsageError
 from ..models import create, load_model
+from ..models.text import is_hf_text_folder, load_hf_text_classifier
 from ..serialization import CONFIG_FILE, read_config_json
 
 __all__ = ["load_model_argument"]
@@ -18,8 +19,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def load_model_argument(spec: str, weights: str | None, num_classes: int | None) -> nn.Module:
-    """A source name, a saved model folder (B-cos, B-cos CLIP or ordinary) or a run folder (its
-    ``model/``).
+    """A source name, a saved model folder (B-cos, B-cos CLIP, B-cos text or ordinary), a
+    transformers sequence classifier's folder, or a run folder (its ``model/``).
 
     Example:
         >>> load_model_argument("torchvision:resnet18", None, 3).fc.out_features
@@ -28,6 +29,10 @@ def load_model_argument(spec: str, weights: str | None, num_classes: int | None)
     folder = Path(spec)
     if (folder / "model" / CONFIG_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
         folder = folder / "model"  # a run folder of bcosify train
+    if is_hf_text_folder(folder):  # a transformers sequence classifier's own folder
+        if weights is not None:
+            raise UsageError(f"--weights does not apply to {spec}, a transformers model folder")
+        return load_hf_text_classifier(folder)
     if (folder / CONFIG_FILE).is_file():
         if weights is not None:
             raise UsageError(
@@ -56,7 +61,7 @@ def _load_saved(folder: Path) -> nn.Module:
     """The model a saved folder describes; a config that cannot be built is named."""
     kind = read_config_json(folder).get("format", "")
     loader = load_model
-    if isinstance(kind, str) and kind.startswith("bcosify-model"):
+    if isinstance(kind, str) and kind.startswith(("bcosify-model", "bcosify-text-model")):
         loader = load_bcos_model
     elif isinstance(kind, str) and kind.startswith("bcosify-clip"):
         loader = load_clip

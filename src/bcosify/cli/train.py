@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
-from ..convert import BcosCLIP
+from ..convert import BcosCLIP, BcosTextModel
 from ..data import ImageFolderDataset, UnlabelledImages, build_dataset
-from ..errors import CheckpointError
+from ..data.text import TextFileDataset
+from ..errors import CheckpointError, UsageError
+from ..models.text import TextClassifier, load_tokenizer
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
 from ..train.distributed import check_device
@@ -27,7 +29,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train or B-cosify-and-fine-tune a model with a recipe",
         description=(
-            "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch), or distil a "
+            "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch; for text "
+            "classifiers bcosify-lm), or distil a "
             "B-cosified CLIP image tower from the original (bcosify-clip: --model is a CLIP "
             "model, --data any folder of images). Resumes from the checkpoint in --out if there "
             "is one (with the same recipe and data; " + ", ".join(RESUMABLE_CHANGES[:4]) + " may "
@@ -43,7 +46,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="a source (torchvision:resnet18, timm:...) or a saved model folder",
     )
     parser.add_argument("--weights", help="weights for a source model (file or weight name)")
-    parser.add_argument("--data", required=True, help="'synthetic' or an image folder")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="'synthetic', an image folder, or a .jsonl / .csv file of texts with text and label "
+        "(then --model is a transformers sequence classifier's folder with its tokenizer.json, "
+        "or a saved text model)",
+    )
+    parser.add_argument("--val-data", help="texts: a .jsonl / .csv validation file")
+    parser.add_argument(
+        "--max-length", type=positive_int, default=128, help="texts: tokens per text (128)"
+    )
     parser.add_argument("--recipe", required=True, help="standard, bcosify-cnn, bcosify-vit, ...")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--epochs", type=positive_int)
@@ -111,10 +124,25 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(recipe.seed)
     if recipe.loss in DISTILLATION_LOSSES:
         return _align(args, recipe)
+    if is_text_file(args.data):
+        return _train_text(args, recipe)
+    if args.val_data is not None:
+        raise UsageError("--val-data is for texts (--data a .jsonl or .csv file)")
     train_data, val_data = _splits(args, recipe)
     classes = getattr(train_data, "classes", None)
     model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
-    result = train(
+    result = _train(args, model, train_data, val_data, recipe)
+    for data in (train_data, val_data):
+        if getattr(data, "num_skipped", 0):
+            print(data.summary())
+    return _finish(result.finished, result.step, result.signal, args.out)
+
+
+def _train(
+    args: argparse.Namespace, model: Any, train_data: Any, val_data: Any, recipe: Recipe
+) -> Any:
+    """:func:`bcosify.train.train` with the command line's run options."""
+    return train(
         model,
         train_data,
         recipe,
@@ -125,9 +153,39 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
     )
-    for data in (train_data, val_data):
-        if getattr(data, "num_skipped", 0):
-            print(data.summary())
+
+
+def is_text_file(data: str) -> bool:
+    """Whether ``--data`` names labelled texts (a ``.jsonl`` or ``.csv`` file)."""
+    return Path(data).suffix in (".jsonl", ".csv")
+
+
+def _train_text(args: argparse.Namespace, recipe: Recipe) -> int:
+    """A text classifier trained on labelled texts, its tokenizer saved beside the model."""
+    model = load_model_argument(args.model, args.weights, None)
+    if not isinstance(model, (TextClassifier, BcosTextModel)):
+        raise UsageError(
+            f"--data {args.data} holds texts, but --model {args.model} is not a text classifier: "
+            "pass a transformers sequence classifier's folder (save_pretrained, with its "
+            "tokenizer) or a saved bcosify text model"
+        )
+    folder = Path(args.model)
+    if not (folder / "tokenizer.json").is_file():
+        folder = folder / "model"  # a run folder
+    tokenizer = load_tokenizer(folder)
+    classes = model.config.class_names if isinstance(model, BcosTextModel) else None
+    train_data = TextFileDataset(args.data, tokenizer, max_length=args.max_length, classes=classes)
+    val_data = (
+        TextFileDataset(
+            args.val_data, tokenizer, max_length=args.max_length, classes=train_data.classes
+        )
+        if args.val_data
+        else None
+    )
+    network = model.model if isinstance(model, TextClassifier) else model
+    result = _train(args, network, train_data, val_data, recipe)
+    if result.finished:
+        tokenizer.save_pretrained(str(args.out / "model"))
     return _finish(result.finished, result.step, result.signal, args.out)
 
 

@@ -12,10 +12,13 @@ from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
 from .rules import Rule, RuleContext, UnsupportedModule, keep
 from .table import default_rules
+from .text import convert_text, load_text
+from .text_model import BcosTextModel, TextConversionOptions, TextModelConfig
 
 __all__ = [
     "BcosCLIP",
     "BcosModel",
+    "BcosTextModel",
     "CalibrationResult",
     "ClipConversion",
     "Conversion",
@@ -26,14 +29,18 @@ __all__ = [
     "Rule",
     "RuleContext",
     "Support",
+    "TextConversionOptions",
+    "TextModelConfig",
     "UnsupportedModule",
     "calibrate",
     "convert",
     "convert_clip",
+    "convert_text",
     "default_rules",
     "keep",
     "load",
     "load_clip",
+    "load_text",
     "supported",
 ]
 

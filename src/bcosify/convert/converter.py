@@ -10,7 +10,7 @@ from typing import Literal, NamedTuple
 from torch import nn
 
 from ..device import device_of
-from ..errors import ConversionError
+from ..errors import ConversionError, OptionsError
 from ..models.sources import source_info
 from ..nn import BcosConv2d, BcosLinear
 from .calibrate import Images
@@ -22,8 +22,10 @@ from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
 from .rules import Rule
 from .table import default_rules
+from .text import convert_text, is_text_classifier
+from .text_model import BcosTextModel
 from .tracing import TraceFailure, trace_method
-from .tree import convert_tree, root_call
+from .tree import TreeConversion, convert_tree, root_call
 
 __all__ = ["Conversion", "ConversionReport", "Replacement", "convert"]
 
@@ -80,7 +82,7 @@ class ConversionReport:
 class Conversion(NamedTuple):
     """The result of :func:`convert`: unpack it as ``model, report = convert(...)``."""
 
-    model: BcosModel
+    model: BcosModel | BcosTextModel
     report: ConversionReport
 
 
@@ -116,6 +118,12 @@ def convert(
     embedding and class, distillation and register tokens stay, reported by name as constant
     terms of every explanation (``report.constants``).
 
+    Text classifiers (transformers ``AutoModelForSequenceClassification`` of BERT, DistilBERT,
+    RoBERTa, GPT-2 and Llama) convert to a :class:`~bcosify.convert.BcosTextModel` that takes
+    token ids (see :func:`bcosify.convert.text.convert_text`); the image options
+    (``input_mean``, ``input_std``, ``encoding``, ``maxpool``, ``classifier_before_pool``,
+    ``calibrate``) do not apply to them.
+
     CLIP models (open_clip ``CLIP``, transformers ``CLIPModel``) and their image towers (open_clip
     ``ModifiedResNet`` with its attention pooling and ``VisionTransformer``, transformers
     ``CLIPVisionModel``) convert to their image tower, which outputs image embeddings and gets
@@ -146,6 +154,32 @@ def convert(
         >>> bool((same.eval()(x) - reference).abs().max() < 1e-4)
         True
     """
+    if is_text_classifier(model):
+        image_only = {
+            "input_mean": input_mean is not None,
+            "input_std": input_std is not None,
+            "encoding": encoding != "fold",
+            "maxpool": maxpool != "keep",
+            "classifier_before_pool": not classifier_before_pool,
+            "calibrate": calibrate is not None,
+        }
+        given = [name for name, set_ in image_only.items() if set_]
+        if given:
+            raise OptionsError(
+                f"{', '.join(given)} apply to image models; {type(model).__name__} is a text "
+                "classifier (see bcosify.convert.TextConversionOptions)"
+            )
+        model, report = convert_text(
+            model,
+            b=b,
+            keep_bias=keep_bias,
+            activations=activations,
+            qkv_projection=qkv_projection,
+            logit_bias=logit_bias,
+            rules=rules,
+            class_names=class_names,
+        )
+        return Conversion(model, report)  # type: ignore[arg-type]
     info = source_info(model)
     if input_mean is None or input_std is None:
         if info is None:
@@ -191,28 +225,7 @@ def convert(
         encode_first_layer(first, options, problems, info.input_size if info else None)
     )
     tree = convert_tree(network, table, options, problems, traced_methods)
-    report.notes += tree.notes
-    report.constants += [f"network.{line}" for line in tree.constants]
-    report.replaced += [Replacement(*entry) for entry in tree.replaced]
-    report.kept += [Replacement(*entry) for entry in tree.kept]
-    if tree.rewritten:
-        report.notes.append(
-            "rewritten code (everything else keeps its own): "
-            + ", ".join(
-                f"{path or type(network).__name__}.{'/'.join(names)}"
-                for path, names in tree.rewritten.items()
-            )
-        )
-    if problems.lines:
-        raise ConversionError(
-            f"cannot convert {type(model).__name__}: {len(problems.lines)} part(s) have no "
-            "dynamic-linear form:\n" + "\n".join(problems.lines) + "\nFor a module type, add a "
-            "rule: bcosify.convert(model, rules={TheType: rule}) where rule(module, context) "
-            "returns its B-cos replacement (or the module itself, if it is already dynamic "
-            "linear: bcosify.convert.rules.keep). Wrap a functional call in a module to give it "
-            "a rule."
-        )
-    report.constants += _reported_constants(network)
+    record_tree(report, tree, network, model, problems)
     num_classes = _num_classes(network, tree.leaves)
 
     embedding = tower is not None and logit_bias == "auto"
@@ -239,6 +252,44 @@ def convert(
     if calibrate is not None:
         report.notes.append(str(calibrate_model(converted, calibrate)))
     return Conversion(converted.eval(), report)
+
+
+def record_tree(
+    report: ConversionReport,
+    tree: TreeConversion,
+    network: nn.Module,
+    model: nn.Module,
+    problems: GraphProblems,
+) -> None:
+    """Add what :func:`convert_tree` did to ``report``; raise if anything could not convert.
+
+    Raises:
+        ConversionError: listing every module and operation without a dynamic-linear form.
+    """
+    report.notes += tree.notes
+    report.constants += [f"network.{line}" for line in tree.constants]
+    report.replaced += [Replacement(*entry) for entry in tree.replaced]
+    report.kept += [Replacement(*entry) for entry in tree.kept]
+    if tree.rewritten:
+        report.notes.append(
+            "rewritten code (everything else keeps its own): "
+            + ", ".join(
+                f"{path or type(network).__name__}.{'/'.join(names)}"
+                for path, names in tree.rewritten.items()
+            )
+        )
+    if problems.lines:
+        raise ConversionError(
+            f"cannot convert {type(model).__name__}: {len(problems.lines)} part(s) have no "
+            "dynamic-linear form:\n" + "\n".join(problems.lines) + "\nFor a module type, add a "
+            "rule: bcosify.convert(model, rules={TheType: rule}) where rule(module, context) "
+            "returns its B-cos replacement (or the module itself, if it is already dynamic "
+            "linear: bcosify.convert.rules.keep). Wrap a functional call in a module to give it "
+            "a rule."
+        )
+    report.constants += _reported_constants(network)
+    # notes that modules made by rules leave (a pooler whose tanh became the identity)
+    report.notes += [n for _, m in network.named_modules() for n in getattr(m, "bcosify_notes", ())]
 
 
 def _reported_constants(network: nn.Module) -> list[str]:

@@ -72,16 +72,9 @@ class ConversionOptions:
             )
         if min(std) <= 0:
             raise OptionsError(f"input_std must be positive, got {std}")
-        if not self.b >= 1.0:
-            raise OptionsError(f"b must be >= 1 (1 keeps the original linear layers), got {self.b}")
+        check_shared_options(self.b, self.activations, self.qkv_projection, self.logit_bias)
         _check_choice("encoding", self.encoding, ("fold", "paper"))
         _check_choice("maxpool", self.maxpool, ("keep", "avg"))
-        _check_choice("activations", self.activations, ("keep", "identity"))
-        _check_choice("qkv_projection", self.qkv_projection, ("linear", "bcos"))
-        if not (self.logit_bias in ("auto", None) or isinstance(self.logit_bias, (int, float))):
-            raise OptionsError(
-                f"logit_bias must be 'auto', a number or None, got {self.logit_bias!r}"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; :meth:`from_dict` reads it back."""
@@ -103,6 +96,23 @@ class ConversionOptions:
         if unknown:
             raise OptionsError(f"unknown conversion options {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+def check_shared_options(b: float, activations: str, qkv_projection: str, logit_bias: Any) -> None:
+    """The checks of the options image and text conversions share.
+
+    Example:
+        >>> check_shared_options(0.5, "keep", "linear", "auto")
+        Traceback (most recent call last):
+        ...
+        bcosify.errors.OptionsError: b must be >= 1 (1 keeps the original linear layers), got 0.5
+    """
+    if not b >= 1.0:
+        raise OptionsError(f"b must be >= 1 (1 keeps the original linear layers), got {b}")
+    _check_choice("activations", activations, ("keep", "identity"))
+    _check_choice("qkv_projection", qkv_projection, ("linear", "bcos"))
+    if not (logit_bias in ("auto", None) or isinstance(logit_bias, (int, float))):
+        raise OptionsError(f"logit_bias must be 'auto', a number or None, got {logit_bias!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

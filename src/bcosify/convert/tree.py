@@ -93,11 +93,18 @@ def convert_tree(
     options: ConversionOptions,
     problems: GraphProblems,
     methods: MethodsFor,
+    root: CallInfo | None = None,
 ) -> TreeConversion:
     """Convert ``network`` in place: rules for the modules that have one, the rest checked and,
     where needed, rewritten (see the module docstring). Problems are added to ``problems``;
-    the tree is only consistent when there are none."""
+    the tree is only consistent when there are none.
+
+    ``root`` is how the network itself is called; by default (:func:`root_call`) on the
+    signal alone, its other arguments at their defaults. A text model's call also passes an
+    attention mask, a tensor that is not the signal (see :mod:`bcosify.convert.text`)."""
     walker = _Walker(network, table, options, problems, methods)
+    if root is not None:
+        walker.calls[""] = root
     walker.run()
     return walker.result
 

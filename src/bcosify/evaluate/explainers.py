@@ -14,10 +14,11 @@ map itself.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -86,13 +87,7 @@ class _Explainer:
     def attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         x, targets = check_batch(inputs, target, self.name)
         device = device_of(self.model)
-        with (
-            _evaluation(self.model),
-            explanation_mode(self.model, enabled=False),
-            warnings.catch_warnings(),
-        ):
-            for notice in _CAPTUM_NOTICES:
-                warnings.filterwarnings("ignore", message=notice)
+        with posthoc(self.model):
             result = self._attribute(x.to(device), targets.to(device))
         # one map per image (GradCAM, RISE) comes as (N, 1, H, W) and goes to every channel
         result = result.detach().to(device=inputs.device, dtype=torch.float32)
@@ -137,6 +132,16 @@ class _CaptumExplainer(_Explainer):
 
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
         return self._method.attribute(inputs, target=target, **self.options)
+
+
+@contextlib.contextmanager
+def posthoc(model: nn.Module) -> Iterator[None]:
+    """The model as a post-hoc method sees it: in evaluation mode, explanation mode off, and
+    Captum's notices about it silenced; put back as found afterwards."""
+    with _evaluation(model), explanation_mode(model, enabled=False), warnings.catch_warnings():
+        for notice in _CAPTUM_NOTICES:
+            warnings.filterwarnings("ignore", message=notice)
+        yield
 
 
 def _captum() -> Any:

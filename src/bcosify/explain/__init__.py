@@ -7,6 +7,7 @@ from typing import Any
 
 from .core import Explanation, Target, explain
 from .targets import cosine_similarity_target
+from .text import TextExplanation, TokenExplanation, explain_text, explain_tokens, token_html
 from .visualize import (
     colour_explanation,
     contribution_map_image,
@@ -20,14 +21,19 @@ __all__ = [
     "BcosAttribution",
     "Explanation",
     "Target",
+    "TextExplanation",
+    "TokenExplanation",
     "colour_explanation",
     "contribution_map_image",
     "cosine_similarity_target",
     "explain",
+    "explain_text",
+    "explain_tokens",
     "explanation_figure",
     "save_colour_explanation",
     "save_contribution_map",
     "save_image",
+    "token_html",
 ]
 
 

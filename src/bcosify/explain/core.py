@@ -21,7 +21,14 @@ from ..nn.mode import explanation_mode
 from ..nn.trace import ExplanationTrace
 from .targets import cosine_similarity_target
 
-__all__ = ["DEFAULT_TOLERANCE", "Explanation", "Target", "explain"]
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "ExplainedPass",
+    "Explanation",
+    "Target",
+    "explain",
+    "explained_pass",
+]
 
 DEFAULT_TOLERANCE = 1e-4
 """The largest residual :func:`explain` accepts quietly, relative to ``max(1, |score|)``: a
@@ -124,15 +131,78 @@ def explain(
             )
         )
     x = inputs.detach().clone().requires_grad_(True)
+    run = explained_pass(model, lambda: model(x), x, target, x.shape[0])
+    if check != "off":
+        _check_residual(model, inputs, run.scores, run.residual, tolerance, check)
+    contributions = run.contributions
+    return Explanation(
+        logits=run.logits,
+        targets=run.targets,
+        scores=run.scores,
+        inputs=run.inputs,
+        weights=run.weights,
+        contributions=contributions,
+        contribution_map=contributions.sum(1) if contributions.ndim > 2 else contributions,
+        input_contributions=contributions if run.fold is None else run.fold(contributions),
+        constants=run.constants,
+        residual=run.residual,
+    )
+
+
+@dataclass(frozen=True)
+class ExplainedPass:
+    """What one forward and one backward pass in explanation mode give (detached tensors).
+
+    Attributes:
+        logits, targets, scores: the output, the explained classes (None for a callable
+            target) and the explained score per example.
+        inputs: the tensor explained (the leaf a model's encoding marked with
+            :func:`~bcosify.nn.traced_input`, else the input itself).
+        weights: ``d score / d inputs``; ``contributions``: ``inputs * weights``.
+        constants: the contribution of every named constant, ``(N,)`` each.
+        fold: maps contributions back to the shape of the model's own input, or None.
+        residual: ``scores - sum(contributions) - sum(constants)``.
+    """
+
+    logits: Tensor
+    targets: Tensor | None
+    scores: Tensor
+    inputs: Tensor
+    weights: Tensor
+    contributions: Tensor
+    constants: dict[str, Tensor]
+    fold: Callable[[Tensor], Tensor] | None
+    residual: Tensor
+
+
+def explained_pass(
+    model: nn.Module,
+    forward: Callable[[], Tensor],
+    fallback: Tensor | None,
+    target: Target,
+    batch_size: int,
+) -> ExplainedPass:
+    """Run ``forward()`` (the model on a batch) in evaluation and explanation mode under an
+    :class:`~bcosify.nn.ExplanationTrace`, and differentiate the target scores with respect to
+    the traced input (``fallback`` when the model marks none) and every traced constant.
+
+    Raises:
+        ExplanationError: when the model marked no input and there is no ``fallback``.
+    """
     with (
         _evaluation(model),
         explanation_mode(model),
         ExplanationTrace(model) as trace,
         torch.enable_grad(),
     ):
-        logits = model(x)
-        scores, targets = _select(logits, target, batch_size=x.shape[0])
-        explained = x if trace.encoded_input is None else trace.encoded_input
+        logits = forward()
+        explained = fallback if trace.encoded_input is None else trace.encoded_input
+        if explained is None:
+            raise ExplanationError(
+                f"{type(model).__name__} marked no explained input (a text model's token "
+                "embedding does, once converted): convert the model with bcosify.convert"
+            )
+        scores, targets = _select(logits, target, batch_size=batch_size)
         leaves = [explained, *trace.constants.values()]
         grads = torch.autograd.grad(scores.sum(), leaves, allow_unused=True)
     weights = _zeros_if_none(grads[0], explained)
@@ -142,25 +212,21 @@ def explain(
         name: (leaf.detach() * _zeros_if_none(g, leaf)).flatten(1).sum(1)
         for (name, leaf), g in zip(trace.constants.items(), grads[1:], strict=True)
     }
-    fold = trace.fold_input
     scores = scores.detach()
     total = contributions.flatten(1).double().sum(1)
     for value in constants.values():
         total = total + value.double()
     residual = (scores.double() - total).to(scores.dtype)
-    if check != "off":
-        _check_residual(model, inputs, scores, residual, tolerance, check)
-    return Explanation(
-        logits=logits.detach(),
-        targets=targets,
-        scores=scores,
-        inputs=explained,
-        weights=weights,
-        contributions=contributions,
-        contribution_map=contributions.sum(1) if contributions.ndim > 2 else contributions,
-        input_contributions=contributions if fold is None else fold(contributions),
-        constants=constants,
-        residual=residual,
+    return ExplainedPass(
+        logits.detach(),
+        targets,
+        scores,
+        explained,
+        weights,
+        contributions,
+        constants,
+        trace.fold_input,
+        residual,
     )
 
 

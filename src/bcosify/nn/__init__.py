@@ -22,6 +22,7 @@ from .attention import (
 from .attention_pool import BcosAttentionPool2d
 from .bcos import BcosConv2d, BcosLinear
 from .constants import ConstantTerms
+from .embedding import BcosTokenEmbedding
 from .encoding import InputEncoding, InputNormalization
 from .gate import DetachedFactor, DetachedGate
 from .logit_bias import LogitBias
@@ -34,6 +35,8 @@ from .norm import (
     BcosLayerNorm2d,
 )
 from .pooled_norm import PooledLayerNorm
+from .rms_norm import BcosRMSNorm
+from .text_attention import TextAttention
 from .trace import ExplanationTrace, traced_constant, traced_input
 
 __all__ = [
@@ -50,8 +53,10 @@ __all__ = [
     "BcosMish",
     "BcosMultiheadAttention",
     "BcosQuickGELU",
+    "BcosRMSNorm",
     "BcosReLU6",
     "BcosSiLU",
+    "BcosTokenEmbedding",
     "BcosWindowAttention",
     "ConstantTerms",
     "DetachedFactor",
@@ -64,6 +69,7 @@ __all__ = [
     "InputNormalization",
     "LogitBias",
     "PooledLayerNorm",
+    "TextAttention",
     "dynamic_attention",
     "explanation_mode",
     "is_explaining",

@@ -100,6 +100,8 @@ class Report:
     gallery_note: str = ""
     gallery: list[GalleryRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (title, HTML) made by bcosify itself with every text escaped, e.g. highlighted tokens
+    sections: list[tuple[str, str]] = field(default_factory=list)
 
     def images(self) -> list[str]:
         """Every image the report references (relative paths)."""
@@ -155,6 +157,8 @@ class Report:
                 )
                 parts.append(f"<tr><td>{e(row.label)}</td>{cells}</tr>")
             parts.append("</table></div>")
+        for title, fragment in self.sections:
+            parts.append(f"<h2>{e(title)}</h2>{fragment}")
         if self.notes:
             parts.append(
                 "<h2>Notes</h2>" + "".join(f"<p class='note'>{e(n)}</p>" for n in self.notes)

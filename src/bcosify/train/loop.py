@@ -25,11 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..convert import BcosModel
+from ..convert import BcosModel, BcosTextModel
 from ..data.classes import check_classes, format_classes
 from ..device import device_of
 from ..errors import DataError, DivergenceError
 from ..models.sources import class_names_of
+from ..models.text import TextClassifier
 from ..serialization import atomic_write
 from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import Distributed, setup_distributed
@@ -193,7 +194,7 @@ def train(
         _check_outputs(prepared, train_data, classes)
     if isinstance(objective, nn.Module):
         objective.to(dist.device)
-    is_bcos = isinstance(prepared, BcosModel)
+    is_bcos = isinstance(prepared, (BcosModel, BcosTextModel))
     b_set: float | None = None  # the B the layers have, once the loop has set it
     optimizer = build_optimizer(recipe, prepared.parameters())
     ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
@@ -486,7 +487,13 @@ def _save_model(model: nn.Module, directory: Path, classes: Sequence[str] | None
     from ..models.sources import source_info
 
     names = list(classes) if classes else None
-    if isinstance(model, BcosModel):
+    if isinstance(model, TextClassifier):  # a transformers folder, as transformers saves it
+        if names:
+            model.model.config.id2label = dict(enumerate(names))
+            model.model.config.label2id = {name: i for i, name in enumerate(names)}
+        model.model.save_pretrained(directory, safe_serialization=True)
+        return
+    if isinstance(model, (BcosModel, BcosTextModel)):
         if names:
             model.config.class_names = names
         model.save_pretrained(directory)

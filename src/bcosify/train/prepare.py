@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..convert import BcosModel, convert
+from ..convert import BcosModel, BcosTextModel, convert
+from ..convert.text import is_text_classifier
 from ..errors import BcosifyError
 from ..models.sources import IMAGENET_MEAN, IMAGENET_STD, source_info
+from ..models.text import TextClassifier
 from .recipes import Recipe
 
 __all__ = ["Normalized", "prepare_model", "trained_network"]
@@ -53,21 +55,30 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
       ``recipe.activations`` (a model that is a :class:`BcosModel` already is trained as it is).
     - ``"bcos-scratch"``: converted, then every layer re-initialised.
 
+    A transformers sequence classifier (or a :class:`~bcosify.models.text.TextClassifier`)
+    takes token ids, not images: it is trained as a :class:`TextClassifier` (``"original"``)
+    or converted to a :class:`~bcosify.convert.BcosTextModel`.
+
     Example:
         >>> from bcosify.models import create
         >>> from bcosify.train import get_recipe
         >>> type(prepare_model(create("torchvision:resnet18"), get_recipe("bcosify-cnn"))).__name__
         'BcosModel'
     """
+    text = model.model if isinstance(model, TextClassifier) else model
     if recipe.model == "original":
-        if isinstance(model, BcosModel):
+        if isinstance(model, (BcosModel, BcosTextModel)):
             raise BcosifyError(
                 f"recipe {recipe.name!r} trains an ordinary model, but this one is a B-cos model; "
-                "use a B-cos recipe (bcosify-cnn, bcosify-vit) to fine-tune it"
+                "use a B-cos recipe (bcosify-cnn, bcosify-vit, bcosify-lm) to fine-tune it"
             )
+        if is_text_classifier(text):
+            return TextClassifier(text)
         return Normalized(model, *input_normalization(model))
-    if isinstance(model, BcosModel):
+    if isinstance(model, (BcosModel, BcosTextModel)):
         converted = model
+    elif is_text_classifier(text):
+        converted = convert(text, b=recipe.b, activations=recipe.activations).model
     else:
         mean, std = input_normalization(model)
         converted = convert(

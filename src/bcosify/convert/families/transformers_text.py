@@ -1,0 +1,577 @@
+"""transformers: text sequence classifiers (BERT, DistilBERT, RoBERTa, GPT-2, Llama).
+
+``AutoModelForSequenceClassification`` models of these families convert with their module tree
+kept. Their forwards branch on arguments, build masks with library helpers and return output
+objects, so :func:`traceable` replaces the forward of the classifier, of its base model and of
+its encoder stack by the same computation on tensors (``input_ids`` and ``attention_mask`` in,
+logits out), which torch.fx can trace; every module keeps its path and class. The rules:
+
+- the token embedding becomes :class:`~bcosify.nn.BcosTokenEmbedding`, the explained input;
+- BERT-style embedding modules (``BertEmbeddings``, ``RobertaEmbeddings``, DistilBERT's
+  ``Embeddings``) add their position and token-type embeddings as named constants (GPT-2's
+  positional table is routed by the converter, Llama has rotary embeddings on queries and keys);
+- self-attention modules keep their class and projections and get a forward with queries and
+  keys detached when explaining (:class:`~bcosify.nn.TextAttention`): padding and causal masks,
+  RoPE and grouped-query attention kept;
+- GPT-2's ``Conv1D`` becomes a B-cos linear layer, ``LlamaRMSNorm`` a
+  :class:`~bcosify.nn.BcosRMSNorm`, transformers' SiLU a gate (SwiGLU) or ``BcosSiLU``;
+- the BERT pooler's and the RoBERTa head's tanh has no dynamic-linear form: it becomes the
+  identity (kept with ``keep_bias=True``, the equivalence check), with a note in the report.
+
+The mask is one boolean ``(N, 1, L, L)`` tensor (True: may attend) from the padding mask (and
+causality for decoders); every token also attends to itself, so that a padding token's row is
+never empty. Valid tokens never attend to padding, so padding tokens contribute nothing.
+Decoders classify at the last token whose attention mask is 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...nn import BcosRMSNorm, BcosSiLU, BcosTokenEmbedding, TextAttention
+from ...nn.trace import traced_constant
+from ..rules import Rule, RuleContext, UnsupportedModule, activation, keep
+from ..rules import linear as linear_rule
+from ..rules import qkv_projection as qkv_projection_rule
+from ..tracing import replace_methods
+from . import Family, Support
+
+__all__ = [
+    "ARCHITECTURES",
+    "FAMILY",
+    "TextArchitecture",
+    "self_attention_mask",
+    "text_architecture",
+    "traceable",
+]
+
+
+@dataclass(frozen=True)
+class TextArchitecture:
+    """A sequence classifier the converter knows.
+
+    Attributes:
+        name: its transformers class name (``"BertForSequenceClassification"``).
+        token_types: whether it takes ``token_type_ids``.
+        causal: a decoder (causal attention, classified at the last token).
+    """
+
+    name: str
+    token_types: bool
+    causal: bool
+
+
+ARCHITECTURES = {
+    a.name: a
+    for a in (
+        TextArchitecture("BertForSequenceClassification", token_types=True, causal=False),
+        TextArchitecture("RobertaForSequenceClassification", token_types=True, causal=False),
+        TextArchitecture("DistilBertForSequenceClassification", token_types=False, causal=False),
+        TextArchitecture("GPT2ForSequenceClassification", token_types=False, causal=True),
+        TextArchitecture("LlamaForSequenceClassification", token_types=False, causal=True),
+    )
+}
+
+
+def text_architecture(model: nn.Module) -> TextArchitecture | None:
+    """The :class:`TextArchitecture` of a transformers sequence classifier, else None.
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ...                     intermediate_size=32, vocab_size=30)
+        >>> text_architecture(BertForSequenceClassification(config)).token_types
+        True
+    """
+    cls = getattr(type(model), "_bcosify_original", type(model))
+    if not cls.__module__.startswith("transformers."):
+        return None
+    return ARCHITECTURES.get(cls.__name__)
+
+
+def self_attention_mask(attention_mask: Tensor, causal: bool) -> Tensor:
+    """The boolean ``(N, 1, L, L)`` mask of self-attention (True: may attend) from a padding
+    mask ``(N, L)`` (1 for tokens, 0 for padding): no token attends to padding, a decoder's
+    tokens only to earlier ones, and every token to itself (so no row is empty).
+
+    Example:
+        >>> self_attention_mask(torch.tensor([[1, 1, 0]]), causal=True)[0, 0].int()
+        tensor([[1, 0, 0],
+                [1, 1, 0],
+                [1, 1, 1]], dtype=torch.int32)
+    """
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    allowed = attention_mask.bool()[:, None, None, :]
+    if causal:
+        allowed = allowed & (positions[:, None] >= positions[None, :])
+    return allowed | (positions[:, None] == positions[None, :])
+
+
+def _last_tokens(attention_mask: Tensor) -> Tensor:
+    """The position of the last token whose mask is 1, per example (left or right padding)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+# -- forwards of the classifiers, base models and stacks, on tensors ---------------------------
+
+
+def _bert_classifier(
+    self: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor | None = None,
+) -> Tensor:
+    return self.classifier(self.dropout(self.bert(input_ids, attention_mask, token_type_ids)))
+
+
+def _roberta_classifier(
+    self: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor | None = None,
+) -> Tensor:
+    return self.classifier(self.roberta(input_ids, attention_mask, token_type_ids))
+
+
+def _distilbert_classifier(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    hidden = self.distilbert(input_ids, attention_mask)
+    pooled = F.relu(self.pre_classifier(hidden[:, 0]))
+    return self.classifier(self.dropout(pooled))
+
+
+def _decoder_classifier(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    hidden = getattr(self, self.base_model_prefix)(input_ids, attention_mask)
+    logits = self.score(hidden)
+    batch = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return logits[batch, _last_tokens(attention_mask)]
+
+
+def _bert_model(
+    self: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor | None = None,
+) -> Tensor:
+    hidden = self.embeddings(input_ids, token_type_ids)
+    mask = self_attention_mask(attention_mask, causal=bool(self.config.is_decoder))
+    hidden = self.encoder(hidden, mask)
+    return hidden if self.pooler is None else self.pooler(hidden)
+
+
+def _distilbert_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    hidden = self.embeddings(input_ids)
+    return self.transformer(hidden, self_attention_mask(attention_mask, causal=False))
+
+
+def _encoder_stack(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
+    for layer in self.layer:
+        hidden_states = layer(hidden_states, attention_mask)
+    return hidden_states
+
+
+def _gpt2_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    # the positional embedding as the table it is: the model looks it up at 0..L-1
+    hidden = self.wte(input_ids) + self.wpe.weight[: input_ids.shape[1]]
+    hidden = self.drop(hidden)
+    mask = self_attention_mask(attention_mask, causal=True)
+    for block in self.h:
+        hidden = block(hidden, None, mask)
+    return self.ln_f(hidden)
+
+
+def _llama_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    hidden = self.embed_tokens(input_ids)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    # cos and sin of the rotary embedding: constants (the weight only lends its dtype)
+    rotary = self.rotary_emb(self.embed_tokens.weight, positions)
+    mask = self_attention_mask(attention_mask, causal=True)
+    for layer in self.layers[: self.config.num_hidden_layers]:
+        hidden = layer(
+            hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary
+        )
+    return self.norm(hidden)
+
+
+def _forwards() -> dict[type[nn.Module], Callable[..., Tensor]]:
+    try:
+        from transformers.models.bert import modeling_bert as bert
+        from transformers.models.distilbert import modeling_distilbert as distilbert
+        from transformers.models.gpt2 import modeling_gpt2 as gpt2
+        from transformers.models.llama import modeling_llama as llama
+        from transformers.models.roberta import modeling_roberta as roberta
+    except ImportError:
+        return {}
+    return {
+        bert.BertForSequenceClassification: _bert_classifier,
+        bert.BertModel: _bert_model,
+        bert.BertEncoder: _encoder_stack,
+        roberta.RobertaForSequenceClassification: _roberta_classifier,
+        roberta.RobertaModel: _bert_model,
+        roberta.RobertaEncoder: _encoder_stack,
+        distilbert.DistilBertForSequenceClassification: _distilbert_classifier,
+        distilbert.DistilBertModel: _distilbert_model,
+        distilbert.Transformer: _encoder_stack,
+        gpt2.GPT2ForSequenceClassification: _decoder_classifier,
+        gpt2.GPT2Model: _gpt2_model,
+        llama.LlamaForSequenceClassification: _decoder_classifier,
+        llama.LlamaModel: _llama_model,
+    }
+
+
+def traceable(model: nn.Module) -> list[str]:
+    """Replace the forward of a text classifier, its base model and its encoder stack in
+    ``model`` (a copy) by the same computation on tensors, which torch.fx can trace; returns
+    a note. Other models are left alone.
+
+    The classifier then takes ``(input_ids, attention_mask[, token_type_ids])`` and returns
+    the logits; every module keeps its path and class.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2ForSequenceClassification
+        >>> config = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=30, n_positions=8,
+        ...                     bos_token_id=1, eos_token_id=1)
+        >>> model = GPT2ForSequenceClassification(config).eval()
+        >>> traceable(model)[0].startswith("the forward of GPT2ForSequenceClassification")
+        True
+        >>> model(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 1]])).shape
+        torch.Size([1, 2])
+    """
+    if text_architecture(model) is None:
+        return []
+    forwards = _forwards()
+    replaced = []
+    for module in model.modules():
+        forward = forwards.get(type(module))
+        if forward is not None:
+            replaced.append(type(module).__name__)
+            replace_methods(module, {"forward": forward})
+    return [
+        f"the forward of {', '.join(dict.fromkeys(replaced))} (transformers) replaced by the "
+        "same computation on tensors (input_ids and attention_mask in, logits out), which "
+        "torch.fx can trace"
+    ]
+
+
+# -- rules -------------------------------------------------------------------------------------
+
+
+def _in_place(module: nn.Module, bases: tuple[type, ...], namespace: dict[str, Any]) -> nn.Module:
+    """``module`` as an instance of ``Bcos<its class>``, a subclass of ``bases`` and of its
+    class (``isinstance`` holds, children and paths stay), with ``namespace`` in it."""
+    cls = type(module)
+    module.__class__ = type(
+        f"Bcos{cls.__name__}",
+        (*bases, cls),
+        {
+            **namespace,
+            "__module__": cls.__module__,
+            "_bcosify_original": cls,
+            "_bcosify_converted": True,
+        },
+    )
+    return module
+
+
+def token_embedding(module: nn.Module, context: RuleContext) -> nn.Module:
+    """An ``nn.Embedding`` on the explained path (a text model's token embedding) ->
+    :class:`~bcosify.nn.BcosTokenEmbedding`, the input explanations are taken with respect to.
+
+    Example:
+        >>> from bcosify.convert import TextConversionOptions
+        >>> context = RuleContext(TextConversionOptions(), "wte", lambda m, n: m)
+        >>> type(token_embedding(torch.nn.Embedding(5, 3), context)).__name__
+        'BcosTokenEmbedding'
+    """
+    assert isinstance(module, nn.Embedding)
+    if module.max_norm is not None:
+        raise UnsupportedModule("an embedding with max_norm renormalises its rows when called")
+    return BcosTokenEmbedding.from_embedding(module)
+
+
+def _position_ids(module: nn.Module, input_ids: Tensor) -> Tensor:
+    create = getattr(type(module), "create_position_ids_from_input_ids", None)
+    if create is not None:  # RoBERTa: positions count tokens, from padding_idx + 1
+        return create(input_ids, module.padding_idx)
+    return torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+
+
+def _text_embeddings(
+    self: nn.Module,
+    input_ids: Tensor,
+    token_type_ids: Tensor | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> Tensor:
+    embeds = self.word_embeddings(input_ids)
+    positions = self.position_embeddings(_position_ids(self, input_ids))
+    embeds = embeds + traced_constant(self, "position_embeddings.weight", positions, embeds)
+    if "token_type_embeddings" in self._modules:
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        value = self.token_type_embeddings(types)
+        embeds = embeds + traced_constant(self, "token_type_embeddings.weight", value, embeds)
+    return self.dropout(self.LayerNorm(embeds))
+
+
+def text_embeddings(module: nn.Module, context: RuleContext) -> nn.Module:
+    """BERT-style embeddings (word + position [+ token type], layer norm, dropout): the word
+    embedding the explained input, the others named constants."""
+    module.word_embeddings = context.convert_child(module.word_embeddings, "word_embeddings")
+    module.LayerNorm = context.convert_child(module.LayerNorm, "LayerNorm")
+    constants = ["position_embeddings.weight"]
+    if "token_type_embeddings" in module._modules:
+        constants.append("token_type_embeddings.weight")
+    return _in_place(
+        module, (), {"forward": _text_embeddings, "reported_constants": tuple(constants)}
+    )
+
+
+def _heads(x: Tensor, head_dim: int) -> Tensor:
+    """``(N, L, heads * d)`` -> ``(N, heads, L, d)``."""
+    return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
+
+
+def _bert_attention(
+    self: Any,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    size = self.attention_head_size
+    q, k, v = (_heads(p(hidden_states), size) for p in (self.query, self.key, self.value))
+    return self.attend(q, k, v, attention_mask, self.scaling, self.dropout.p), None
+
+
+def _distilbert_attention(
+    self: Any,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    size = self.attention_head_size
+    q, k, v = (_heads(p(hidden_states), size) for p in (self.q_lin, self.k_lin, self.v_lin))
+    out = self.attend(q, k, v, attention_mask, self.scaling, self.dropout.p)
+    return self.out_lin(out), None
+
+
+def _gpt2_attention(
+    self: Any,
+    hidden_states: Tensor,
+    cache: Any = None,
+    attention_mask: Tensor | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    qkv = self.c_attn(hidden_states).split(self.split_size, dim=2)
+    q, k, v = (_heads(t, self.head_dim) for t in qkv)
+    out = self.attend(q, k, v, attention_mask, self.scaling, self.attn_dropout.p)
+    return self.resid_dropout(self.c_proj(out)), None
+
+
+def _llama_attention(
+    self: Any,
+    hidden_states: Tensor,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    attention_mask: Tensor | None = None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    size = self.head_dim
+    q, k, v = (_heads(p(hidden_states), size) for p in (self.q_proj, self.k_proj, self.v_proj))
+    if position_embeddings is None:
+        raise ValueError(f"{type(self).__name__} needs its rotary position embeddings")
+    q, k = self._bcosify_rotary(q, k, *position_embeddings)
+    out = self.attend(q, k, v, attention_mask, self.scaling, self.attention_dropout)
+    return self.o_proj(out), None
+
+
+def _convert_projections(
+    module: nn.Module, context: RuleContext, qkv: tuple[str, ...], out: tuple[str, ...] = ()
+) -> None:
+    """Queries, keys and values as the ``qkv_projection`` option says, the output projection
+    by the rule table."""
+    for name in qkv:
+        layer = getattr(module, name)
+        setattr(module, name, qkv_projection_rule(_as_linear(layer), context))
+    for name in out:
+        setattr(module, name, context.convert_child(getattr(module, name), name))
+
+
+def _attention_rule(
+    forward: Callable[..., Any], qkv: tuple[str, ...], out: tuple[str, ...] = ()
+) -> Rule:
+    def rule(module: nn.Module, context: RuleContext) -> nn.Module:
+        if getattr(module, "is_cross_attention", False):
+            raise UnsupportedModule("cross-attention is not converted (only self-attention)")
+        _convert_projections(module, context, qkv, out)
+        namespace: dict[str, Any] = {"forward": forward}
+        if forward is _llama_attention:  # the model's own RoPE (queries and keys only)
+            rotary = sys.modules[type(module).__module__].apply_rotary_pos_emb
+            namespace["_bcosify_rotary"] = staticmethod(rotary)
+        return _in_place(module, (TextAttention,), namespace)
+
+    return rule
+
+
+def _as_linear(layer: nn.Module) -> nn.Module:
+    """GPT-2's ``Conv1D`` (``x @ weight + bias``, weight ``(in, out)``) as the ``nn.Linear`` it
+    is; any other module as it is."""
+    if type(layer).__name__ != "Conv1D" or not type(layer).__module__.startswith("transformers"):
+        return layer
+    weight = layer.weight
+    linear = nn.Linear(
+        weight.shape[0], weight.shape[1], layer.bias is not None, weight.device, weight.dtype
+    )
+    with torch.no_grad():
+        linear.weight.copy_(weight.t())
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+    return linear
+
+
+def conv1d(module: nn.Module, context: RuleContext) -> nn.Module:
+    """GPT-2's ``Conv1D`` -> :class:`~bcosify.nn.BcosLinear` (its weight transposed).
+
+    Example:
+        >>> from transformers.pytorch_utils import Conv1D
+        >>> from bcosify.convert import TextConversionOptions
+        >>> context = RuleContext(TextConversionOptions(b=1.0, keep_bias=True), "c", lambda m, n: m)
+        >>> layer, x = Conv1D(6, 4), torch.randn(2, 4)
+        >>> torch.allclose(conv1d(layer, context)(x), layer(x), atol=1e-6)
+        True
+    """
+    return linear_rule(_as_linear(module), context)
+
+
+def _pooler_activation(module: nn.Module, context: RuleContext, what: str) -> nn.Module:
+    """The activation of a pooler or head whose tanh has no dynamic-linear form: the identity,
+    or the tanh itself under ``keep_bias`` (the equivalence check); the note says which."""
+    label = f"'{context.path}' ({type(module).__name__})"
+    if context.options.keep_bias:
+        module.bcosify_notes = [
+            f"{label}: {what} tanh kept (keep_bias=True: the equivalence check; the default "
+            "conversion replaces it by the identity)"
+        ]
+        return nn.Tanh()
+    module.bcosify_notes = [
+        f"{label}: {what} tanh has no dynamic-linear form: replaced by the identity, as in B-cos "
+        "LM (fine-tuning adapts the classifier to it)"
+    ]
+    return nn.Identity()
+
+
+def pooler(module: nn.Module, context: RuleContext) -> nn.Module:
+    """``BertPooler`` (first token, dense, tanh): dense a B-cos layer, tanh the identity."""
+    module.dense = context.convert_child(module.dense, "dense")
+    module.activation = _pooler_activation(module, context, "the pooler's")
+    return _in_place(module, (), {})
+
+
+def _roberta_head(self: nn.Module, features: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    x = self.activation(self.dense(self.dropout(features[:, 0])))
+    return self.out_proj(self.dropout(x))
+
+
+def roberta_head(module: nn.Module, context: RuleContext) -> nn.Module:
+    """``RobertaClassificationHead`` (first token, dense, tanh, out_proj): dense and out_proj
+    B-cos layers, tanh the identity (as the module ``activation``)."""
+    module.dense = context.convert_child(module.dense, "dense")
+    module.out_proj = context.convert_child(module.out_proj, "out_proj")
+    module.activation = _pooler_activation(module, context, "the classification head's")
+    return _in_place(module, (), {"forward": _roberta_head})
+
+
+def rmsnorm(module: nn.Module, context: RuleContext) -> nn.Module:
+    """``LlamaRMSNorm`` -> :class:`~bcosify.nn.BcosRMSNorm` (the root mean square detached when
+    explaining; RMS norm has no bias)."""
+    return BcosRMSNorm.from_rmsnorm(module, module.variance_epsilon)
+
+
+def _rules() -> dict[type[nn.Module], Rule]:
+    try:
+        from transformers.activations import SiLUActivation
+        from transformers.models.bert import modeling_bert as bert
+        from transformers.models.distilbert import modeling_distilbert as distilbert
+        from transformers.models.gpt2 import modeling_gpt2 as gpt2
+        from transformers.models.llama import modeling_llama as llama
+        from transformers.models.roberta import modeling_roberta as roberta
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return {}
+    return {
+        nn.Embedding: token_embedding,
+        BcosTokenEmbedding: keep,
+        BcosRMSNorm: keep,
+        Conv1D: conv1d,
+        SiLUActivation: activation(lambda m: BcosSiLU()),
+        llama.LlamaRMSNorm: rmsnorm,
+        bert.BertEmbeddings: text_embeddings,
+        roberta.RobertaEmbeddings: text_embeddings,
+        distilbert.Embeddings: text_embeddings,
+        bert.BertSelfAttention: _attention_rule(_bert_attention, ("query", "key", "value")),
+        roberta.RobertaSelfAttention: _attention_rule(_bert_attention, ("query", "key", "value")),
+        distilbert.DistilBertSelfAttention: _attention_rule(
+            _distilbert_attention, ("q_lin", "k_lin", "v_lin"), ("out_lin",)
+        ),
+        gpt2.GPT2Attention: _attention_rule(_gpt2_attention, ("c_attn",), ("c_proj",)),
+        llama.LlamaAttention: _attention_rule(
+            _llama_attention, ("q_proj", "k_proj", "v_proj"), ("o_proj",)
+        ),
+        bert.BertPooler: pooler,
+        roberta.RobertaPooler: pooler,
+        roberta.RobertaClassificationHead: roberta_head,
+    }
+
+
+FAMILY = Family(
+    name="transformers",
+    rules=_rules,
+    prepare=traceable,
+    supported=(
+        Support(
+            "transformers",
+            "BertForSequenceClassification",
+            "exact",
+            "token, position and type embeddings; pooler tanh -> identity",
+        ),
+        Support(
+            "transformers",
+            "DistilBertForSequenceClassification",
+            "exact",
+            "token and position embeddings; first-token head",
+        ),
+        Support(
+            "transformers",
+            "RobertaForSequenceClassification",
+            "exact",
+            "positions counted from the padding index; head tanh -> identity",
+        ),
+        Support(
+            "transformers",
+            "GPT2ForSequenceClassification",
+            "exact",
+            "causal attention, Conv1D, last non-padding token",
+        ),
+        Support(
+            "transformers",
+            "LlamaForSequenceClassification",
+            "exact",
+            "RMSNorm, SwiGLU gates, RoPE and grouped-query attention on detached queries and keys",
+        ),
+        Support(
+            "transformers",
+            "ElectraForSequenceClassification",
+            "unsupported",
+            "text classifiers other than the five above are refused by name",
+        ),
+    ),
+)

@@ -1,0 +1,179 @@
+"""Converting transformers text classifiers (BERT, DistilBERT, RoBERTa, GPT-2, Llama).
+
+:func:`bcosify.convert` hands a sequence classifier to :func:`convert_text`. The model's own
+module tree is converted in place as for images (:mod:`bcosify.convert.tree`), after the text
+family (:mod:`bcosify.convert.families.transformers_text`) switched its classifier, base model
+and encoder stack to forwards on tensors. The explained signal starts at the token ids; the
+attention mask and the token-type ids are other tensors (they shape the attention matrix and
+select constants); the token embedding's output is the explained input.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import fx, nn
+
+from ..device import device_of
+from ..errors import CheckpointError, ConversionError
+from ..models.sources import load_state_dict_strictly
+from ..serialization import read_weights
+from .families import prepare, traced_methods
+from .families.transformers_text import ARCHITECTURES, text_architecture
+from .graph import GraphProblems
+from .rules import Rule
+from .table import default_rules
+from .text_model import BcosTextModel, TextConversionOptions, TextModelConfig, read_text_config
+from .tracing import CallInfo
+from .tree import convert_tree
+
+__all__ = ["convert_text", "is_text_classifier", "load_text"]
+
+
+def is_text_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers sequence classifier, which :func:`bcosify.convert`
+    hands to :func:`convert_text` (that converts the supported ones and refuses the others by
+    name, rather than treating them as image models).
+
+    Example:
+        >>> import torch
+        >>> is_text_classifier(torch.nn.Linear(2, 2))
+        False
+    """
+    cls = getattr(type(model), "_bcosify_original", type(model))
+    return text_architecture(model) is not None or (
+        cls.__module__.startswith("transformers.")
+        and cls.__name__.endswith("ForSequenceClassification")
+    )
+
+
+def convert_text(
+    model: nn.Module,
+    *,
+    b: float = 2.0,
+    keep_bias: bool = False,
+    activations: Literal["keep", "identity"] = "keep",
+    qkv_projection: Literal["linear", "bcos"] = "linear",
+    logit_bias: float | Literal["auto"] | None = "auto",
+    rules: dict[type[nn.Module], Rule] | None = None,
+    class_names: list[str] | None = None,
+) -> tuple[BcosTextModel, Any]:
+    """Convert a transformers sequence classifier into a :class:`BcosTextModel`.
+
+    :func:`bcosify.convert` calls this for text models (same options, see
+    :class:`TextConversionOptions`); the original is not modified.
+
+    Raises:
+        ConversionError: listing every module and operation without a dynamic-linear form.
+
+    Example:
+        >>> import torch
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ...                     intermediate_size=32, vocab_size=30)
+        >>> original = BertForSequenceClassification(config).eval()
+        >>> same, report = convert_text(original, b=1.0, keep_bias=True)
+        >>> ids, mask = torch.tensor([[2, 7, 9, 0]]), torch.tensor([[1, 1, 1, 0]])
+        >>> reference = original(input_ids=ids, attention_mask=mask).logits
+        >>> bool((same(ids, mask) - reference).abs().max() < 1e-5)
+        True
+    """
+    from .converter import ConversionReport, _logit_bias, record_tree
+
+    architecture = text_architecture(model)
+    if architecture is None:
+        raise ConversionError(
+            f"{type(model).__name__} is not a text classifier bcosify converts; supported: "
+            f"{', '.join(ARCHITECTURES)} (load your checkpoint into one of these, or convert "
+            "its modules with rules=)"
+        )
+    options = TextConversionOptions(b, keep_bias, activations, qkv_projection, logit_bias)
+    table = {**default_rules(), **(rules or {})}
+    report = ConversionReport(type(model).__name__)
+    network = copy.deepcopy(model).eval()
+    report.notes += prepare(network)
+    problems = GraphProblems()
+    tree = convert_tree(
+        network, table, options, problems, traced_methods, root=_root_call(network, architecture)
+    )
+    record_tree(report, tree, network, model, problems)
+    hf_config = model.config
+    num_classes = int(hf_config.num_labels)
+    bias = _logit_bias(options, num_classes)  # type: ignore[arg-type]
+    config = TextModelConfig(
+        options,
+        architecture.name,
+        hf_config.to_dict(),
+        class_names or _class_names(hf_config),
+        architecture.token_types,
+        getattr(hf_config, "pad_token_id", None),
+    )
+    converted = BcosTextModel(network, config, bias).to(device_of(model))
+    if bias is not None:
+        report.constants.append(
+            f"logit_bias.bias = {bias:.4f} (-log(C - 1) for C = {num_classes})"
+            if options.logit_bias == "auto"
+            else f"logit_bias.bias = {bias:.4f}"
+        )
+    return converted.eval(), report
+
+
+def _root_call(network: nn.Module, architecture: Any) -> CallInfo:
+    """The classifier's call: the token ids the signal, the masks other tensors."""
+    graph = fx.Graph()
+    names = ["input_ids", "attention_mask"] + (
+        ["token_type_ids"] if architecture.token_types else []
+    )
+    nodes = tuple(graph.placeholder(name) for name in names)
+    info = CallInfo()
+    info.add(type(network).forward, nodes, {}, {nodes[0]})
+    return info
+
+
+def _class_names(hf_config: Any) -> list[str] | None:
+    """The labels of a config whose ``id2label`` was set (not the default ``LABEL_i``)."""
+    labels = getattr(hf_config, "id2label", None) or {}
+    names = [str(labels[i]) for i in sorted(labels, key=int)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
+def load_text(directory: str | Path) -> BcosTextModel:
+    """Load a text model saved with :meth:`BcosTextModel.save_pretrained` (no pickles).
+
+    The original architecture is rebuilt from the saved transformers config (nothing is
+    downloaded), converted with the saved options, and the weights are loaded strictly.
+    :func:`bcosify.load` calls this for text models.
+    """
+    import transformers
+
+    config = read_text_config(directory)
+    if config.architecture not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{str(directory)!r} holds a {config.architecture!r}, which bcosify does not convert"
+        )
+    hf = dict(config.hf_config)
+    model_type = hf.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise CheckpointError(
+            f"{str(directory)!r}: the saved transformers config has no model_type"
+        )
+    hf_config = transformers.AutoConfig.for_model(model_type, **hf)
+    original = getattr(transformers, config.architecture)(hf_config)
+    options = config.options
+    rebuilt, _ = convert_text(
+        original,
+        b=options.b,
+        keep_bias=options.keep_bias,
+        activations=options.activations,
+        qkv_projection=options.qkv_projection,
+        logit_bias=options.logit_bias,
+        class_names=config.class_names,
+    )
+    rebuilt.config = config
+    state = read_weights(directory)
+    load_state_dict_strictly(rebuilt, state, f"the weights in {str(directory)!r}", CheckpointError)
+    return rebuilt.eval()

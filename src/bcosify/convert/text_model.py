@@ -1,0 +1,252 @@
+"""A converted text classifier: token ids in, logits (with the logit bias) out; saved as
+safetensors plus JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, OptionsError
+from ..models.text import padding_mask
+from ..nn import LogitBias
+from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
+from .hub import HubMixin
+from .options import Activations, QkvProjection, check_shared_options
+
+__all__ = [
+    "TEXT_FORMAT",
+    "BcosTextModel",
+    "TextConversionOptions",
+    "TextModelConfig",
+    "read_text_config",
+]
+
+TEXT_FORMAT = "bcosify-text-model/1"
+
+
+@dataclass(frozen=True)
+class TextConversionOptions:
+    """What :func:`bcosify.convert` builds from a text classifier.
+
+    The defaults are the published B-cos LM conversion (Wang et al., TMLR 2025): B = 2, no
+    biases, the query/key/value projections plain linear layers, a logit bias.
+
+    Attributes:
+        b: the B of every B-cos layer (1 gives the original linear layers).
+        keep_bias: keep every bias and the pooler's tanh (to check equivalence with the
+            original; the result is then not dynamic linear).
+        activations: keep the activations (dynamic-linear forms) or replace them by identities.
+        qkv_projection: the query, key and value projections stay plain linear layers
+            (``"linear"``) or become B-cos layers (``"bcos"``), as for images.
+        logit_bias: ``"auto"`` adds ``-log(C - 1)`` to every logit unless ``keep_bias``; a
+            number adds that constant; None adds nothing.
+
+    Example:
+        >>> TextConversionOptions(b=1.5).to_dict()["b"]
+        1.5
+    """
+
+    b: float = 2.0
+    keep_bias: bool = False
+    activations: Activations = "keep"
+    qkv_projection: QkvProjection = "linear"
+    logit_bias: float | Literal["auto"] | None = "auto"
+    # what the module-tree converter and the shared rules read, fixed for text models
+    maxpool: ClassVar[str] = "keep"
+    classifier_before_pool: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "b", float(self.b))
+        check_shared_options(self.b, self.activations, self.qkv_projection, self.logit_bias)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextConversionOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionsError(f"unknown conversion options {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TextModelConfig:
+    """Everything needed to rebuild a converted text classifier, stored as ``config.json``.
+
+    Attributes:
+        options: the conversion options.
+        architecture: the transformers class (``"BertForSequenceClassification"``).
+        hf_config: the original's transformers config, as ``config.to_dict()`` gives it.
+        class_names: the class names, when known.
+        token_types: whether the model takes ``token_type_ids``.
+        pad_token_id: the padding token, from which a missing attention mask is derived.
+    """
+
+    options: TextConversionOptions
+    architecture: str
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    token_types: bool = False
+    pad_token_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "format": TEXT_FORMAT,
+            "bcosify_version": __version__,
+            "architecture": self.architecture,
+            "hf_config": self.hf_config,
+            "class_names": self.class_names,
+            "token_types": self.token_types,
+            "pad_token_id": self.pad_token_id,
+            "options": self.options.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextModelConfig:
+        if data.get("format") != TEXT_FORMAT:
+            raise CheckpointError(
+                f"not a bcosify text model config (format {data.get('format')!r}, expected "
+                f"{TEXT_FORMAT!r})"
+            )
+        return cls(
+            options=TextConversionOptions.from_dict(data["options"]),
+            architecture=str(data["architecture"]),
+            hf_config=dict(data["hf_config"]),
+            class_names=data.get("class_names"),
+            token_types=bool(data.get("token_types", False)),
+            pad_token_id=data.get("pad_token_id"),
+        )
+
+
+class BcosTextModel(HubMixin, nn.Module):
+    """A B-cos text classifier made by :func:`bcosify.convert` from a transformers sequence
+    classifier: takes ``input_ids`` (and an ``attention_mask``), returns the logits.
+
+    ``network`` is the original's own module tree, converted in place (``model.network.bert.
+    encoder.layer[0].attention.self`` is still a ``BertSelfAttention``); ``forward`` runs it
+    and adds the logit bias. Explain it token by token with :func:`bcosify.explain_text`:
+    the token embedding's output is the explained input, the position and token-type
+    embeddings and the logit bias are named constants, and the per-token contributions plus
+    the constants equal the logit.
+
+    A missing ``attention_mask`` is ``input_ids != pad_token_id`` when the model has a padding
+    token (so a padded batch of ids is a complete input, as in training), else all ones.
+
+    Example:
+        >>> import torch, bcosify
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ...                     intermediate_size=32, vocab_size=30, num_labels=3)
+        >>> model, report = bcosify.convert(BertForSequenceClassification(config))
+        >>> model(torch.tensor([[2, 5, 7, 0]])).shape
+        torch.Size([1, 3])
+        >>> type(model.network.bert.encoder.layer[0].attention.self).__name__
+        'BcosBertSelfAttention'
+    """
+
+    _pipeline_tag = "text-classification"
+
+    def __init__(
+        self, network: nn.Module, config: TextModelConfig, logit_bias: float | None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.network = network
+        self.logit_bias: nn.Module = (
+            LogitBias(logit_bias) if logit_bias is not None else nn.Identity()
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """The number of logits."""
+        return int(
+            self.config.hf_config.get("num_labels") or len(self.config.hf_config["id2label"])
+        )
+
+    def default_mask(self, input_ids: Tensor) -> Tensor:
+        """The attention mask of ``input_ids`` when none is given (:func:`~bcosify.models.
+        text.padding_mask`)."""
+        return padding_mask(input_ids, self.config.pad_token_id)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        if input_ids.ndim != 2 or input_ids.is_floating_point():
+            raise ValueError(
+                f"expected token ids of shape (N, L), an integer tensor, got "
+                f"{tuple(input_ids.shape)} of {input_ids.dtype}"
+            )
+        if attention_mask is None:
+            attention_mask = self.default_mask(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"the attention mask {tuple(attention_mask.shape)} must have the shape of the "
+                f"token ids {tuple(input_ids.shape)}"
+            )
+        if not self.config.token_types:
+            if token_type_ids is not None:
+                raise ValueError(f"{self.config.architecture} takes no token_type_ids")
+            return self.logit_bias(self.network(input_ids, attention_mask))
+        return self.logit_bias(self.network(input_ids, attention_mask, token_type_ids))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` to ``directory``; returns it.
+
+        Example:
+            >>> import tempfile, torch, bcosify
+            >>> from transformers import GPT2Config, GPT2ForSequenceClassification
+            >>> config = GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=30, n_positions=8,
+            ...                     bos_token_id=1, eos_token_id=1)
+            >>> model, _ = bcosify.convert(GPT2ForSequenceClassification(config))
+            >>> folder = model.save_pretrained(tempfile.mkdtemp())
+            >>> ids = torch.tensor([[1, 2, 3]])
+            >>> torch.equal(bcosify.load(folder)(ids), model(ids))
+            True
+        """
+        return write_pretrained(directory, self, self.config.to_dict())
+
+    @classmethod
+    def _load_folder(cls, folder: Path, **kwargs: Any) -> BcosTextModel:
+        from .text import load_text
+
+        return load_text(folder, **kwargs)
+
+    def _card_facts(self) -> dict[str, Any]:
+        config, options = self.config, self.config.options
+        names = config.class_names or []
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        return {
+            "title": f"B-cos {config.architecture}",
+            "details": {
+                "source model": f"transformers `{config.architecture}`",
+                "conversion": f"B = {options.b:g}, query/key/value projections "
+                f"`{options.qkv_projection}`, activations `{options.activations}`",
+                "input": "token ids and an attention mask, from the original's tokenizer",
+                "classes": f"{len(names)} ({shown})" if names else "not recorded",
+            },
+            "explain": [
+                "e = bcosify.explain_text(model, tokenizer, ['a text'])  # per-token",
+            ],
+        }
+
+
+def read_text_config(directory: str | Path) -> TextModelConfig:
+    """Read ``config.json`` of a saved text model, with clear errors for broken files."""
+    data = read_config_json(directory)
+    try:
+        return TextModelConfig.from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        path = Path(directory) / CONFIG_FILE
+        raise CheckpointError(f"{str(path)!r} is not a valid bcosify config: {error}") from None

@@ -1,0 +1,237 @@
+"""B-cos text classifiers: transformers sequence classifiers converted with their module tree.
+
+For tiny random configs of every family (nothing downloaded): with ``b=1, keep_bias=True`` the
+logits equal the original's; with the defaults the per-token contributions plus the named
+constants equal the logit on a live signal; padding tokens contribute exactly zero; a padded
+batch explains every text as it is explained alone; the module tree, its classes and its hooks
+are the original's; saving and loading gives the same model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import pytest
+import torch
+from nets import keep_signal_alive
+from torch import nn
+
+import bcosify
+from bcosify.errors import ConversionError, OptionsError
+from bcosify.explain.text import explain_tokens
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 40
+PAD = 0
+
+
+def _configs() -> dict[str, tuple[str, object]]:
+    common = {"vocab_size": VOCAB, "num_labels": 3, "pad_token_id": PAD}
+    bert = {
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+    }
+    return {
+        "bert": ("BertForSequenceClassification", transformers.BertConfig(**bert, **common)),
+        "distilbert": (
+            "DistilBertForSequenceClassification",
+            transformers.DistilBertConfig(
+                dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=32, **common
+            ),
+        ),
+        "roberta": (
+            "RobertaForSequenceClassification",
+            transformers.RobertaConfig(**bert, **common),
+        ),
+        "llama": (
+            "LlamaForSequenceClassification",
+            transformers.LlamaConfig(
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,  # grouped-query attention
+                intermediate_size=32,
+                max_position_embeddings=32,
+                bos_token_id=1,
+                eos_token_id=1,
+                **common,
+            ),
+        ),
+        "gpt2": (
+            "GPT2ForSequenceClassification",
+            transformers.GPT2Config(
+                n_embd=16,
+                n_layer=2,
+                n_head=2,
+                n_positions=32,
+                bos_token_id=1,
+                eos_token_id=1,
+                **common,
+            ),
+        ),
+    }
+
+
+CONFIGS = _configs()
+FAMILIES = list(CONFIGS)
+
+
+def randomise_text(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random biases, norm scales and position/type embeddings, so that a conversion that
+    dropped or misplaced any of them shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.uniform_(-0.2, 0.2, generator=generator)
+            elif parameter.ndim == 1:
+                parameter.uniform_(0.5, 1.5, generator=generator)
+            elif "position" in name or "token_type" in name or "wpe" in name:
+                parameter.normal_(0.0, 0.3, generator=generator)
+            elif "embed" in name or "wte" in name:
+                parameter.normal_(0.0, 1.0, generator=generator)
+    return model.eval()
+
+
+@functools.cache
+def original(family: str) -> nn.Module:
+    name, config = CONFIGS[family]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return randomise_text(getattr(transformers, name)(config))
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three texts of 7, 4 and 2 tokens, right-padded."""
+    generator = torch.Generator().manual_seed(1)
+    lengths = [7, 4, 2]
+    ids = torch.randint(4, VOCAB, (3, 7), generator=generator)
+    mask = (torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, PAD), mask
+
+
+@functools.cache
+def converted(family: str) -> bcosify.BcosTextModel:
+    model, _ = bcosify.convert(original(family))
+    ids, _ = batch()
+    return keep_signal_alive(model, ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_b1_with_biases_equals_the_original(family):
+    ids, mask = batch()
+    same, report = bcosify.convert(original(family), b=1.0, keep_bias=True)
+    with torch.no_grad():
+        reference = original(family)(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(same(ids, mask), reference, rtol=1e-4, atol=1e-6)
+    assert report.replaced, str(report)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_default_conversion_is_exact_and_padding_contributes_nothing(family):
+    model = converted(family)
+    ids, mask = batch()
+    e = explain_tokens(model, ids, mask, target=[0, 1, 2])
+    assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
+    # a live signal: the tokens carry far more than the residual, so completeness is no accident
+    signal = e.contributions.abs().sum(1)
+    assert (signal > 1e-3).all() and (e.residual.abs() <= 1e-3 * signal).all(), (signal, e.residual)
+    assert torch.equal(e.contributions[mask == 0], torch.zeros(int((mask == 0).sum())))
+    assert "logit_bias.bias" in e.constants
+    if family != "llama":  # Llama's positions are rotary, on the detached queries and keys
+        assert any("position" in n or "wpe" in n for n in e.constants), list(e.constants)
+    # no bias left anywhere on the explained path
+    assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_explains_every_text_as_alone(family):
+    model = converted(family)
+    ids, mask = batch()
+    together = explain_tokens(model, ids, mask, target=[2, 0, 1])
+    for i, length in enumerate(mask.sum(1).tolist()):
+        alone = explain_tokens(
+            model, ids[i : i + 1, :length], mask[i : i + 1, :length], [2, 0, 1][i]
+        )
+        torch.testing.assert_close(together.scores[i : i + 1], alone.scores, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            together.contributions[i : i + 1, :length], alone.contributions, rtol=1e-4, atol=1e-6
+        )
+        for name, value in alone.constants.items():
+            torch.testing.assert_close(
+                together.constants[name][i : i + 1], value, rtol=1e-4, atol=1e-6
+            )
+
+
+def _hook_counts(root: nn.Module, paths: list[str], run) -> Counter:
+    counts: Counter = Counter()
+    handles = [
+        root.get_submodule(p).register_forward_hook(lambda *_, p=p: counts.update([p]))
+        for p in paths
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_module_tree_and_its_hooks_are_the_originals(family):
+    source, model = original(family), converted(family)
+    ours, theirs = dict(model.network.named_modules()), dict(source.named_modules())
+    assert not sorted(set(theirs) - set(ours))
+    rules = bcosify.convert.default_rules()
+    containers = [p for p, m in theirs.items() if p and next(m.children(), None) is not None]
+    for path in containers:
+        if type(theirs[path]) not in rules:
+            assert isinstance(ours[path], type(theirs[path])), (path, type(ours[path]))
+    ids, mask = batch()
+    paths = ["", *containers]
+    mine = _hook_counts(model.network, paths, lambda: model.network(ids, mask))
+    assert mine == _hook_counts(source, paths, lambda: source(input_ids=ids, attention_mask=mask))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_and_loaded_it_is_the_same_model(family, tmp_path):
+    model = converted(family)
+    folder = model.save_pretrained(tmp_path / "model")
+    loaded = bcosify.load(folder)
+    assert isinstance(loaded, bcosify.BcosTextModel)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask), model(ids, mask))
+    assert bcosify.BcosTextModel.from_pretrained(folder).config.architecture == CONFIGS[family][0]
+
+
+def test_image_options_and_wrong_inputs_are_refused():
+    with pytest.raises(OptionsError, match="input_mean, input_std apply to image models"):
+        bcosify.convert(original("bert"), input_mean=(0.5,), input_std=(0.5,))
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="takes no token_type_ids"):
+        converted("gpt2")(ids, mask, torch.zeros_like(ids))
+    with pytest.raises(ValueError, match=r"token ids of shape \(N, L\)"):
+        converted("bert")(ids.float(), mask)
+    with pytest.raises(ConversionError, match="not a text classifier"):
+        bcosify.convert_text(transformers.BertModel(CONFIGS["bert"][1]))
+    electra = transformers.ElectraForSequenceClassification(
+        transformers.ElectraConfig(
+            vocab_size=VOCAB,
+            embedding_size=16,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    with pytest.raises(
+        ConversionError, match="ElectraForSequenceClassification is not a text classifier bcosify"
+    ):
+        bcosify.convert(electra)  # a text model, refused by name (not taken for an image model)
