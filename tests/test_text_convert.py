@@ -4,12 +4,14 @@ For tiny random configs of every family (nothing downloaded): with ``b=1, keep_b
 logits equal the original's; with the defaults the per-token contributions plus the named
 constants equal the logit on a live signal; padding tokens contribute exactly zero; a padded
 batch explains every text as it is explained alone; the module tree, its classes and its hooks
-are the original's; saving and loading gives the same model.
+are the original's; saving and loading (and pickling, deep-copying) gives the same model.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import io
 from collections import Counter
 
 import pytest
@@ -209,6 +211,15 @@ def test_saved_and_loaded_it_is_the_same_model(family, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(ids, mask), model(ids, mask))
     assert bcosify.BcosTextModel.from_pretrained(folder).config.architecture == CONFIGS[family][0]
+    buffer = io.BytesIO()  # a whole-model pickle, as torch.save(model) writes, and a deep copy
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for copied in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+        assert [type(m).__name__ for m in copied.modules()] == [
+            type(m).__name__ for m in model.modules()
+        ]
+        with torch.no_grad():
+            assert torch.equal(copied(ids, mask), model(ids, mask))
 
 
 def test_image_options_and_wrong_inputs_are_refused():

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ...nn import BcosRMSNorm, BcosSiLU, BcosTokenEmbedding, TextAttention
 from ...nn.trace import traced_constant
+from ..dynamic import dynamic_class
 from ..rules import Rule, RuleContext, UnsupportedModule, activation, keep
 from ..rules import linear as linear_rule
 from ..rules import qkv_projection as qkv_projection_rule
@@ -266,18 +267,20 @@ def traceable(model: nn.Module) -> list[str]:
 def _in_place(module: nn.Module, bases: tuple[type, ...], namespace: dict[str, Any]) -> nn.Module:
     """``module`` as an instance of ``Bcos<its class>``, a subclass of ``bases`` and of its
     class (``isinstance`` holds, children and paths stay), with ``namespace`` in it."""
-    cls = type(module)
-    module.__class__ = type(
-        f"Bcos{cls.__name__}",
-        (*bases, cls),
-        {
-            **namespace,
-            "__module__": cls.__module__,
-            "_bcosify_original": cls,
-            "_bcosify_converted": True,
-        },
-    )
+    module.__class__ = dynamic_class(_bcos_subclass, type(module), bases, namespace)
     return module
+
+
+def _bcos_subclass(cls: type, bases: tuple[type, ...], namespace: dict[str, Any]) -> type:
+    """``Bcos<cls>`` (``namespace`` of module-level functions and plain values, so that a
+    converted model pickles: :mod:`bcosify.convert.dynamic`)."""
+    namespace = {
+        **namespace,
+        "__module__": cls.__module__,
+        "_bcosify_original": cls,
+        "_bcosify_converted": True,
+    }
+    return type(f"Bcos{cls.__name__}", (*bases, cls), namespace)
 
 
 def token_embedding(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -389,7 +392,9 @@ def _llama_attention(
     q, k, v = (_heads(p(hidden_states), size) for p in (self.q_proj, self.k_proj, self.v_proj))
     if position_embeddings is None:
         raise ValueError(f"{type(self).__name__} needs its rotary position embeddings")
-    q, k = self._bcosify_rotary(q, k, *position_embeddings)
+    # the model's own RoPE (queries and keys only), from the module that defines its class
+    rotary = sys.modules[self._bcosify_original.__module__].apply_rotary_pos_emb
+    q, k = rotary(q, k, *position_embeddings)
     out = self.attend(q, k, v, attention_mask, self.scaling, self.attention_dropout)
     return self.o_proj(out), None
 
@@ -413,11 +418,7 @@ def _attention_rule(
         if getattr(module, "is_cross_attention", False):
             raise UnsupportedModule("cross-attention is not converted (only self-attention)")
         _convert_projections(module, context, qkv, out)
-        namespace: dict[str, Any] = {"forward": forward}
-        if forward is _llama_attention:  # the model's own RoPE (queries and keys only)
-            rotary = sys.modules[type(module).__module__].apply_rotary_pos_emb
-            namespace["_bcosify_rotary"] = staticmethod(rotary)
-        return _in_place(module, (TextAttention,), namespace)
+        return _in_place(module, (TextAttention,), {"forward": forward})
 
     return rule
 
