@@ -104,7 +104,7 @@ def families() -> tuple[Family, ...]:
 
     Example:
         >>> [family.name for family in families()]
-        ['open_clip', 'timm', 'torchvision', 'transformers', 'transformers']
+        ['open_clip', 'timm', 'torchvision', 'transformers', 'transformers_text']
     """
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):

@@ -534,7 +534,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
 
 
 FAMILY = Family(
-    name="transformers",
+    name="transformers_text",
     rules=_rules,
     prepare=traceable,
     supported=(
