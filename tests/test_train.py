@@ -118,7 +118,12 @@ def test_sigkill_during_a_write_leaves_the_previous_checkpoint_and_a_run_clears_
         for _ in range(3):  # a few complete checkpoints, then kill during the next write
             assert process.stdout.readline().strip()
         deadline = time.monotonic() + 30
-        while not leftovers(tmp_path) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if leftovers(tmp_path):  # mid-write: stop it, and kill it if it is still mid-write
+                process.send_signal(signal.SIGSTOP)
+                if leftovers(tmp_path):
+                    break
+                process.send_signal(signal.SIGCONT)  # the write finished in between
             time.sleep(0.01)
     finally:
         process.send_signal(signal.SIGKILL)
