@@ -23,6 +23,7 @@ from .convert import (
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
 from .explain import Explanation
 from .nn import explanation_mode
+from .nn.compile import compile as compile
 
 __version__ = "0.1.0"
 
