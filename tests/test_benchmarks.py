@@ -42,7 +42,7 @@ def test_quick_run_prints_the_table_without_the_official_package(bench, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 4  # two shapes x (nn.Conv2d, ours)
     assert all(bench.OFFICIAL not in row for row in rows)
-    assert "forward+backward at most 1.25x" in out
+    assert f"forward+backward at most {bench.TARGET_RATIO}x" in out
     assert "Machine:" in out and "torch" in out
 
 
