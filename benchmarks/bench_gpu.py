@@ -268,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--batch", type=int, help=f"default {FULL.batch}")
     parser.add_argument("--repeats", type=int, default=10)
+    # compiled models compile further graphs in the first two rounds of switching modes
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions (compiles)")
     parser.add_argument("--quick", action="store_true", help="CPU smoke run, tiny sizes")
     parser.add_argument("--write", metavar="FILE", help="rewrite this script's section of FILE")

@@ -12,8 +12,9 @@ What stays correct, and why:
   training mode) are ``torch.autograd.Function`` s, which the compiler traces forward and
   backward; the compiled gradients are the same formulas.
 - Explanation mode is a flag on the modules (``explaining``). The compiler guards on module
-  attributes, so entering or leaving explanation mode (or ``train()`` / ``eval()``) compiles a
-  second graph once and reuses it afterwards, instead of replaying the wrong one.
+  attributes, so entering or leaving explanation mode (or ``train()`` / ``eval()``) compiles
+  another graph instead of replaying the wrong one; after the first two rounds of switching
+  (measured: training, input gradient, explanation, twice) every graph is cached.
 - During ``bcosify.explain`` the encoding and the constants hand leaf tensors to the explainer
   (``bcosify.nn.trace``); the compiler guards on the active trace and runs those hand-overs
   outside the graph (a graph break), so the explained tensor and constants are the real leaves.
