@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text
+.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ bench-layers: .bench/official
 
 # Each benchmark rewrites its own section of docs/benchmarks.md; run them one at a time, on an
 # otherwise idle machine.
-bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text: bench-%: $(STAMP)
+bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu: bench-%: $(STAMP)
 	$(BIN)/python benchmarks/bench_$*.py --write docs/benchmarks.md
 
 bench: bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text

@@ -193,6 +193,8 @@ FUSED_CASES = [
     (3, 4, 1, 1, 0, 1, 1, "zeros"),
     (4, 6, 1, 2, 0, 1, 2, "zeros"),  # 1 x 1 with stride: the window sum is a strided view
     (2, 4, 3, 1, 3, 1, 1, "zeros"),  # padding beyond the kernel: generic window adjoint
+    (4, 4, 3, 2, 1, 1, 4, "zeros"),  # depthwise at stride 2: transposed window adjoint
+    (4, 8, 3, 1, 1, 1, 4, "zeros"),  # depthwise with two outputs per channel
 ]
 
 

@@ -93,6 +93,27 @@ def test_batchnorm_training_gradients_match_autograd_through_the_formula(explain
     torch.testing.assert_close(dw, ref_dw)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_training_statistics_a_few_examples_at_a_time(affine, monkeypatch):
+    # the variance is summed over slices of the batch, and sum(dy * x) comes from torch's fused
+    # batch norm backward where there is a weight: both must equal the plain formula
+    import bcosify.nn.norm as norm_module
+
+    torch.manual_seed(1)
+    bn = BcosBatchNorm2d(4, affine=affine).double()
+    x = (torch.randn(5, 4, 3, 7, dtype=torch.float64) * 3 + 1.5).requires_grad_()
+    grad = torch.randn(5, 4, 3, 7, dtype=torch.float64)
+    weight = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    ref = _uncentered_reference(x, weight, explaining=False)
+    want = torch.autograd.grad(ref, (x, weight), grad)
+    monkeypatch.setattr(norm_module, "_SLICE", 1)  # one example at a time
+    out = bn(x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * x.var(dim=(0, 2, 3)))
+    params = (x, bn.weight) if affine else (x,)
+    torch.testing.assert_close(torch.autograd.grad(out, params, grad), want[: len(params)])
+
+
 def test_batchnorm_training_passes_gradcheck_gradgradcheck_and_vmap():
     bn = BcosBatchNorm2d(3).double()
     x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)

@@ -25,6 +25,7 @@ from .convert import (
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
 from .explain import Explanation, TextExplanation, explain_text
 from .nn import explanation_mode
+from .nn.compile import compile as compile
 
 __version__ = "0.1.0"
 

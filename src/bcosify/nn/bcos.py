@@ -65,13 +65,30 @@ def _receptive_field_norm(
     ones-kernel convolution (``window``, shape ``(G, 1, kh, kw)``) with the layer's geometry.
     """
     squares = _sum_of_squares(x, groups)
+    return _window_sum(squares, window, (stride, padding, dilation, groups), eps).sqrt_()
+
+
+def _inverse_norm(x: Tensor, window: Tensor, conv_args: tuple[Any, ...], eps: float) -> Tensor:
+    """``1 / sqrt(sum(x^2) + eps)`` over every receptive field: the fused layer's scale map.
+
+    The reciprocal, because the layer multiplies by it three times (forward, and twice in the
+    backward pass) and a product is cheaper than a division; computed in place.
+    """
+    return _window_sum(_sum_of_squares(x, conv_args[-1]), window, conv_args, eps).rsqrt_()
+
+
+def _window_sum(squares: Tensor, window: Tensor, conv_args: tuple[Any, ...], eps: float) -> Tensor:
+    """``eps`` plus the window sum of ``squares`` (``(N, G, H, W)``): a fresh tensor.
+
+    ``eps`` is the bias of the ones-kernel convolution, so adding it costs no pass of its own.
+    """
+    stride, padding, dilation, groups = conv_args
     if _pointwise(window, padding):
         # a 1 x 1 window is a strided view: a ones-kernel 1 x 1 convolution with one channel
         # per group is pathologically slow on CPU (measured 6 ms for 32 x 1 x 56 x 56)
-        window_sum = squares[..., :: stride[0], :: stride[1]]
-    else:
-        window_sum = F.conv2d(squares, window, None, stride, padding, dilation, groups)
-    return (window_sum + eps).sqrt()
+        return squares[..., :: stride[0], :: stride[1]] + eps
+    bias = window.new_full((groups,), eps)
+    return F.conv2d(squares, window, bias, stride, padding, dilation, groups)
 
 
 def _sum_of_squares(x: Tensor, groups: int) -> Tensor:
@@ -80,8 +97,11 @@ def _sum_of_squares(x: Tensor, groups: int) -> Tensor:
     Slices of about a million elements keep the temporary ``x * x`` small, so that it stays in
     cache and its memory is reused; an input-sized temporary needs fresh memory, whose page
     faults on CPU cost more than the arithmetic (measured 5.6 ms against 36 ms for a
-    32 x 256 x 56 x 56 input, and never slower on the ResNet-50 shapes).
+    32 x 256 x 56 x 56 input, and never slower on the ResNet-50 shapes). A depthwise layer
+    (one channel per group) has nothing to sum: its squares are the map.
     """
+    if x.shape[1] == groups:
+        return x * x
     grouped = _by_group(x, groups)
     channel_size = grouped.numel() // max(1, grouped.shape[2])
     step = max(1, _SQUARES_SLICE // max(1, channel_size))
@@ -90,6 +110,17 @@ def _sum_of_squares(x: Tensor, groups: int) -> Tensor:
     for part in rest:
         total = total + (part * part).sum(2)
     return total
+
+
+def _sum_over_group(tensor: Tensor, groups: int) -> Tensor:
+    """``(N, C, H, W)`` summed over each group's channels: ``(N, G, H, W)``.
+
+    A depthwise layer's tensor is returned as it is: a sum over one channel would cost a pass
+    (measured: as much as the layer's squares).
+    """
+    if tensor.shape[1] == groups:
+        return tensor
+    return _by_group(tensor, groups).sum(2)
 
 
 def _pointwise(window: Tensor, padding: _Pair | str) -> bool:
@@ -106,6 +137,9 @@ def _window_sum_backward(
     complementary padding ``dilation * (k - 1) - padding`` (the kernel is its own flip). On CPU
     that is much faster than the generic transposed convolution with one channel per group
     (measured 0.3 ms against 7 ms for 32 x 1 x 56 x 56), so it is used wherever it applies.
+    Otherwise a transposed convolution, which beats ``conv2d_input`` (the convolution's own
+    backward) with many groups (measured 3.4 ms against 4.0 ms, and 0.7 against 1.1 ms, for
+    depthwise 3 x 3 and 5 x 5 layers at stride 2).
     """
     stride, padding, dilation, groups = conv_args
     if stride == (1, 1) and _pointwise(window, padding):
@@ -114,7 +148,13 @@ def _window_sum_backward(
     flipped = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding, strict=True))
     if stride == (1, 1) and min(flipped) >= 0:
         return F.conv2d(grad, window, None, 1, flipped, dilation, groups)
-    return torch.nn.grad.conv2d_input(input_size, window, grad, stride, padding, dilation, groups)
+    extra = tuple(
+        size - ((g - 1) * s - 2 * p + d * (k - 1) + 1)
+        for size, g, s, p, d, k in zip(
+            input_size[-2:], grad.shape[-2:], stride, padding, dilation, kernel, strict=True
+        )
+    )
+    return F.conv_transpose2d(grad, window, None, stride, padding, extra, groups, dilation)
 
 
 class _BcosConv2dB2(torch.autograd.Function):
@@ -123,12 +163,17 @@ class _BcosConv2dB2(torch.autograd.Function):
     Autograd through ``abs``, the division and the product keeps three output-sized tensors
     for the backward pass and spends most of the layer's extra time in elementwise passes and
     in a slow one-channel transposed convolution. This function keeps only ``out`` and the
-    small norm map, and computes the backward by hand with in-place passes:
+    small map ``r = 1 / ||x||``, and computes the backward by hand with in-place passes:
 
-    - ``dy/dout = 2 |out| / ||x||`` (``|out| / ||x||`` in explanation mode, where the scale is a
-      constant and ``||x||`` gets no gradient);
-    - ``dy/d||x|| = -y / ||x||``, summed over the group's output channels, then through the
-      square root and the window sum to ``2 x`` times the window-summed gradient.
+    - ``dy/dout = 2 |out| r`` (``|out| r`` in explanation mode, where the scale is a constant
+      and ``||x||`` gets no gradient);
+    - ``dy/d||x|| = -y r``, summed over the group's output channels, then through the square
+      root and the window sum to ``2 x`` times the window-summed gradient.
+
+    Every elementwise pass over an output- or input-sized tensor costs about as much as the
+    arithmetic of a depthwise convolution, so the passes are counted: three in the forward
+    (``|out|``, ``* r``, ``* out``), five in the backward, plus one to sum over each group's
+    channels where a group has more than one.
 
     When the backward is itself differentiated (``create_graph=True``, ``torch.func``), the same
     formulas run without in-place passes (:meth:`_differentiable_backward`).
@@ -146,22 +191,22 @@ class _BcosConv2dB2(torch.autograd.Function):
         detach_scale: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         groups = conv_args[-1]
-        norm = _receptive_field_norm(x, window, *conv_args, eps)
+        inverse_norm = _inverse_norm(x, window, conv_args, eps)
         out = F.conv2d(x, weight, None, *conv_args)
         y = out.abs()
-        _by_group(y, groups).div_(norm.unsqueeze(2))
+        _by_group(y, groups).mul_(inverse_norm.unsqueeze(2))
         y.mul_(out)
-        # out and norm are returned only to be saved for backward (see setup_context)
-        return y, out, norm
+        # out and the inverse norm are returned only to be saved for backward (setup_context)
+        return y, out, inverse_norm
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
         x, weight, window, conv_args, eps, detach_scale = inputs
-        _, out, norm = output
-        ctx.mark_non_differentiable(out, norm)
+        _, out, inverse_norm = output
+        ctx.mark_non_differentiable(out, inverse_norm)
         # no zero-filled gradients for the auxiliary outputs
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, window, out, norm)
+        ctx.save_for_backward(x, weight, window, out, inverse_norm)
         ctx.conv_args = conv_args
         ctx.eps = eps
         ctx.detach_scale = detach_scale
@@ -174,12 +219,16 @@ class _BcosConv2dB2(torch.autograd.Function):
             return (None, None, *none)
         if torch.is_grad_enabled():
             return (*_BcosConv2dB2._differentiable_backward(ctx, grad), *none)
-        x, weight, window, out, norm = ctx.saved_tensors
+        x, weight, window, out, inverse_norm = ctx.saved_tensors
         conv_args, detach_scale = ctx.conv_args, ctx.detach_scale
         stride, padding, dilation, groups = conv_args
-        # d y / d out: 2 |out| / ||x||, or the constant scale |out| / ||x|| when explaining
+        # d y / d out = 2 |out| r (the constant scale |out| r when explaining). The factor 2
+        # goes onto the smaller of r and the weight (the convolution's backward is linear in
+        # both): a fresh map the size of a depthwise layer's output costs a pass and page faults
+        double_weight = not detach_scale and inverse_norm.numel() > weight.numel()
+        scale = inverse_norm if detach_scale or double_weight else inverse_norm * 2.0
         grad_out = out.abs()
-        _by_group(grad_out, groups).div_((norm if detach_scale else norm / 2).unsqueeze(2))
+        _by_group(grad_out, groups).mul_(scale.unsqueeze(2))
         try:
             grad_out.mul_(grad)  # one fresh output-sized tensor fewer than grad * scale
         except RuntimeError:
@@ -187,18 +236,33 @@ class _BcosConv2dB2(torch.autograd.Function):
             grad_out = grad * grad_out
         mask = (need_x, need_weight, False)
         grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups, mask
+            grad_out,
+            x,
+            weight * 2.0 if double_weight else weight,  # the weight gradient ignores its values
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            (0, 0),
+            groups,
+            mask,
         )
+        if double_weight and grad_weight is not None:
+            grad_weight.mul_(2.0)
         if need_x and not detach_scale:
-            # grad_out * out = 2 grad * y; d y / d||x|| = -y / ||x||, d||x|| / d(window sum)
-            # = 1 / (2 ||x||): the window sum gets -sum(grad * y) / (2 ||x||^2)
-            grad_window = _by_group(grad_out.mul_(out), groups).sum(2)
-            grad_window.div_(norm.square().mul_(-4.0))
+            # grad_out * out = c grad y (c = 2, or 1 with the doubled weight); d y / d||x|| =
+            # -y r and d||x|| / d(window sum) = r / 2, so the window sum gets
+            # -sum(grad_out * out) r^2 / (2 c), and the squares' gradient reaches x times 2
+            grad_window = _sum_over_group(grad_out.mul_(out), groups)
+            grad_window.mul_(inverse_norm).mul_(inverse_norm)
             grad_squares = _window_sum_backward(
                 grad_window, window, (x.shape[0], groups, *x.shape[2:]), conv_args
             )
             _by_group(grad_x, groups).addcmul_(
-                _by_group(x, groups), grad_squares.unsqueeze(2), value=2.0
+                _by_group(x, groups),
+                grad_squares.unsqueeze(2),
+                value=-1.0 if double_weight else -0.5,
             )
         return (grad_x, grad_weight, *none)
 
