@@ -205,14 +205,18 @@ def _header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _dataset(args: argparse.Namespace, classes: list[str] | None = None) -> Any:
+def _dataset(
+    args: argparse.Namespace, classes: list[str] | None = None, split: str | None = None
+) -> Any:
+    """``--split`` (or ``split``) of ``--data``, never augmented: evaluation sees the images."""
     return build_dataset(
         args.data,
-        args.split,
+        split or args.split,
         args.image_size,
         num_examples=args.num_examples,
         return_mask=args.data == "synthetic",
         skip_corrupt=args.skip_corrupt,
+        augment=False,
         classes=classes,
     )
 
@@ -282,15 +286,7 @@ def _probes(
             "split (e.g. --probe-split train)"
         )
     classes = getattr(data, "classes", None)
-    train = build_dataset(
-        args.data,
-        args.probe_split,
-        args.image_size,
-        num_examples=args.num_examples,
-        augment=False,  # the features of the images themselves, as for the evaluated split
-        skip_corrupt=args.skip_corrupt,
-        classes=None if classes is None else [str(c) for c in classes],
-    )
+    train = _dataset(args, None if classes is None else [str(c) for c in classes], args.probe_split)
     probes = {}
     for name, model in models.items():
         probes[name] = linear_probe(model, train, data, batch_size=args.batch_size, seed=args.seed)
