@@ -6,7 +6,12 @@ its B-cos version (B = 2, defaults), and of the same B-cos model flattened into 
 graph over the same layers (the form bcosify's converter produced before it kept the module
 tree), measured interleaved in the same run (medians).
 
+``--compiled`` measures the CNNs' training step compiled instead, in its own section: the
+original with ``torch.compile``, the B-cos model with ``bcosify.compile`` (Inductor), beside
+both eager models, interleaved in the same run.
+
     .venv/bin/python benchmarks/bench_convert.py --write docs/benchmarks.md
+    .venv/bin/python benchmarks/bench_convert.py --compiled --write docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ ARCHITECTURES = [
 ]
 TRANSFORMERS = {"timm:eva02_tiny_patch14_224", SIGLIP}  # the rest are CNNs (the targets' set)
 SECTION = "bench_convert"
+COMPILED_SECTION = "bench_convert_compiled"
 # targets from the speed issue: training step of every CNN at most 1.3x the original's, median
 # at most 1.15x; bcosify.explain at most 1.1x one input-gradient pass of the same model
 TRAIN_TARGET, MEDIAN_TARGET, EXPLAIN_TARGET = 1.3, 1.15, 1.1
@@ -164,6 +170,79 @@ def measure(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
     return result
 
 
+def measure_compiled(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
+    """Training step of the original and the B-cos model, each eager and compiled."""
+    torch.manual_seed(0)
+    original, source, mean, std = build(name, size)
+    converted, _ = bcosify.convert(copy.deepcopy(source).eval(), input_mean=mean, input_std=std)
+    original.train()
+    converted.train()
+    images = torch.rand(batch, 3, size, size)
+    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch._dynamo.reset()  # a fresh cache for every model: no graph falls back to eager
+    candidates = {
+        "original": (original, normalised),
+        "bcos": (converted, images),
+        "original_compiled": (copy.deepcopy(original), normalised),
+        "bcos_compiled": (bcosify.compile(copy.deepcopy(converted)), images),
+    }
+    candidates["original_compiled"][0].compile()  # in place, as bcosify.compile does
+    result = {}
+    for label, (model, x) in candidates.items():  # warm-up; the compiled ones compile here
+        result[f"{label}_first"] = timed(functools.partial(training_step, model, x))
+    times: dict[str, list[float]] = {}
+    for repeat in range(repeats):
+        shift = repeat % len(candidates)
+        order = list(candidates)[shift:] + list(candidates)[:shift]
+        for label in order:
+            model, x = candidates[label]
+            times.setdefault(label, []).append(timed(functools.partial(training_step, model, x)))
+    result.update({key: statistics.median(values) for key, values in times.items()})
+    return result
+
+
+def report_compiled(
+    rows: dict[str, dict[str, float]], size: int, batch: int, repeats: int, command: str
+) -> str:
+    lines = [
+        f"Machine: {machine()}; load average {load_average()} at the end. Command: `{command}`.",
+        f"Images {size} x {size}, batch {batch}, train mode; training step = forward + backward "
+        "of the summed logits (no optimiser). Compiled: the original with `torch.compile`, the "
+        "B-cos model with `bcosify.compile`, default options (Inductor); *first call* is the "
+        "first training step, which compiles. The four models are interleaved in every "
+        f"repetition (rotating order); medians of {repeats} after the first call.",
+        "",
+        "| model | first call orig (s) | first call B-cos (s) | eager orig (s) | eager B-cos (s) "
+        "| compiled orig (s) | compiled B-cos (s) | B-cos/orig eager | B-cos/orig compiled "
+        "| compiled B-cos / eager orig |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['original_compiled_first']:.0f} | {r['bcos_compiled_first']:.0f} | "
+            f"{r['original']:.3f} | {r['bcos']:.3f} | {r['original_compiled']:.3f} | "
+            f"{r['bcos_compiled']:.3f} | {r['bcos'] / r['original']:.2f}x | "
+            f"{r['bcos_compiled'] / r['original_compiled']:.2f}x | "
+            f"{r['bcos_compiled'] / r['original']:.2f}x |"
+        )
+    compiled = [r["bcos_compiled"] / r["original_compiled"] for r in rows.values()]
+    eager = [r["bcos"] / r["original"] for r in rows.values()]
+    lines += [
+        "",
+        f"Eager, same run: median {statistics.median(eager):.2f}x ({min(eager):.2f}x to "
+        f"{max(eager):.2f}x).",
+        "",
+        f"- Target, compiled: every CNN's training step at most {TRAIN_TARGET}x the compiled "
+        f"original's: {_verdict(max(compiled) <= TRAIN_TARGET)} "
+        f"({sum(ratio <= TRAIN_TARGET for ratio in compiled)} of {len(compiled)}, worst "
+        f"{max(compiled):.2f}x).",
+        f"- Target, compiled: median at most {MEDIAN_TARGET}x: "
+        f"{_verdict(statistics.median(compiled) <= MEDIAN_TARGET)} "
+        f"({statistics.median(compiled):.2f}x).",
+    ]
+    return "\n".join(lines)
+
+
 def report(
     rows: dict[str, dict[str, float]], size: int, batch: int, repeats: int, command: str
 ) -> str:
@@ -237,12 +316,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=ARCHITECTURES)
     parser.add_argument("--write", help="markdown file whose section to (re)write")
+    parser.add_argument(
+        "--compiled", action="store_true", help="the CNNs' training step, compiled and eager"
+    )
     args = parser.parse_args(argv)
+    command = command_line("bench_convert.py", argv)
+    if args.compiled:
+        models = [name for name in args.models if name not in TRANSFORMERS]
+        compiled_rows = {}
+        for name in models:
+            compiled_rows[name] = measure_compiled(name, args.size, args.batch, args.repeats)
+            print(f"{name}: {compiled_rows[name]}", flush=True)
+        text = report_compiled(compiled_rows, args.size, args.batch, args.repeats, command)
+        title = "## Compiled CNNs against the compiled originals"
+        return publish(f"{title}\n\n{text}", COMPILED_SECTION, args.write)
     rows = {}
     for name in args.models:
         rows[name] = measure(name, args.size, args.batch, args.repeats)
         print(f"{name}: {rows[name]}", flush=True)
-    text = report(rows, args.size, args.batch, args.repeats, command_line("bench_convert.py", argv))
+    text = report(rows, args.size, args.batch, args.repeats, command)
     return publish(f"## Converted models against the originals\n\n{text}", SECTION, args.write)
 
 

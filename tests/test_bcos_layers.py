@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcosify.nn import BcosConv2d, BcosLinear, explanation_mode
+from bcosify.nn import bcos as bcos_module
 
 EPS = 1e-6
 
@@ -268,6 +269,28 @@ def test_fused_b2_gradients_match_autograd_reference(case, explaining, one_threa
         (only_x,) = torch.autograd.grad(layer(x), x, grad)
         (only_w,) = torch.autograd.grad(layer(x), layer.weight, grad)
         torch.testing.assert_close((only_x, only_w), want)
+
+
+@pytest.mark.parametrize("explaining", [False, True])
+@pytest.mark.parametrize("case", [FUSED_CASES[0], FUSED_CASES[1], FUSED_CASES[-1]])
+def test_fused_b2_one_example_at_a_time_and_through_a_retained_graph(
+    case, explaining, one_thread, monkeypatch
+):
+    # slices of one element: every elementwise pass runs one example at a time; the first
+    # backward writes its gradient over the saved output, so a second backward through the
+    # retained graph must recompute it
+    monkeypatch.setattr(bcos_module, "_SQUARES_SLICE", 1)
+    layer, x = fused_layer(case)
+    with explanation_mode(layer, enabled=explaining):
+        y = layer(x)
+        grad = torch.randn_like(y)
+        expected = reference_for(layer, x, detach=explaining)
+        torch.testing.assert_close(y, expected)
+        want = torch.autograd.grad(expected, (x, layer.weight), grad)
+        first = torch.autograd.grad(y, (x, layer.weight), grad, retain_graph=True)
+        second = torch.autograd.grad(y, (x, layer.weight), grad)
+    torch.testing.assert_close(first, want)
+    torch.testing.assert_close(second, want)
 
 
 def test_fused_b2_works_under_torch_func_and_vectorized_jacobians(one_thread):
