@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu
+.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,4 +35,7 @@ bench-layers: .bench/official
 bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu: bench-%: $(STAMP)
 	$(BIN)/python benchmarks/bench_$*.py --write docs/benchmarks.md
 
-bench: bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text
+bench-compiled: $(STAMP)
+	$(BIN)/python benchmarks/bench_convert.py --compiled --write docs/benchmarks.md
+
+bench: bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text

@@ -209,13 +209,15 @@ def report_compiled(
         f"Images {size} x {size}, batch {batch}, train mode; training step = forward + backward "
         "of the summed logits (no optimiser). Compiled: the original with `torch.compile`, the "
         "B-cos model with `bcosify.compile`, default options (Inductor); *first call* is the "
-        "first training step, which compiles. The four models are interleaved in every "
-        f"repetition (rotating order); medians of {repeats} after the first call.",
+        "first training step, which compiles (shorter for a graph in Inductor's on-disk cache "
+        "from an earlier run). The four models are interleaved in every "
+        f"repetition (rotating order); medians of {repeats} after the first call. The targets "
+        "set each model in its faster mode (compiling made some originals slower).",
         "",
         "| model | first call orig (s) | first call B-cos (s) | eager orig (s) | eager B-cos (s) "
         "| compiled orig (s) | compiled B-cos (s) | B-cos/orig eager | B-cos/orig compiled "
-        "| compiled B-cos / eager orig |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| compiled B-cos / eager orig | faster B-cos / faster orig |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
         lines.append(
@@ -223,17 +225,17 @@ def report_compiled(
             f"{r['original']:.3f} | {r['bcos']:.3f} | {r['original_compiled']:.3f} | "
             f"{r['bcos_compiled']:.3f} | {r['bcos'] / r['original']:.2f}x | "
             f"{r['bcos_compiled'] / r['original_compiled']:.2f}x | "
-            f"{r['bcos_compiled'] / r['original']:.2f}x |"
+            f"{r['bcos_compiled'] / r['original']:.2f}x | {_fastest_ratio(r):.2f}x |"
         )
-    compiled = [r["bcos_compiled"] / r["original_compiled"] for r in rows.values()]
+    compiled = [_fastest_ratio(r) for r in rows.values()]
     eager = [r["bcos"] / r["original"] for r in rows.values()]
     lines += [
         "",
         f"Eager, same run: median {statistics.median(eager):.2f}x ({min(eager):.2f}x to "
         f"{max(eager):.2f}x).",
         "",
-        f"- Target, compiled: every CNN's training step at most {TRAIN_TARGET}x the compiled "
-        f"original's: {_verdict(max(compiled) <= TRAIN_TARGET)} "
+        f"- Target, compiled: every CNN's training step at most {TRAIN_TARGET}x the "
+        f"original's (each in its faster mode): {_verdict(max(compiled) <= TRAIN_TARGET)} "
         f"({sum(ratio <= TRAIN_TARGET for ratio in compiled)} of {len(compiled)}, worst "
         f"{max(compiled):.2f}x).",
         f"- Target, compiled: median at most {MEDIAN_TARGET}x: "
@@ -303,6 +305,11 @@ def report(
         f"step ({min(tree):.2f}x to {max(tree):.2f}x).",
     ]
     return "\n".join(lines)
+
+
+def _fastest_ratio(r: dict[str, float]) -> float:
+    """The B-cos model's faster mode against the original's: compiling is not always faster."""
+    return min(r["bcos"], r["bcos_compiled"]) / min(r["original"], r["original_compiled"])
 
 
 def _verdict(met: bool) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("common", "bench_layers", "bench_demo")
+SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert")
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,22 @@ def test_gpu_benchmark_quick_runs_on_the_cpu(gpu_bench, tmp_path, capsys):
         assert float(original) > 0 and float(bcos) > 0 and float(ratio) > 0
     text = docs.read_text()
     assert "<!-- bench_gpu:start -->" in text and "device: CPU" in text
+
+
+def test_compiled_targets_set_each_model_in_its_faster_mode(scripts):
+    # compiling made some originals slower (ConvNeXt on this CPU): a B-cos model compiled
+    # against the original compiled would then flatter B-cos
+    bench = scripts["bench_convert"]
+    first = {"original_compiled_first": 30.0, "bcos_compiled_first": 60.0}
+    rows = {
+        "slow-compiled-original": dict(
+            first, original=1.0, original_compiled=2.0, bcos=1.4, bcos_compiled=1.5
+        ),
+        "compiled-helps": dict(
+            first, original=1.0, original_compiled=0.5, bcos=1.6, bcos_compiled=0.55
+        ),
+    }
+    text = bench.report_compiled(rows, 224, 8, 3, "cmd")
+    assert "| slow-compiled-original |" in text and "| 1.40x |" in text  # 1.4 / 1.0
+    assert "not met (1 of 2, worst 1.40x)" in text
+    assert "median at most 1.15x: not met (1.25x)" in text  # median of 1.40 and 1.10

@@ -98,6 +98,16 @@ MISTAKES = [
     ([*TRAIN, "--max-steps", "0"], 2, "--max-steps: must be a whole number of at least 1"),
     ([*TRAIN, "--num-val", "0"], 2, "--num-val: must be a whole number of at least 1"),
     ([*TRAIN, "--device", "tpu9"], 2, "unknown device 'tpu9'"),
+    (
+        ["train", "--model", "x", "--data", "x.jsonl", "--recipe", "bcosify-lm", "--compile"],
+        2,
+        "--compile is for training image models",
+    ),
+    (
+        ["train", "--model", "x", "--data", "synthetic", "--recipe", "bcosify-clip", "--compile"],
+        2,
+        "without it for the bcosify-clip recipe",
+    ),
     pytest.param(
         [*TRAIN, "--device", "cuda"],
         2,

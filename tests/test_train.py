@@ -73,6 +73,37 @@ def test_resume_gives_identical_weights(tmp_path):
     assert isinstance(resumed.model, BcosModel)
 
 
+def test_compiled_training_equals_eager_training_and_compiles_after_the_ramp(tmp_path, monkeypatch):
+    import bcosify.train.loop as loop
+
+    data = small_data(32, augment=False)
+    recipe = bcos_recipe(epochs=1, batch_size=8, b_ramp_steps=2)  # B 1, 1.5, then 2 at step 2
+    compiled_at = []  # the B of the layers whenever the model is compiled
+    spy = loop.compile_model
+
+    def recording(model, **options):
+        compiled_at.append({m.b for m in model.modules() if hasattr(m, "b")})
+        return spy(model, **options)
+
+    monkeypatch.setattr(loop, "compile_model", recording)
+
+    def model():
+        torch.manual_seed(0)
+        return create("bcosify:small_cnn", num_classes=10)
+
+    eager = train(model(), data, recipe, tmp_path / "a", progress=False)
+    compiled = train(
+        model(), data, recipe, tmp_path / "b", progress=False,
+        compile_options={"backend": "aot_eager"},
+    )  # fmt: skip
+    # once, when the ramp is over: every B on the ramp would have compiled another graph
+    assert compiled_at == [{2.0}]
+    a, b = weights(eager.model), weights(compiled.model)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
 def test_resuming_another_architecture_is_a_clear_error(tmp_path):
     data, recipe = small_data(32, augment=False), bcos_recipe(epochs=1)
     train(

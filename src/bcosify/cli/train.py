@@ -94,6 +94,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cpu, cuda (default: cuda if available)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="image models: compile with torch.compile (bcosify.compile); the first steps take "
+        "longer, later ones less",
+    )
     parser.set_defaults(run=run)
 
 
@@ -122,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{str(args.out)!r} already holds a run and --no-resume was given")
     # the initial weights of a model built here (a source without weights) follow --seed
     torch.manual_seed(recipe.seed)
+    if args.compile and (recipe.loss in DISTILLATION_LOSSES or is_text_file(args.data)):
+        raise UsageError(
+            "--compile is for training image models with labels; train without it for "
+            f"{'texts' if is_text_file(args.data) else f'the {recipe.name} recipe'}"
+        )
     if recipe.loss in DISTILLATION_LOSSES:
         return _align(args, recipe)
     if is_text_file(args.data):
@@ -152,6 +163,7 @@ def _train(
         device=args.device,
         progress=not args.no_progress,
         tensorboard=args.tensorboard,
+        compile_options={} if args.compile else None,
     )
 
 

@@ -31,6 +31,7 @@ from ..device import device_of
 from ..errors import DataError, DivergenceError
 from ..models.sources import class_names_of
 from ..models.text import TextClassifier
+from ..nn.compile import compile as compile_model
 from ..serialization import atomic_write
 from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import Distributed, setup_distributed
@@ -119,6 +120,7 @@ def train(
     progress: bool = True,
     tensorboard: bool = False,
     objective: Objective | None = None,
+    compile_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` with ``recipe``; resumable, and DDP under ``torchrun``.
 
@@ -150,6 +152,11 @@ def train(
         objective: the loss to train with instead of the recipe's classification loss (see
             :class:`Objective`; :mod:`bcosify.train.distill` distils a CLIP image tower with
             it). Accuracy is then neither computed nor logged.
+        compile_options: compile the model with :func:`bcosify.compile` and these options
+            (``{}`` for torch.compile's defaults; None trains eagerly). The first step, the
+            first validation and any new batch shape compile, which takes from seconds to
+            minutes on a CPU; while ``b_ramp_steps`` ramps B the model stays eager, because
+            every new B would compile another graph.
 
     Example:
         >>> import tempfile, torch
@@ -196,6 +203,7 @@ def train(
         objective.to(dist.device)
     is_bcos = isinstance(prepared, (BcosModel, BcosTextModel))
     b_set: float | None = None  # the B the layers have, once the loop has set it
+    compiled = False
     optimizer = build_optimizer(recipe, prepared.parameters())
     ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
     scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
@@ -273,6 +281,9 @@ def train(
                     if is_bcos and b != b_set:  # B changes only while it is ramped
                         set_b_(prepared, b)
                         b_set = b
+                    if compile_options is not None and not compiled and b == recipe.b:
+                        compile_model(prepared, **compile_options)
+                        compiled = True
                     loss, correct = _step(
                         trained, optimizer, images, labels, recipe, scaler, objective
                     )
