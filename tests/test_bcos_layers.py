@@ -105,6 +105,47 @@ def test_linear_matches_formula(b):
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight))
 
 
+def reference_linear(layer, x, detach=False):
+    """The B = 2 linear layer in plain autograd: out * |out| / ||x||, the scale detached or not."""
+    weight = layer._weight()
+    out = x @ weight.T
+    scale = out.abs() / (x.pow(2).sum(-1, keepdim=True) + layer.eps).sqrt()
+    return out * (scale.detach() if detach else scale)
+
+
+@pytest.mark.parametrize("normalize_weights", [False, True])
+@pytest.mark.parametrize("shape", [(7,), (4, 7), (2, 3, 7)])
+def test_fused_linear_matches_autograd_gradcheck_and_torch_func(
+    shape, normalize_weights, one_thread
+):
+    torch.manual_seed(len(shape))
+    layer = BcosLinear(7, 5, b=2.0, normalize_weights=normalize_weights).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert "_BcosLinearB2" in layer(x).grad_fn.name()  # the fused path is the one tested
+    for explaining in (False, True):
+        with explanation_mode(layer, enabled=explaining):
+            y = layer(x)
+            grad = torch.randn_like(y)
+            expected = reference_linear(layer, x, detach=explaining)
+            torch.testing.assert_close(y, expected)
+            want = torch.autograd.grad(expected, (x, layer.weight), grad)
+            torch.testing.assert_close(torch.autograd.grad(y, (x, layer.weight), grad), want)
+            again = torch.autograd.grad(layer(x), (x, layer.weight), grad, create_graph=True)
+            torch.testing.assert_close(again, want)
+            (only_x,) = torch.autograd.grad(layer(x), x, grad)
+            torch.testing.assert_close(only_x, want[0])
+            vectorized = torch.autograd.functional.jacobian(layer, x, vectorize=True)
+            torch.testing.assert_close(vectorized, torch.autograd.functional.jacobian(layer, x))
+            torch.testing.assert_close(torch.func.jacrev(layer)(x), vectorized)
+    w = layer.weight.detach().clone().requires_grad_()
+
+    def f(x, w):
+        return torch.func.functional_call(layer, {"weight": w}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, w))
+    assert torch.autograd.gradgradcheck(f, (x, w), fast_mode=True)
+
+
 def test_linear_normalised_weights_and_max_out():
     layer = BcosLinear(6, 3, b=2.0, max_out=2, normalize_weights=True)
     assert layer.weight.shape == (6, 6)

@@ -367,6 +367,81 @@ class _BcosConv2dB2(torch.autograd.Function):
         return grad_x, grad_weight
 
 
+class _BcosLinearB2(torch.autograd.Function):
+    """``y = out * |out| / ||x||`` with ``out = x W^T``: the B = 2 linear layer, fused.
+
+    Autograd through ``abs``, the division and the product runs about a dozen elementwise
+    passes over the output in the backward pass (measured: 4 s of the 8.7 s of two training
+    steps of torchvision's ConvNeXt-T, whose MLPs are linear layers over 56 x 56 maps). This
+    function keeps ``out`` and ``r = 1 / ||x||`` (one value per row) and computes, with
+    ``G = 2 |out| r grad`` (``|out| r grad`` when explaining):
+
+    - ``dx = G W - x r^3 sum(grad * out * |out|)``, the second term only outside explanation
+      mode, where ``||x||`` gets a gradient;
+    - ``dW = G^T x``.
+
+    When the backward is itself differentiated (``create_graph=True``, ``torch.func``), the same
+    formulas run on a recomputed ``out`` with out-of-place operations.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: Tensor, weight: Tensor, eps: float, detach_scale: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        inverse_norm = (x * x).sum(-1, keepdim=True).add_(eps).rsqrt_()
+        out = F.linear(x, weight)
+        y = out.abs()
+        y.mul_(inverse_norm).mul_(out)
+        # out and the inverse norm are returned only to be saved for backward (setup_context)
+        return y, out, inverse_norm
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, weight, eps, detach_scale = inputs
+        _, out, inverse_norm = output
+        ctx.mark_non_differentiable(out, inverse_norm)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, out, inverse_norm)
+        ctx.eps = eps
+        ctx.detach_scale = detach_scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        if grad is None or not (need_x or need_weight):
+            return None, None, None, None
+        x, weight, out, inverse_norm = ctx.saved_tensors
+        norm = need_x and not ctx.detach_scale  # the scale's own gradient, unless a constant
+        differentiated = torch.is_grad_enabled()
+        if differentiated:
+            # the backward is differentiated: out and the norm must be functions of x here
+            out = F.linear(x, weight)
+            inverse_norm = (x * x).sum(-1, keepdim=True).add(ctx.eps).rsqrt()
+            scale = out.abs() * inverse_norm
+            grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
+            norm_grad = (grad * out * out.abs()).sum(-1, keepdim=True) * inverse_norm.pow(3)
+        else:
+            grad_out = grad * out.abs()  # fresh: batched gradients (vmap) stay batched
+            norm_grad = None
+            if norm:
+                norm_grad = (grad_out * out).sum(-1, keepdim=True)
+                norm_grad.mul_(inverse_norm).mul_(inverse_norm).mul_(inverse_norm)
+            grad_out.mul_(inverse_norm if ctx.detach_scale else inverse_norm * 2.0)
+        grad_x = grad_weight = None
+        if need_weight:
+            rows = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_weight = rows.t() @ x.reshape(-1, x.shape[-1])
+        if need_x:
+            grad_x = grad_out @ weight
+            if norm and differentiated:
+                grad_x = grad_x - x * norm_grad
+            elif norm:
+                grad_x.addcmul_(x, norm_grad, value=-1.0)
+        return grad_x, grad_weight, None, None
+
+
 class _BcosUnit(ExplanationAware):
     """What B-cos convolution and linear layers share: options, MaxOut and the scaling."""
 
@@ -411,6 +486,16 @@ class _BcosUnit(ExplanationAware):
         # the fast path at B = 2; the clamp keeps the derivative of |cos|^(B-1) finite at 0
         scale = abs_cos if self.b == 2.0 else abs_cos.clamp_min(1e-12).pow(self.b - 1.0)
         return out * self.detach_if_explaining(scale)
+
+    def _fused(self, x: Tensor) -> bool:
+        """Whether the fused B = 2 function (:class:`_BcosConv2dB2`, :class:`_BcosLinearB2`)
+        computes this call.
+
+        Under autocast the plain autograd path runs instead: it lets autocast pick each
+        operation's precision and casts the gradients back, exactly as before.
+        """
+        plain = self.b != 2.0 or self.max_out != 1
+        return not plain and not torch.is_autocast_enabled(x.device.type)
 
     def _bcos_extra_repr(self) -> str:
         return f"b={self.b:g}, max_out={self.max_out}, normalize_weights={self.normalize_weights}"
@@ -533,15 +618,6 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
         norm = None if self.b == 1.0 else self._input_norm(x, padding)
         return self._bcos(out, norm, unit_dim=1)
 
-    def _fused(self, x: Tensor) -> bool:
-        """Whether :class:`_BcosConv2dB2` computes this call.
-
-        Under autocast the plain autograd path runs instead: it lets autocast pick each
-        operation's precision and casts the gradients back, exactly as before.
-        """
-        plain = self.b != 2.0 or self.max_out != 1
-        return not plain and not torch.is_autocast_enabled(x.device.type)
-
     def _explicit_padding(self, x: Tensor) -> tuple[Tensor, _Pair]:
         """Numbers for ``padding='valid'`` / ``'same'`` (the fused path needs them).
 
@@ -634,6 +710,9 @@ class BcosLinear(_BcosUnit, nn.Linear):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._fused(x):
+            y, _, _ = _BcosLinearB2.apply(x, self._weight(), self.eps, self.explaining)
+            return y
         out = F.linear(x, self._weight())
         norm = None if self.b == 1.0 else ((x * x).sum(-1, keepdim=True) + self.eps).sqrt()
         return self._bcos(out, norm, unit_dim=-1)
