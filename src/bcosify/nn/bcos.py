@@ -17,9 +17,10 @@ sign of the cosine, whatever the scale of its weights; official B-cos v2 checkpo
 
 In explanation mode the scaling factor ``|...|^(B-1)`` is detached, so ``y`` is linear in ``x``.
 
-The common convolution case (``B = 2``, no MaxOut: what B-cosification and B-cos v2 use) runs
-through :class:`_BcosConv2dB2`, an autograd function with a hand-written backward
-that keeps less memory and is faster; every other case is plain autograd over the same formula.
+The common case (``B = 2``, no MaxOut: what B-cosification and B-cos v2 use) runs through
+:class:`_BcosConv2dB2` and :class:`_BcosLinearB2`, autograd functions with hand-written
+backward passes that keep less memory and run fewer passes; every other case is plain autograd
+over the same formula.
 """
 
 from __future__ import annotations
