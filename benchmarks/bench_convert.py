@@ -130,6 +130,16 @@ def build(
     return model, model, info.input_mean, info.input_std
 
 
+def inputs(
+    batch: int, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images in [0, 1] (the B-cos model's input) and their normalised form (the
+    original's)."""
+    images = torch.rand(batch, 3, size, size)
+    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return images, normalised
+
+
 def measure(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     original, source, mean, std = build(name, size)
@@ -138,8 +148,7 @@ def measure(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
     converted, _ = bcosify.convert(source.eval(), input_mean=mean, input_std=std)
     conversion = time.perf_counter() - started
     converted.train()
-    images = torch.rand(batch, 3, size, size)
-    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    images, normalised = inputs(batch, size, mean, std)
     candidates = {
         "original": (original, normalised),
         "bcos": (converted, images),
@@ -174,11 +183,10 @@ def measure_compiled(name: str, size: int, batch: int, repeats: int) -> dict[str
     """Training step of the original and the B-cos model, each eager and compiled."""
     torch.manual_seed(0)
     original, source, mean, std = build(name, size)
-    converted, _ = bcosify.convert(copy.deepcopy(source).eval(), input_mean=mean, input_std=std)
+    converted, _ = bcosify.convert(source.eval(), input_mean=mean, input_std=std)
     original.train()
     converted.train()
-    images = torch.rand(batch, 3, size, size)
-    normalised = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    images, normalised = inputs(batch, size, mean, std)
     torch._dynamo.reset()  # a fresh cache for every model: no graph falls back to eager
     candidates = {
         "original": (original, normalised),

@@ -48,9 +48,9 @@ def _example_slices(tensor: Tensor) -> list[slice]:
     Elementwise passes over one slice at a time keep their temporaries in cache and reuse
     their memory, where passes over the whole tensor stream it from memory every time.
     """
-    size = tensor.shape[0]
     if torch.compiler.is_compiling():
         return [slice(None)]  # the compiler fuses the passes itself
+    size = tensor.shape[0]
     step = max(1, _SQUARES_SLICE // max(1, tensor[0].numel()))
     return [slice(start, min(start + step, size)) for start in range(0, size, step)]
 
@@ -190,7 +190,7 @@ def _scaled_gradient(
     for part in _example_slices(out):
         out_part = out[part]
         product = out_part.abs().mul_(grad[part])
-        if summed is not None and inverse_norm is not None:
+        if inverse_norm is not None and summed is not None:  # both or neither
             r = inverse_norm[part]
             squared = _sum_over_group(product * out_part, groups)
             torch.mul(squared, r, out=summed[part]).mul_(r).mul_(r)
@@ -227,9 +227,8 @@ class _BcosConv2dB2(torch.autograd.Function):
 
     Every elementwise pass over an output- or input-sized tensor costs about as much as the
     arithmetic of a depthwise convolution, and every fresh output-sized tensor costs page
-    faults on CPU, so both are counted. The forward makes one fresh tensor (``y``) and runs its
-    three passes (``|out|``, ``* r``, ``* out``) one slice of the batch at a time, so that the
-    second and third read from cache; the backward makes none beyond the convolution's own
+    faults on CPU, so both are counted. The forward makes one fresh tensor (``y``) in three
+    passes (``|out|``, ``* r``, ``* out``); the backward makes none beyond the convolution's own
     gradients: it writes the gradient for the convolution over ``out`` (see
     :func:`_scaled_gradient`), and a second backward through a retained graph recomputes
     ``out`` from the saved input and weight. Under ``torch.compile`` the compiler fuses the
@@ -416,16 +415,18 @@ class _BcosLinearB2(torch.autograd.Function):
         x, weight, out, inverse_norm = ctx.saved_tensors
         norm = need_x and not ctx.detach_scale  # the scale's own gradient, unless a constant
         differentiated = torch.is_grad_enabled()
+        norm_grad = None
         if differentiated:
             # the backward is differentiated: out and the norm must be functions of x here
             out = F.linear(x, weight)
             inverse_norm = (x * x).sum(-1, keepdim=True).add(ctx.eps).rsqrt()
-            scale = out.abs() * inverse_norm
+            abs_out = out.abs()
+            scale = abs_out * inverse_norm
             grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
-            norm_grad = (grad * out * out.abs()).sum(-1, keepdim=True) * inverse_norm.pow(3)
+            if norm:
+                norm_grad = (grad * out * abs_out).sum(-1, keepdim=True) * inverse_norm.pow(3)
         else:
             grad_out = grad * out.abs()  # fresh: batched gradients (vmap) stay batched
-            norm_grad = None
             if norm:
                 norm_grad = (grad_out * out).sum(-1, keepdim=True)
                 norm_grad.mul_(inverse_norm).mul_(inverse_norm).mul_(inverse_norm)
