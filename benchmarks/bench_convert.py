@@ -143,10 +143,11 @@ def inputs(
 def measure(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     original, source, mean, std = build(name, size)
-    original.train()
     started = time.perf_counter()
     converted, _ = bcosify.convert(source.eval(), input_mean=mean, input_std=std)
     conversion = time.perf_counter() - started
+    # after the conversion: source.eval() is the original itself for every model but SigLIP
+    original.train()
     converted.train()
     images, normalised = inputs(batch, size, mean, std)
     candidates = {
