@@ -53,6 +53,11 @@ def load_model_argument(spec: str, weights: str | None, num_classes: int | None)
             f"{spec!r} is a folder without a bcosify {CONFIG_FILE}: pass a folder written by "
             "bcosify (convert, train, save_pretrained), a run folder, or a model source"
         )
+    if ":" not in spec:
+        raise UsageError(
+            f"--model {spec}: no such folder, and not a model source either (sources look "
+            "like torchvision:resnet50, timm:resnet18 or hf:<folder>)"
+        )
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return create(spec, weights=weights, **kwargs)
 

@@ -17,13 +17,20 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..models.clip import ClipModel, Tokenizer, as_clip
-from ..models.sources import create, load_state_dict_strictly, source_info
-from ..serialization import read_config_json, read_weights, write_pretrained
+from ..models.clip import ClipModel, HFClipModel, Tokenizer, as_clip
+from ..models.sources import SOURCE_FIELDS, check_source_fields, create, source_info
+from ..models.text import load_tokenizer, save_tokenizer
+from ..schema import MAX_IMAGE_SIDE, Field, Integer, ListOf, Nullable
+from ..serialization import (
+    load_pretrained,
+    read_checked_config,
+    read_config_json,
+    write_pretrained,
+)
 from .converter import ConversionReport, convert
 from .hub import HubMixin
 from .model import BcosModel
-from .options import ConversionOptions
+from .options import OPTION_FIELDS, ConversionOptions
 
 __all__ = ["BcosCLIP", "ClipConversion", "convert_clip", "load_clip"]
 
@@ -80,7 +87,9 @@ class BcosCLIP(HubMixin, nn.Module):
         return self.visual.config.options
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` (both towers) and ``config.json``; returns the folder.
+        """Write ``model.safetensors`` (both towers) and ``config.json``, and the tokenizer of
+        a transformers model (``tokenizer.json``, see
+        :func:`~bcosify.models.text.save_tokenizer`); returns the folder.
 
         Example:
             >>> import open_clip, tempfile
@@ -100,6 +109,9 @@ class BcosCLIP(HubMixin, nn.Module):
             **self.source,
             "options": self.options.to_dict(),
         }
+        tokenizer = getattr(self.original, "tokenizer", None)
+        if isinstance(self.original, HFClipModel) and tokenizer is not None:
+            save_tokenizer(tokenizer, directory)
         return write_pretrained(directory, self, config)
 
     _pipeline_tag = "zero-shot-image-classification"
@@ -174,13 +186,23 @@ def convert_clip(
     return ClipConversion(BcosCLIP(visual, original, source).eval(), report)
 
 
-def load_clip(directory: str | Path, model: nn.Module | None = None) -> BcosCLIP:
-    """Load a :class:`BcosCLIP` saved with :meth:`BcosCLIP.save_pretrained` (no pickles).
+_CONFIG_FIELDS: dict[str, Field] = {
+    **SOURCE_FIELDS,
+    "input_size": Nullable(ListOf(Integer(1, MAX_IMAGE_SIDE), 2, 2)),
+    "options": OPTION_FIELDS,
+}
 
-    The original is rebuilt from the saved source (``"open_clip:<arch>"``, ``"hf:<folder>"``)
-    and converted with the saved options, then every weight is loaded strictly. A model without
-    a source (a :class:`~bcosify.models.ClipModel` of your own) needs ``model``, an instance of
-    its architecture.
+
+def load_clip(directory: str | Path, model: nn.Module | None = None) -> BcosCLIP:
+    """Load a :class:`BcosCLIP` saved with :meth:`BcosCLIP.save_pretrained` (no pickles, every
+    field of the config checked).
+
+    The original is rebuilt from the saved source (``"open_clip:<arch>"``, or
+    ``"transformers:<Class>"`` with its checked transformers config) and converted with the
+    saved options, then every weight is loaded strictly; a saved ``tokenizer.json`` is read
+    as data (:func:`~bcosify.models.text.load_tokenizer`). A model without a source (a
+    :class:`~bcosify.models.ClipModel` of your own) needs ``model``, an instance of its
+    architecture.
 
     Example:
         >>> import tempfile, torch, bcosify
@@ -194,21 +216,27 @@ def load_clip(directory: str | Path, model: nn.Module | None = None) -> BcosCLIP
         >>> torch.equal(loaded(x), model(x))
         True
     """
-    config = read_config_json(directory)
-    if config.get("format") != _FORMAT:
+    format = read_config_json(directory).get("format")
+    if format != _FORMAT:
         raise CheckpointError(
-            f"{str(directory)!r} is not a saved B-cos CLIP (format {config.get('format')!r}); "
-            "a B-cos image model loads with bcosify.load"
+            f"{str(directory)!r} is not a saved B-cos CLIP (format {format!r}); a B-cos image "
+            "model loads with bcosify.load"
         )
-    if model is None:
-        if config.get("source") is None:
-            raise CheckpointError(
-                f"{str(directory)!r} holds a B-cos CLIP made from a model without a source; "
-                "pass its architecture: load_clip(directory, model=MyClipModel())"
-            )
-        model = create(config["source"], **config.get("source_kwargs", {}))
-    options = ConversionOptions.from_dict(config["options"]).to_dict()
-    loaded, _ = convert_clip(model, **options)
-    state = read_weights(directory)
-    load_state_dict_strictly(loaded, state, f"the weights in {str(directory)!r}", CheckpointError)
-    return loaded.eval()
+    config = read_checked_config(
+        directory, _FORMAT, _CONFIG_FIELDS, ("options",), rule=check_source_fields
+    )
+    source = config.get("source")
+    if model is None and source is None:
+        raise CheckpointError(
+            f"{str(directory)!r} holds a B-cos CLIP made from a model without a source; "
+            "pass its architecture: load_clip(directory, model=MyClipModel())"
+        )
+    tokenizer = None
+    if (Path(directory) / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(directory)
+
+    def build() -> BcosCLIP:
+        original = model if model is not None else create(source, **config["source_kwargs"])
+        return convert_clip(original, tokenizer=tokenizer, **config["options"]).model
+
+    return load_pretrained(directory, build, config, precheck=model is None).eval()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.sources import create, load_state_dict_strictly
-from ..serialization import read_config_json, read_weights
+from ..models.sources import create
+from ..serialization import load_pretrained, read_config_json
 from .converter import convert
 from .model import BcosModel, read_config
 from .text import load_text
@@ -43,16 +44,39 @@ def load(directory: str | Path, model: nn.Module | None = None) -> BcosModel | B
             )
         return load_text(directory)  # type: ignore[return-value]
     config = read_config(directory)
-    if model is None:
-        if config.source is None:
-            raise CheckpointError(
-                f"{str(directory)!r} holds a model converted from a user-built network; "
-                "pass its architecture: bcosify.load(directory, model=MyNet())"
-            )
-        model = create(config.source, **config.source_kwargs)
-    # every option is an argument of convert under the same name
-    rebuilt, _ = convert(model, **config.options.to_dict(), class_names=config.class_names)
-    rebuilt.config = config
-    state = read_weights(directory)
-    load_state_dict_strictly(rebuilt, state, f"the weights in {str(directory)!r}", CheckpointError)
+    if model is None and config.source is None:
+        raise CheckpointError(
+            f"{str(directory)!r} holds a model converted from a user-built network; "
+            "pass its architecture: bcosify.load(directory, model=MyNet())"
+        )
+
+    def build() -> BcosModel:
+        original = model if model is not None else create(config.source, **config.source_kwargs)
+        # every option is an argument of convert under the same name
+        rebuilt, _ = convert(original, **config.options.to_dict(), class_names=config.class_names)
+        rebuilt.config = config
+        return rebuilt
+
+    rebuilt = load_pretrained(
+        directory, build, read_config_json(directory), _check_outputs, precheck=model is None
+    )
     return rebuilt.eval()
+
+
+def _check_outputs(model: BcosModel) -> None:
+    """The saved class names are one per output (checked on the ``meta`` device, where the
+    model runs without memory; skipped for a model that cannot run there)."""
+    config = model.config
+    if not config.class_names:
+        return
+    size = config.input_size or (224, 224)
+    try:
+        model.input_check = "off"
+        outputs = model(torch.empty(1, model.in_channels, *size, device="meta")).shape
+    except Exception:
+        return
+    if len(outputs) == 2 and outputs[1] != len(config.class_names):
+        raise CheckpointError(
+            f"the config names {len(config.class_names)} classes, but the model it describes "
+            f"has {outputs[1]} outputs: the class names belong to another model"
+        )

@@ -11,14 +11,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, InputRangeError
+from ..errors import CheckpointError, InputRangeError, OptionsError
+from ..models.sources import SOURCE_FIELDS, check_source_fields
 from ..nn import InputEncoding, InputNormalization, LogitBias
 from ..nn.mode import fx_tracing
-from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
+from ..schema import MAX_IMAGE_SIDE, Field, Integer, ListOf, Nullable, class_names
+from ..serialization import CONFIG_FILE, read_checked_config, write_pretrained
 from .hub import HubMixin
-from .options import ConversionOptions
+from .options import OPTION_FIELDS, ConversionOptions
 
-__all__ = ["INPUT_TOLERANCE", "BcosModel", "ModelConfig", "read_config"]
+__all__ = ["CONFIG_FIELDS", "INPUT_TOLERANCE", "BcosModel", "ModelConfig", "read_config"]
 
 _FORMAT = "bcosify-model/1"
 
@@ -57,18 +59,24 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        if data.get("format") != _FORMAT:
-            raise CheckpointError(
-                f"not a bcosify model config (format {data.get('format')!r}, expected {_FORMAT!r})"
-            )
+        """The config of a checked ``config.json`` (:func:`read_config`)."""
         size = data.get("input_size")
         return cls(
-            options=ConversionOptions.from_dict(data["options"]),
+            options=ConversionOptions(**data["options"]),
             source=data.get("source"),
             source_kwargs=dict(data.get("source_kwargs") or {}),
             class_names=data.get("class_names"),
-            input_size=(int(size[0]), int(size[1])) if size else None,
+            input_size=(size[0], size[1]) if size else None,
         )
+
+
+CONFIG_FIELDS: dict[str, Field] = {
+    **SOURCE_FIELDS,
+    "class_names": class_names(),
+    "input_size": Nullable(ListOf(Integer(1, MAX_IMAGE_SIDE), 2, 2)),
+    "options": OPTION_FIELDS,
+}
+"""What a saved B-cos model's ``config.json`` may hold, besides its format and hash."""
 
 
 InputCheck = Literal["error", "warn", "off"]
@@ -267,13 +275,14 @@ class BcosModel(HubMixin, nn.Module):
 
 
 def read_config(directory: str | Path) -> ModelConfig:
-    """Read ``config.json`` of a saved model, with clear errors for missing or broken files."""
-    data = read_config_json(directory)
+    """Read ``config.json`` of a saved model, every field checked (:data:`CONFIG_FIELDS`): a
+    missing, broken or out-of-range one is a :class:`CheckpointError` naming it."""
+    data = read_checked_config(
+        directory, _FORMAT, CONFIG_FIELDS, ("options",), rule=check_source_fields
+    )
     try:
         return ModelConfig.from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
+    except OptionsError as error:  # options that pass their fields but not each other
         path = Path(directory) / CONFIG_FILE
         raise CheckpointError(f"{str(path)!r} is not a valid bcosify config: {error}") from None
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from ..errors import OptionsError
+from ..nn.bcos import MAX_B, check_b
+from ..schema import AnyOf, Boolean, FieldError, ListOf, Nullable, Number, Record, Text
 
-__all__ = ["ConversionOptions"]
+__all__ = ["OPTION_FIELDS", "SHARED_OPTION_FIELDS", "ConversionOptions", "checked_options"]
 
 Encoding = Literal["fold", "paper"]
 MaxPool = Literal["keep", "avg"]
@@ -62,16 +65,27 @@ class ConversionOptions:
     qkv_projection: QkvProjection = "linear"
 
     def __post_init__(self) -> None:
-        mean, std = tuple(map(float, self.input_mean)), tuple(map(float, self.input_std))
+        try:
+            mean, std = tuple(map(float, self.input_mean)), tuple(map(float, self.input_std))
+        except (TypeError, ValueError):
+            raise OptionsError(
+                "input_mean and input_std must be sequences of numbers, one per input channel, "
+                f"got {self.input_mean!r} and {self.input_std!r}"
+            ) from None
         object.__setattr__(self, "input_mean", mean)
         object.__setattr__(self, "input_std", std)
-        object.__setattr__(self, "b", float(self.b))
+        object.__setattr__(self, "b", check_b(self.b, OptionsError))
+        for name in ("keep_bias", "classifier_before_pool"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if len(mean) != len(std) or not mean:
             raise OptionsError(
                 f"input_mean and input_std need one value per input channel, got {mean} and {std}"
             )
-        if min(std) <= 0:
-            raise OptionsError(f"input_std must be positive, got {std}")
+        if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise OptionsError(
+                f"input_mean must be finite and input_std positive and finite, got {mean} and {std}"
+            )
         check_shared_options(self.b, self.activations, self.qkv_projection, self.logit_bias)
         _check_choice("encoding", self.encoding, ("fold", "paper"))
         _check_choice("maxpool", self.maxpool, ("keep", "avg"))
@@ -84,35 +98,69 @@ class ConversionOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConversionOptions:
-        """Rebuild options from :meth:`to_dict`; unknown keys are an error, not ignored.
+        """Rebuild options from :meth:`to_dict`; every field is checked (:data:`OPTION_FIELDS`)
+        and unknown keys are an error, not ignored.
 
         Example:
             >>> options = ConversionOptions((0.5,), (0.5,), b=2.5)
             >>> ConversionOptions.from_dict(options.to_dict()) == options
             True
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise OptionsError(f"unknown conversion options {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return cls(**checked_options(OPTION_FIELDS, data, cls))
+
+
+def checked_options(schema: Record, data: Any, cls: type) -> dict[str, Any]:
+    """``data`` checked against ``schema``: an :class:`OptionsError` naming ``cls``'s fields."""
+    try:
+        return schema.check(data, "options")
+    except FieldError as error:
+        known = ", ".join(f.name for f in fields(cls))
+        raise OptionsError(f"{error} (conversion options: {known})") from None
+
+
+_CHANNEL_VALUES = ListOf(Number(-100.0, 100.0), 1, 16)
+_LOGIT_BIAS = Nullable(AnyOf(Text(choices=("auto",)), Number(-1e4, 1e4)))
+SHARED_OPTION_FIELDS = {
+    "b": Number(1.0, MAX_B),
+    "keep_bias": Boolean(),
+    "activations": Text(choices=("keep", "identity")),
+    "qkv_projection": Text(choices=("linear", "bcos")),
+    "logit_bias": _LOGIT_BIAS,
+}
+OPTION_FIELDS = Record(
+    {
+        **SHARED_OPTION_FIELDS,
+        "input_mean": _CHANNEL_VALUES,
+        "input_std": ListOf(Number(0.0, 100.0, positive=True), 1, 16),
+        "encoding": Text(choices=("fold", "paper")),
+        "maxpool": Text(choices=("keep", "avg")),
+        "classifier_before_pool": Boolean(),
+    },
+    required=("input_mean", "input_std"),
+)
+"""What a saved config's ``options`` may hold: every field typed and bounded."""
 
 
 def check_shared_options(b: float, activations: str, qkv_projection: str, logit_bias: Any) -> None:
     """The checks of the options image and text conversions share.
 
     Example:
-        >>> check_shared_options(0.5, "keep", "linear", "auto")
+        >>> check_shared_options(0.5, "keep", "linear", "auto")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        bcosify.errors.OptionsError: b must be >= 1 (1 keeps the original linear layers), got 0.5
+        bcosify.errors.OptionsError: b must be a number from 1 to 10 (...), got 0.5
     """
-    if not b >= 1.0:
-        raise OptionsError(f"b must be >= 1 (1 keeps the original linear layers), got {b}")
+    check_b(b, OptionsError)
     _check_choice("activations", activations, ("keep", "identity"))
     _check_choice("qkv_projection", qkv_projection, ("linear", "bcos"))
-    if not (logit_bias in ("auto", None) or isinstance(logit_bias, (int, float))):
-        raise OptionsError(f"logit_bias must be 'auto', a number or None, got {logit_bias!r}")
+    if not (logit_bias in ("auto", None) or _finite_number(logit_bias)):
+        raise OptionsError(
+            f"logit_bias must be 'auto', a finite number or None, got {logit_bias!r}"
+        )
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

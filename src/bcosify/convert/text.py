@@ -17,9 +17,9 @@ from typing import Any, Literal
 from torch import fx, nn
 
 from ..device import device_of
-from ..errors import CheckpointError, ConversionError
-from ..models.sources import load_state_dict_strictly
-from ..serialization import read_weights
+from ..errors import ConversionError
+from ..models.transformers_config import build_model
+from ..serialization import load_pretrained
 from .families import prepare, traced_methods
 from .families.transformers_text import ARCHITECTURES, text_architecture
 from .graph import GraphProblems
@@ -144,36 +144,19 @@ def _class_names(hf_config: Any) -> list[str] | None:
 def load_text(directory: str | Path) -> BcosTextModel:
     """Load a text model saved with :meth:`BcosTextModel.save_pretrained` (no pickles).
 
-    The original architecture is rebuilt from the saved transformers config (nothing is
-    downloaded), converted with the saved options, and the weights are loaded strictly.
+    The original architecture is rebuilt from the saved transformers config, checked field by
+    field (:mod:`bcosify.models.transformers_config`; nothing is downloaded and nothing is
+    passed to ``from_pretrained``), converted with the saved options, and the weights are
+    loaded strictly once their header fits the model built on the ``meta`` device.
     :func:`bcosify.load` calls this for text models.
     """
-    import transformers
-
     config = read_text_config(directory)
-    if config.architecture not in ARCHITECTURES:
-        raise CheckpointError(
-            f"{str(directory)!r} holds a {config.architecture!r}, which bcosify does not convert"
-        )
-    hf = dict(config.hf_config)
-    model_type = hf.pop("model_type", None)
-    if not isinstance(model_type, str):
-        raise CheckpointError(
-            f"{str(directory)!r}: the saved transformers config has no model_type"
-        )
-    hf_config = transformers.AutoConfig.for_model(model_type, **hf)
-    original = getattr(transformers, config.architecture)(hf_config)
     options = config.options
-    rebuilt, _ = convert_text(
-        original,
-        b=options.b,
-        keep_bias=options.keep_bias,
-        activations=options.activations,
-        qkv_projection=options.qkv_projection,
-        logit_bias=options.logit_bias,
-        class_names=config.class_names,
-    )
-    rebuilt.config = config
-    state = read_weights(directory)
-    load_state_dict_strictly(rebuilt, state, f"the weights in {str(directory)!r}", CheckpointError)
-    return rebuilt.eval()
+
+    def build() -> BcosTextModel:
+        original = build_model(config.architecture, config.hf_config)
+        rebuilt, _ = convert_text(original, **options.to_dict(), class_names=config.class_names)
+        rebuilt.config = config
+        return rebuilt
+
+    return load_pretrained(directory, build).eval()

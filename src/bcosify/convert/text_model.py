@@ -3,7 +3,7 @@ safetensors plus JSON."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -11,12 +11,22 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, OptionsError
 from ..models.text import padding_mask
+from ..models.transformers_config import TransformersConfig, build_config
 from ..nn import LogitBias
-from ..serialization import CONFIG_FILE, read_config_json, write_pretrained
+from ..nn.bcos import check_b
+from ..schema import Boolean, Field, FieldError, Integer, Nullable, Record, Text, class_names
+from ..serialization import CONFIG_FILE, read_checked_config, write_pretrained
 from .hub import HubMixin
-from .options import Activations, QkvProjection, check_shared_options
+from .options import (
+    SHARED_OPTION_FIELDS,
+    Activations,
+    QkvProjection,
+    check_shared_options,
+    checked_options,
+)
 
 __all__ = [
+    "TEXT_CONFIG_FIELDS",
     "TEXT_FORMAT",
     "BcosTextModel",
     "TextConversionOptions",
@@ -59,7 +69,9 @@ class TextConversionOptions:
     classifier_before_pool: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "b", float(self.b))
+        object.__setattr__(self, "b", check_b(self.b, OptionsError))
+        if not isinstance(self.keep_bias, bool):
+            raise OptionsError(f"keep_bias must be True or False, got {self.keep_bias!r}")
         check_shared_options(self.b, self.activations, self.qkv_projection, self.logit_bias)
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,11 +79,8 @@ class TextConversionOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextConversionOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise OptionsError(f"unknown conversion options {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        """Rebuild options from :meth:`to_dict`, every field checked."""
+        return cls(**checked_options(Record(SHARED_OPTION_FIELDS), data, cls))
 
 
 @dataclass
@@ -110,19 +119,34 @@ class TextModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextModelConfig:
-        if data.get("format") != TEXT_FORMAT:
-            raise CheckpointError(
-                f"not a bcosify text model config (format {data.get('format')!r}, expected "
-                f"{TEXT_FORMAT!r})"
-            )
+        """The config of a checked ``config.json`` (:func:`read_text_config`)."""
         return cls(
-            options=TextConversionOptions.from_dict(data["options"]),
-            architecture=str(data["architecture"]),
-            hf_config=dict(data["hf_config"]),
+            options=TextConversionOptions(**data["options"]),
+            architecture=data["architecture"],
+            hf_config=data["hf_config"],
             class_names=data.get("class_names"),
-            token_types=bool(data.get("token_types", False)),
+            token_types=data.get("token_types", False),
             pad_token_id=data.get("pad_token_id"),
         )
+
+
+def _architectures() -> dict[str, str]:
+    """The text classifiers bcosify converts: class name -> model type."""
+    from ..models.transformers_config import sequence_classifiers
+    from .families.transformers_text import ARCHITECTURES
+
+    return {name: sequence_classifiers()[name] for name in ARCHITECTURES}
+
+
+TEXT_CONFIG_FIELDS: dict[str, Field] = {
+    "architecture": Text(pattern=r"[A-Za-z0-9]+ForSequenceClassification"),
+    "hf_config": TransformersConfig(lambda: _architectures().values()),
+    "class_names": class_names(),
+    "token_types": Boolean(),
+    "pad_token_id": Nullable(Integer(0, 2**20)),
+    "options": Record(SHARED_OPTION_FIELDS),
+}
+"""What a saved text model's ``config.json`` may hold, besides its format and hash."""
 
 
 class BcosTextModel(HubMixin, nn.Module):
@@ -241,12 +265,34 @@ class BcosTextModel(HubMixin, nn.Module):
 
 
 def read_text_config(directory: str | Path) -> TextModelConfig:
-    """Read ``config.json`` of a saved text model, with clear errors for broken files."""
-    data = read_config_json(directory)
+    """Read ``config.json`` of a saved text model, every field checked
+    (:data:`TEXT_CONFIG_FIELDS`, the transformers config by
+    :mod:`bcosify.models.transformers_config`)."""
+
+    def fits(config: dict[str, Any]) -> None:
+        architecture, model_type = config["architecture"], config["hf_config"]["model_type"]
+        if architecture not in _architectures():
+            raise FieldError(
+                f"architecture: {architecture!r} is not a text classifier bcosify converts "
+                f"({', '.join(_architectures())})"
+            )
+        if model_type != _architectures()[architecture]:
+            raise FieldError(f"hf_config: a {model_type} config does not fit {architecture}")
+        names, labels = config.get("class_names"), build_config(config["hf_config"]).num_labels
+        if names and len(names) != labels:
+            raise FieldError(
+                f"class_names: {len(names)} names for a classifier of {labels} classes"
+            )
+
+    data = read_checked_config(
+        directory,
+        TEXT_FORMAT,
+        TEXT_CONFIG_FIELDS,
+        ("architecture", "hf_config", "options"),
+        rule=fits,
+    )
     try:
         return TextModelConfig.from_dict(data)
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
+    except OptionsError as error:
         path = Path(directory) / CONFIG_FILE
         raise CheckpointError(f"{str(path)!r} is not a valid bcosify config: {error}") from None

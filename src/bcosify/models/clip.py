@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,10 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from ..device import device_of
-from ..errors import ModelSourceError
+from ..errors import CheckpointError, ModelSourceError
+from ..schema import MAX_IMAGE_SIDE, AnyOf, FieldError, Integer, ListOf, Number, Record
+from ..serialization import load_pretrained, read_json
 from .sources import SourceInfo, load_weights, source_info
 
 __all__ = [
+    "CLIP_MODEL_TYPES",
     "ClipModel",
     "HFClipModel",
     "HFImageFeatures",
@@ -34,6 +36,7 @@ __all__ = [
     "as_clip",
     "hf_source",
     "open_clip_source",
+    "transformers_source",
 ]
 
 Tokenizer = Callable[[list[str]], Any]
@@ -197,8 +200,8 @@ class OpenClipModel(ClipModel):
 
 
 class HFClipModel(ClipModel):
-    """A transformers ``CLIPModel`` or ``SiglipModel`` with its tokenizer (from the model's
-    folder by default).
+    """A transformers ``CLIPModel`` or ``SiglipModel`` with its tokenizer (by default the one
+    its ``"hf:<folder>"`` source read from the folder's ``tokenizer.json``).
 
     The normalisation is the source's (the folder's ``preprocessor_config.json``), else the
     model family's (OpenAI's for CLIP, 0.5 and 0.5 for SigLIP). SigLIP's text tower reads its
@@ -214,9 +217,7 @@ class HFClipModel(ClipModel):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self, model: nn.Module, tokenizer: Tokenizer | None = None, folder: str | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer | None = None) -> None:
         from transformers.utils.constants import (
             IMAGENET_STANDARD_MEAN,
             IMAGENET_STANDARD_STD,
@@ -233,9 +234,7 @@ class HFClipModel(ClipModel):
         mean, std = _normalisation(model, family)
         super().__init__(mean, std, float(model.logit_scale.detach().exp()))
         self.model = model
-        info = source_info(model)
-        self._folder = folder or (info.name.partition(":")[2] if info else None)
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer or getattr(model, "bcosify_tokenizer", None)
 
     @functools.cached_property
     def visual(self) -> nn.Module:
@@ -251,12 +250,15 @@ class HFClipModel(ClipModel):
     def tokenize(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         """``input_ids`` and ``attention_mask`` for the text tower, padded to the longest
         (SigLIP: to the text tower's length)."""
-        if self._tokenizer is None:
-            self._tokenizer = _hf_tokenizer(self._folder)
+        if self.tokenizer is None:
+            raise ModelSourceError(
+                "this CLIP model has no tokenizer (its folder held no tokenizer.json): pass "
+                "tokenizer= (as_clip(model, tokenizer=...), convert_clip(model, tokenizer=...))"
+            )
         if self._siglip:
             length = self.model.config.text_config.max_position_embeddings
             return dict(
-                self._tokenizer(
+                self.tokenizer(
                     list(prompts),
                     padding="max_length",
                     max_length=length,
@@ -264,7 +266,7 @@ class HFClipModel(ClipModel):
                     return_tensors="pt",
                 )
             )
-        return dict(self._tokenizer(list(prompts), padding=True, return_tensors="pt"))
+        return dict(self.tokenizer(list(prompts), padding=True, return_tensors="pt"))
 
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
         device = device_of(self.model)
@@ -272,22 +274,6 @@ class HFClipModel(ClipModel):
         features = self.model.get_text_features(**tokens)
         # transformers 5 returns an output object whose pooler_output is the projected embedding
         return getattr(features, "pooler_output", features)
-
-
-def _hf_tokenizer(folder: str | None) -> Tokenizer:
-    if folder is None:
-        raise ModelSourceError(
-            "the CLIP model has no known folder to read its tokenizer from; pass tokenizer="
-        )
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ModelSourceError(
-            f"could not read a tokenizer from {folder!r} ({error}); save it there with "
-            "tokenizer.save_pretrained(folder), or pass tokenizer="
-        ) from None
 
 
 def _wrappers() -> dict[type, Callable[[nn.Module, Tokenizer | None], ClipModel]]:
@@ -363,11 +349,6 @@ def open_clip_source(
         raise ModelSourceError(
             "open_clip is not installed: pip install 'bcosify[open_clip]'"
         ) from None
-    kwargs = dict(kwargs)
-    pretrained = kwargs.pop("pretrained", None)
-    if weights is not None and pretrained is not None:
-        raise ModelSourceError("pass the weights file as weights= or as pretrained=, not both")
-    weights = weights if weights is not None else pretrained
     if weights is not None and not Path(str(weights)).is_file():
         raise ModelSourceError(
             f"open_clip weights must be a local file (safetensors or a state dict), got "
@@ -376,9 +357,6 @@ def open_clip_source(
     if arch not in open_clip.list_models():
         raise ModelSourceError(f"open_clip has no model {arch!r}; see open_clip.list_models()")
     name = f"open_clip:{arch}"
-    from .sources import _json_kwargs
-
-    json_kwargs = _json_kwargs(kwargs, name)
     # no pretrained tag and no default tower weights: nothing may be downloaded; open_clip's
     # warning that the model is initialised randomly is wrong when a file is loaded next
     with _without_log_records("No pretrained weights loaded"):
@@ -390,7 +368,7 @@ def open_clip_source(
     cfg = model.visual.preprocess_cfg
     size = getattr(model.visual, "image_size", None)
     size = (size, size) if isinstance(size, int) else tuple(size) if size else None
-    info = SourceInfo(name, json_kwargs, tuple(cfg["mean"]), tuple(cfg["std"]), None, size)
+    info = SourceInfo(name, dict(kwargs), tuple(cfg["mean"]), tuple(cfg["std"]), None, size)
     model.visual.bcosify_source = info  # so that the tower converts on its own, too
     return model, info
 
@@ -410,11 +388,21 @@ def _without_log_records(prefix: str) -> Iterator[None]:
         root.removeFilter(keep)
 
 
+CLIP_MODEL_TYPES = {"CLIPModel": "clip", "SiglipModel": "siglip"}
+"""The transformers CLIP models bcosify builds: class name -> model type."""
+
+
 def hf_source(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
     """``"hf:<folder>"``: a transformers CLIP model saved in a local folder (safetensors only).
 
-    The folder is what ``save_pretrained`` writes (``config.json`` and ``model.safetensors``);
-    the normalisation is read from its ``preprocessor_config.json`` when there is one.
+    The folder is what ``save_pretrained`` writes (``config.json`` and ``model.safetensors``).
+    bcosify reads it as data: the config is checked field by field and the model built from it
+    (:mod:`bcosify.models.transformers_config`), the weights loaded after their header was
+    compared with the model built on the ``meta`` device, the normalisation and image size read
+    from ``preprocessor_config.json`` when there is one, and the tokenizer from
+    ``tokenizer.json`` (:func:`~bcosify.models.text.load_tokenizer`). The model records its
+    source as ``"transformers:<Class>"`` with the checked config, so a converted model saves
+    and rebuilds without naming the folder.
 
     Example:
         >>> import tempfile
@@ -426,15 +414,13 @@ def hf_source(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Modul
         >>> folder = tempfile.mkdtemp()
         >>> CLIPModel(config).save_pretrained(folder)
         >>> model, info = hf_source(folder, None, {})
-        >>> type(model).__name__, info.input_size
-        ('CLIPModel', (16, 16))
+        >>> type(model).__name__, info.name, info.input_size
+        ('CLIPModel', 'transformers:CLIPModel', (16, 16))
     """
-    try:
-        import transformers
-    except ImportError:
-        raise ModelSourceError(
-            "transformers is not installed: pip install 'bcosify[transformers]'"
-        ) from None
+    from .text import load_tokenizer
+    from .transformers_config import read_folder_config
+
+    _require_transformers()
     folder = Path(path)
     if weights is not None or kwargs:
         raise ModelSourceError(
@@ -446,26 +432,111 @@ def hf_source(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Modul
             f"hf:{path}: {folder} is not a local model folder with a config.json (save one with "
             "model.save_pretrained(folder)); bcosify does not download models"
         )
+    name, config = read_folder_config(folder, CLIP_MODEL_TYPES)
+    arguments: dict[str, Any] = {"config": config, **_preprocessing(folder)}
     try:
-        model = transformers.AutoModel.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True
-        )
-    except (OSError, ValueError) as error:
-        raise ModelSourceError(
-            f"could not load hf:{path} from safetensors weights: {error}"
-        ) from None
-    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        model = load_pretrained(folder, lambda: transformers_source(name, None, arguments)[0])
+    except CheckpointError as error:
+        raise ModelSourceError(str(error)) from None
+    if (folder / "tokenizer.json").is_file():
+        model.bcosify_tokenizer = load_tokenizer(folder)  # type: ignore[assignment]
+    return model.eval(), model.bcosify_source
 
-    mean, std, size = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, None
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():
-        cfg = json.loads(processor.read_text())
-        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
-        crop = cfg.get("crop_size")
-        side = crop.get("height") if isinstance(crop, dict) else crop
-        size = (int(side), int(side)) if side else None
-    vision = getattr(model.config, "vision_config", model.config)
-    size = size or (vision.image_size, vision.image_size)
-    # an absolute path, so that a model saved from this source loads from any directory
-    name = f"hf:{folder.resolve()}"
-    return model.eval(), SourceInfo(name, {}, tuple(mean), tuple(std), None, size)
+
+_PREPROCESSING = Record(
+    {
+        "image_mean": ListOf(Number(-100.0, 100.0), 3, 3),
+        "image_std": ListOf(Number(0.0, 100.0, positive=True), 3, 3),
+        "crop_size": AnyOf(
+            Integer(1, MAX_IMAGE_SIDE), Record({"height": Integer(1, MAX_IMAGE_SIDE)})
+        ),
+    }
+)
+
+
+def _preprocessing(folder: Path) -> dict[str, Any]:
+    """The normalisation and crop of ``preprocessor_config.json``, checked; its other fields
+    describe resizing, which bcosify does itself, and are not read."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    data = read_json(path, "preprocessor config")
+    if not isinstance(data, dict):
+        raise ModelSourceError(f"{str(path)!r} holds no JSON object")
+    read = {k: data[k] for k in ("image_mean", "image_std", "crop_size") if k in data}
+    if isinstance(read.get("crop_size"), dict):
+        read["crop_size"] = {"height": read["crop_size"].get("height")}
+    try:
+        checked = _PREPROCESSING.check(read, "preprocessor_config")
+    except FieldError as error:
+        raise ModelSourceError(f"{str(path)!r} is refused: {error}") from None
+    crop = checked.pop("crop_size", None)
+    if crop is not None:
+        checked["image_size"] = crop if isinstance(crop, int) else crop["height"]
+    return checked
+
+
+def transformers_source(
+    arch: str, weights: Any, kwargs: dict[str, Any]
+) -> tuple[nn.Module, SourceInfo]:
+    """``"transformers:<Class>"``: a transformers CLIP or SigLIP model built from a checked
+    config (``kwargs["config"]``), with random weights or those of a local ``weights`` file;
+    ``image_mean``, ``image_std`` and ``image_size`` override the family's preprocessing.
+
+    This is how a converted transformers CLIP saves its source: as data, not as a folder.
+
+    Example:
+        >>> tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        ...          "num_attention_heads": 2}
+        >>> config = {"model_type": "clip", "text_config": tower,
+        ...           "vision_config": {**tower, "image_size": 16, "patch_size": 8}}
+        >>> model, info = transformers_source("CLIPModel", None, {"config": config})
+        >>> info.input_size
+        (16, 16)
+    """
+    from .transformers_config import build_model
+
+    _require_transformers()
+    from transformers.utils.constants import (
+        IMAGENET_STANDARD_MEAN,
+        IMAGENET_STANDARD_STD,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+    )
+
+    if arch not in CLIP_MODEL_TYPES:
+        raise ModelSourceError(
+            f"transformers:{arch} is not a CLIP model bcosify builds "
+            f"({', '.join(CLIP_MODEL_TYPES)})"
+        )
+    config = kwargs["config"]
+    if config.get("model_type") != CLIP_MODEL_TYPES[arch]:
+        raise ModelSourceError(
+            f"transformers:{arch} needs a {CLIP_MODEL_TYPES[arch]} config, got model_type "
+            f"{config.get('model_type')!r}"
+        )
+    if weights is not None and not Path(str(weights)).is_file():
+        raise ModelSourceError(f"transformers:{arch} takes a local weights file, got {weights!r}")
+    model = build_model(arch, config)
+    if weights is not None:
+        load_weights(model, weights)
+    family = (
+        (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        if arch == "CLIPModel"
+        else (IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
+    )
+    mean = tuple(kwargs.get("image_mean", family[0]))
+    std = tuple(kwargs.get("image_std", family[1]))
+    side = kwargs.get("image_size", model.config.vision_config.image_size)
+    info = SourceInfo(f"transformers:{arch}", dict(kwargs), mean, std, None, (side, side))
+    model.bcosify_source = info  # type: ignore[assignment]
+    return model.eval(), info
+
+
+def _require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ModelSourceError(
+            "transformers is not installed: pip install 'bcosify[transformers]'"
+        ) from None

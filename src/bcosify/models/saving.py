@@ -4,12 +4,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from ..errors import CheckpointError
-from ..serialization import CONFIG_FILE, read_config_json, read_weights, write_pretrained
-from .sources import SourceInfo, create, load_state_dict_strictly, source_info
+from ..schema import (
+    MAX_IMAGE_SIDE,
+    Deferred,
+    Field,
+    Integer,
+    ListOf,
+    Nullable,
+    Number,
+    Text,
+    class_names,
+)
+from ..serialization import load_pretrained, read_checked_config, write_pretrained
+from .sources import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SourceInfo,
+    check_source_fields,
+    create,
+    source_info,
+)
 
 __all__ = ["load_model", "save_model"]
 
@@ -44,40 +63,55 @@ def save_model(
     return write_pretrained(directory, model, config)
 
 
+_CONFIG_FIELDS: dict[str, Field] = {
+    "name": Nullable(Text(max_length=200)),
+    "kwargs": Deferred(),
+    "input_mean": ListOf(Number(-100.0, 100.0), 1, 16),
+    "input_std": ListOf(Number(0.0, 100.0, positive=True), 1, 16),
+    "class_names": class_names(),
+    "input_size": Nullable(ListOf(Integer(1, MAX_IMAGE_SIDE), 2, 2)),
+}
+
+
+def _check_source(config: dict[str, Any]) -> None:
+    check_source_fields({"source": config.get("name"), "source_kwargs": config.get("kwargs")})
+
+
 def load_model(directory: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Load a model saved by :func:`save_model` (no pickles: safetensors and JSON).
+    """Load a model saved by :func:`save_model` (no pickles: safetensors and JSON, every field
+    of the config checked).
 
     A model saved without a source needs an instance of its architecture as ``model``.
+
+    Example:
+        >>> import tempfile
+        >>> out = save_model(create("torchvision:resnet18", num_classes=2), tempfile.mkdtemp())
+        >>> load_model(out).fc.out_features
+        2
     """
-    config = read_config_json(directory)
-    if config.pop("format", None) != _FORMAT:
-        raise CheckpointError(f"{str(directory)!r} is not a saved bcosify source model")
-    if config.get("name") is not None:
-        try:
-            info = SourceInfo(
-                **{
-                    **config,
-                    "input_mean": tuple(config["input_mean"]),
-                    "input_std": tuple(config["input_std"]),
-                    "input_size": tuple(config["input_size"]) if config["input_size"] else None,
-                }
-            )
-            if not isinstance(info.name, str) or not isinstance(info.kwargs, dict):
-                raise TypeError("'name' must be a string and 'kwargs' an object")
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(
-                f"{str(Path(directory) / CONFIG_FILE)!r} is not a valid bcosify config: "
-                f"{type(error).__name__}: {error}"
-            ) from None
-        model = create(info.name, **info.kwargs)
-        model.bcosify_source = info  # type: ignore[assignment]
-    elif model is None:
+    config = read_checked_config(directory, _FORMAT, _CONFIG_FIELDS, rule=_check_source)
+    name = config.get("name")
+    if name is None and model is None:
         raise CheckpointError(
             f"{str(directory)!r} holds a model saved without a source; pass an instance of its "
             "architecture: load_model(directory, model=MyNet())"
         )
-    elif isinstance(config.get("class_names"), list):
-        model.bcosify_class_names = config["class_names"]  # type: ignore[assignment]
-    state = read_weights(directory)
-    load_state_dict_strictly(model, state, f"the weights in {str(directory)!r}", CheckpointError)
-    return model
+
+    def build() -> nn.Module:
+        if name is None:
+            assert model is not None
+            model.bcosify_class_names = config.get("class_names")  # type: ignore[assignment]
+            return model
+        rebuilt = create(name, **config.get("kwargs", {}))
+        size = config.get("input_size")
+        rebuilt.bcosify_source = SourceInfo(  # type: ignore[assignment]
+            name,
+            config.get("kwargs", {}),
+            tuple(config.get("input_mean", IMAGENET_MEAN)),
+            tuple(config.get("input_std", IMAGENET_STD)),
+            config.get("class_names"),
+            (size[0], size[1]) if size else None,
+        )
+        return rebuilt
+
+    return load_pretrained(directory, build, config, precheck=name is not None)

@@ -4,11 +4,15 @@
 Weights download only when the user names downloadable weights (a torchvision weight enum or
 name, or ``weights="hub"`` for timm). A local file is read without executing code: safetensors,
 or a state dict through ``torch.load(weights_only=True)``.
+
+Every source declares the architecture arguments it accepts (:data:`SOURCES`), with types and
+ranges: :func:`create` refuses any other by name, and a saved model's config is checked against
+the same declaration before anything is built, so that no loader flag, file path, weight name
+or hub id can reach a library from a file.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,13 +22,37 @@ import torch
 from torch import nn
 
 from ..errors import ModelSourceError
+from ..schema import (
+    MAX_CLASSES,
+    MAX_IMAGE_SIDE,
+    AnyOf,
+    Boolean,
+    Deferred,
+    Field,
+    FieldError,
+    Integer,
+    ListOf,
+    Nullable,
+    Number,
+    Record,
+    Text,
+    image_size,
+)
+from ..serialization import load_state_dict_strictly
+from .transformers_config import TransformersConfig
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SOURCES",
+    "SOURCE_FIELDS",
+    "Source",
     "SourceInfo",
+    "check_source",
+    "check_source_fields",
     "class_names_of",
     "create",
+    "load_state_dict_strictly",
     "load_weights",
     "source_info",
 ]
@@ -111,16 +139,86 @@ def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
         >>> model.fc.out_features
         10
     """
-    library, sep, arch = name.partition(":")
-    if not sep or not arch or library not in _LIBRARIES:
+    library, arch = _split_name(name)
+    alias = SOURCES[library].weights_alias
+    if alias in kwargs:
+        if weights is not None:
+            raise ModelSourceError(f"pass the weights file as weights= or as {alias}=, not both")
+        weights = kwargs.pop(alias)
+    try:
+        kwargs = SOURCES[library].arguments.check(kwargs)
+    except FieldError as error:
+        raise ModelSourceError(
+            f"{name}: {error}. bcosify passes only these checked arguments on; for others, "
+            "build the model yourself and pass it to bcosify.convert"
+        ) from None
+    model, info = SOURCES[library].build(arch, weights, kwargs)
+    model.bcosify_source = info  # type: ignore[assignment]
+    return model
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    library, sep, arch = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not sep or not arch or library not in SOURCES:
         raise ModelSourceError(
             f"unknown model source {name!r}: use 'torchvision:<arch>', 'timm:<arch>', "
             "'bcosify:<arch>', 'bcos:<arch>', 'open_clip:<arch>' or 'hf:<local folder>', e.g. "
             "'torchvision:resnet50'"
         )
-    model, info = _LIBRARIES[library](arch, weights, kwargs)
-    model.bcosify_source = info  # type: ignore[assignment]
-    return model
+    return library, arch
+
+
+SOURCE_FIELDS: dict[str, Field] = {
+    "source": Nullable(Text(max_length=200)),
+    "source_kwargs": Deferred(),
+}
+"""The fields a saved config names its source with; :func:`check_source_fields` checks the
+arguments against the source's declaration."""
+
+
+def check_source_fields(config: dict[str, Any]) -> None:
+    """A :class:`~bcosify.schema.Record` rule: ``source_kwargs`` are arguments that
+    ``source`` accepts (none without a source).
+
+    Example:
+        >>> check_source_fields({"source": None, "source_kwargs": {"pretrained": "x.pt"}})
+        Traceback (most recent call last):
+        ...
+        bcosify.schema.FieldError: source_kwargs: a model without a source takes no arguments
+    """
+    source, kwargs = config.get("source"), config.get("source_kwargs") or {}
+    if source is None:
+        if kwargs:
+            raise FieldError("source_kwargs: a model without a source takes no arguments")
+        return
+    check_source(source, kwargs)
+
+
+def check_source(name: Any, kwargs: Any) -> dict[str, Any]:
+    """The architecture arguments ``kwargs`` of the source ``name`` as a saved config may hold
+    them, checked; raises :class:`~bcosify.schema.FieldError` naming what is refused.
+
+    Only sources that rebuild from data qualify: a config cannot name a folder to read
+    (``"hf:<folder>"``), so a transformers model is saved as ``"transformers:<Class>"`` with its
+    checked transformers config.
+
+    Example:
+        >>> check_source("torchvision:resnet18", {"num_classes": 3})
+        {'num_classes': 3}
+        >>> check_source("torchvision:resnet18", {"weights": "IMAGENET1K_V1"})
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        bcosify.schema.FieldError: source_kwargs: unknown field 'weights' (known: ...)
+    """
+    if not isinstance(name, str) or name.partition(":")[0] == "hf":
+        raise FieldError(f"source: {name!r} is not a source a config can name")
+    try:
+        library, arch = _split_name(name)
+    except ModelSourceError as error:
+        raise FieldError(f"source: {error}") from None
+    _ARCHITECTURE.check(arch, "source")
+    return SOURCES[library].arguments.check(kwargs, "source_kwargs")
 
 
 def _is_file(weights: Any) -> bool:
@@ -142,12 +240,11 @@ def _torchvision(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Mo
             f"torchvision has no model {arch!r}; classification models: {available}"
         ) from None
     name = f"torchvision:{arch}"
-    json_kwargs = _json_kwargs(kwargs, name)
     if weights is None or _is_file(weights):
         model = builder(weights=None, **kwargs)
         if weights is not None:
             load_weights(model, weights)
-        return model, SourceInfo(name, json_kwargs)
+        return model, SourceInfo(name, dict(kwargs))
     enum = _torchvision_weights(arch, weights)
     classes = len(enum.meta["categories"])
     if kwargs.get("num_classes", classes) != classes:
@@ -170,7 +267,7 @@ def _torchvision(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Mo
     crop = getattr(transforms, "crop_size", None)
     return model, SourceInfo(
         name,
-        {**json_kwargs, "num_classes": len(enum.meta["categories"])},
+        {**dict(kwargs), "num_classes": len(enum.meta["categories"])},
         tuple(getattr(transforms, "mean", IMAGENET_MEAN)),
         tuple(getattr(transforms, "std", IMAGENET_STD)),
         list(enum.meta["categories"]),
@@ -211,7 +308,6 @@ def _timm(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, S
             f"timm weights must be None, 'hub' (downloads) or a local file, got {weights!r}"
         )
     name = f"timm:{arch}"
-    json_kwargs = _json_kwargs(kwargs, name)
     model = timm.create_model(arch, pretrained=weights == "hub", **kwargs)
     if weights not in (None, "hub"):
         load_weights(model, weights)
@@ -219,7 +315,7 @@ def _timm(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, S
     size = cfg.get("input_size")
     return model, SourceInfo(
         name,
-        json_kwargs,
+        dict(kwargs),
         tuple(cfg.get("mean", IMAGENET_MEAN)),
         tuple(cfg.get("std", IMAGENET_STD)),
         None,
@@ -240,7 +336,7 @@ def _builtin(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module
     model = ARCHITECTURES[arch](**kwargs)
     if weights is not None:
         load_weights(model, weights)
-    return model, SourceInfo(name, _json_kwargs(kwargs, name))
+    return model, SourceInfo(name, dict(kwargs))
 
 
 def _official(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
@@ -263,7 +359,7 @@ def _official(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Modul
     classes = kwargs.get("num_classes", 1000)
     return model, SourceInfo(
         name,
-        _json_kwargs(kwargs, name),
+        dict(kwargs),
         (0.0, 0.0, 0.0),  # the zoo's models take images in [0, 1], not normalised
         (1.0, 1.0, 1.0),
         _imagenet_classes() if classes == 1000 else None,
@@ -278,6 +374,101 @@ def _imagenet_classes() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+@dataclass(frozen=True)
+class Source:
+    """A model library: how to build an architecture, and the arguments it accepts.
+
+    Attributes:
+        build: ``build(arch, weights, kwargs) -> (model, SourceInfo)``.
+        arguments: the architecture arguments :func:`create` passes on (checked; any other is
+            refused by name).
+        weights_alias: the library's own name for ``weights`` (open_clip's ``pretrained``),
+            which :func:`create` takes too.
+    """
+
+    build: Callable[[str, Any, dict[str, Any]], tuple[nn.Module, SourceInfo]]
+    arguments: Field
+    weights_alias: str | None = None
+
+
+_ARCHITECTURE = Text(pattern=r"[A-Za-z0-9_.\-]+", max_length=100)
+_NUM_CLASSES = Integer(1, MAX_CLASSES)
+_RATE = Number(0.0, 1.0)
+_WIDTH = Integer(1, 2**16)
+_COUNT = Integer(1, 256)
+_RATIO = Number(0.0, 64.0, positive=True)
+
+_TORCHVISION = Record(
+    {
+        "num_classes": _NUM_CLASSES,
+        "image_size": Integer(1, MAX_IMAGE_SIDE),  # ViTs
+        "dropout": _RATE,
+        "attention_dropout": _RATE,
+        "stochastic_depth_prob": _RATE,
+        "aux_logits": Boolean(),
+        "init_weights": Nullable(Boolean()),
+        "transform_input": Boolean(),
+        "width_mult": Number(0.0, 16.0, positive=True),
+    }
+)
+_TIMM = Record(
+    {
+        "num_classes": _NUM_CLASSES,
+        "img_size": image_size(),
+        "drop_rate": _RATE,
+        "drop_path_rate": _RATE,
+        "global_pool": Text(pattern=r"[a-z_]{0,16}"),
+        "depth": _COUNT,
+        "depths": ListOf(_COUNT, 1, 16),
+        "embed_dim": _WIDTH,
+        "embed_dims": ListOf(_WIDTH, 1, 16),
+        "dims": ListOf(_WIDTH, 1, 16),
+        "num_heads": _COUNT,
+        "mlp_ratio": _RATIO,
+        "patch_size": Integer(1, 256),
+        "class_token": Boolean(),
+        "reg_tokens": Integer(0, 64),
+        "qkv_bias": Boolean(),
+    }
+)
+_OPEN_CLIP_VISION = Record(
+    {
+        "layers": AnyOf(_COUNT, ListOf(_COUNT, 4, 4)),
+        "width": _WIDTH,
+        "head_width": _WIDTH,
+        "mlp_ratio": _RATIO,
+        "patch_size": Integer(1, 256),
+        "image_size": image_size(),
+        "ls_init_value": Nullable(Number(0.0, 10.0)),
+        "patch_dropout": _RATE,
+        "attentional_pool": Boolean(),
+        "attn_pooler_queries": _COUNT,
+        "attn_pooler_heads": _COUNT,
+        "no_ln_pre": Boolean(),
+        "pos_embed_type": Text(choices=("learnable", "sin_cos_2d")),
+        "final_ln_after_pool": Boolean(),
+        "pool_type": Text(choices=("tok", "avg", "none")),
+    }
+)
+_OPEN_CLIP_TEXT = Record(
+    {
+        "context_length": Integer(1, 4096),
+        "vocab_size": Integer(1, 2**20),
+        "width": _WIDTH,
+        "heads": _COUNT,
+        "layers": _COUNT,
+        "mlp_ratio": _RATIO,
+        "ls_init_value": Nullable(Number(0.0, 10.0)),
+        "embed_cls": Boolean(),
+        "pad_id": Integer(0, 2**20),
+        "no_causal_mask": Boolean(),
+        "final_ln_after_pool": Boolean(),
+        "pool_type": Text(choices=("first", "last", "argmax", "none")),
+        "proj_bias": Boolean(),
+    }
+)
+
+
 def _open_clip(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
     from .clip import open_clip_source
 
@@ -290,25 +481,52 @@ def _hf(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, Sou
     return hf_source(path, weights, kwargs)
 
 
-_LIBRARIES: dict[str, Callable[[str, Any, dict[str, Any]], tuple[nn.Module, SourceInfo]]] = {
-    "torchvision": _torchvision,
-    "timm": _timm,
-    "bcosify": _builtin,
-    "bcos": _official,
-    "open_clip": _open_clip,
-    "hf": _hf,
+def _transformers(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
+    from .clip import transformers_source
+
+    return transformers_source(arch, weights, kwargs)
+
+
+def _clip_model_types() -> list[str]:
+    from .clip import CLIP_MODEL_TYPES
+
+    return list(CLIP_MODEL_TYPES.values())
+
+
+SOURCES: dict[str, Source] = {
+    "torchvision": Source(_torchvision, _TORCHVISION),
+    "timm": Source(_timm, _TIMM),
+    "bcosify": Source(
+        _builtin, Record({"num_classes": _NUM_CLASSES, "widths": ListOf(_WIDTH, 1, 16)})
+    ),
+    "bcos": Source(_official, Record({"num_classes": _NUM_CLASSES})),
+    "open_clip": Source(
+        _open_clip,
+        Record(
+            {
+                "embed_dim": _WIDTH,
+                "quick_gelu": Boolean(),
+                "vision_cfg": _OPEN_CLIP_VISION,
+                "text_cfg": _OPEN_CLIP_TEXT,
+            }
+        ),
+        weights_alias="pretrained",
+    ),
+    "hf": Source(_hf, Record({})),
+    "transformers": Source(
+        _transformers,
+        Record(
+            {
+                "config": TransformersConfig(_clip_model_types),
+                "image_mean": ListOf(Number(-100.0, 100.0), 3, 3),
+                "image_std": ListOf(Number(0.0, 100.0, positive=True), 3, 3),
+                "image_size": Integer(1, MAX_IMAGE_SIDE),
+            },
+            required=("config",),
+        ),
+    ),
 }
-
-
-def _json_kwargs(kwargs: dict[str, Any], name: str) -> dict[str, Any]:
-    try:
-        json.dumps(kwargs)
-    except TypeError as error:
-        raise ModelSourceError(
-            f"the arguments of {name} must be plain values (numbers, strings, lists) so that "
-            f"the model can be saved and rebuilt: {error}"
-        ) from None
-    return dict(kwargs)
+"""Every model library, by the prefix of its source names, with the arguments it accepts."""
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -358,32 +576,3 @@ def _unwrap_state_dict(state: Any, path: Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
-
-
-def load_state_dict_strictly(
-    model: nn.Module, state: dict[str, torch.Tensor], what: str, error: type[Exception]
-) -> None:
-    """``model.load_state_dict(state)`` with an error that names every mismatched key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)} in the model"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"{what} do not fit the architecture {type(model).__name__}:"]
-        for title, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", shapes),
-        ):
-            if keys:
-                shown = ", ".join(keys[:10]) + (
-                    f", ... ({len(keys)} in all)" if len(keys) > 10 else ""
-                )
-                parts.append(f"{title}: {shown}")
-        parts.append("Check that the weights were saved from the same architecture and options.")
-        raise error("\n  ".join(parts))
-    model.load_state_dict(state)

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ModelSourceError
+from ..schema import AnyOf, FieldError, Record, Text
+from ..serialization import MAX_CONFIG_BYTES, atomic_write, load_pretrained, read_json
 
 __all__ = [
     "TextClassifier",
@@ -17,6 +19,7 @@ __all__ = [
     "load_hf_text_classifier",
     "load_tokenizer",
     "padding_mask",
+    "save_tokenizer",
     "text_logits",
 ]
 
@@ -100,14 +103,12 @@ def is_hf_text_folder(folder: str | Path) -> bool:
         >>> is_hf_text_folder(tempfile.mkdtemp())
         False
     """
-    import json
-
     path = Path(folder) / "config.json"
     if not path.is_file():
         return False
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
+        config = read_json(path)
+    except CheckpointError:
         return False
     names = config.get("architectures") if isinstance(config, dict) else None
     return isinstance(names, list) and any(
@@ -116,36 +117,88 @@ def is_hf_text_folder(folder: str | Path) -> bool:
 
 
 def load_hf_text_classifier(folder: str | Path) -> TextClassifier:
-    """The sequence classifier saved in a local transformers folder (safetensors weights only;
-    nothing is downloaded), as a :class:`TextClassifier`.
+    """The sequence classifier saved in a local transformers folder, as a
+    :class:`TextClassifier`: built by bcosify from its checked ``config.json``
+    (:mod:`bcosify.models.transformers_config`: one of transformers' own sequence classifiers,
+    every field checked, nothing passed to ``from_pretrained``), its ``model.safetensors``
+    loaded after its header was compared with the model built on the ``meta`` device.
 
     Raises:
-        ModelSourceError: for a folder transformers cannot load from safetensors.
+        ModelSourceError: for a folder whose config or weights bcosify refuses.
     """
     try:
-        import transformers
+        import transformers  # noqa: F401
     except ImportError:
         raise ModelSourceError(
             "text models need transformers: pip install 'bcosify[transformers]'"
         ) from None
+    from .transformers_config import build_model, read_folder_config, sequence_classifiers
+
+    name, config = read_folder_config(folder, sequence_classifiers())
     try:
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True
-        )
-    except (OSError, ValueError) as error:
-        raise ModelSourceError(
-            f"could not load the text classifier in {str(folder)!r} from safetensors weights: "
-            f"{str(error).splitlines()[0]}"
-        ) from None
+        model = load_pretrained(folder, lambda: build_model(name, config))
+    except CheckpointError as error:
+        raise ModelSourceError(str(error)) from None
     return TextClassifier(model.eval())
 
 
+_TOKEN = AnyOf(Text(), Record({"content": Text()}, required=("content",)))
+"""A special token in ``tokenizer_config.json``: its text, or an object with its ``content``."""
+_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token")
+_SIDE = Text(choices=("left", "right"))
+
+
+def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
+    """Write a fast tokenizer as :func:`load_tokenizer` reads it: ``tokenizer.json`` and the
+    special tokens and sides in ``tokenizer_config.json``, each file written atomically.
+
+    Example:
+        >>> import tempfile
+        >>> from bcosify.data.text import word_tokenizer
+        >>> folder = tempfile.mkdtemp()
+        >>> save_tokenizer(word_tokenizer(["good"]), folder)
+        >>> load_tokenizer(folder)("good")["input_ids"]
+        [2, 4, 3]
+    """
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise CheckpointError(
+            f"cannot save a {type(tokenizer).__name__}: only fast (tokenizers-backed) "
+            "tokenizers are saved with a model"
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {n: getattr(tokenizer, n) for n in _SPECIAL_TOKENS if getattr(tokenizer, n, None)}
+    settings.update(padding_side=tokenizer.padding_side, truncation_side=tokenizer.truncation_side)
+    text = backend.to_str()
+    atomic_write(folder / "tokenizer.json", lambda path: path.write_text(text))
+    config = json.dumps(settings, indent=2) + "\n"
+    atomic_write(folder / "tokenizer_config.json", lambda path: path.write_text(config))
+
+
 def load_tokenizer(folder: str | Path) -> Any:
-    """The tokenizer saved beside a model (``tokenizer.save_pretrained(folder)``), read locally.
+    """The tokenizer saved beside a model (``tokenizer.save_pretrained(folder)``), read as data.
+
+    ``tokenizer.json`` is read by the ``tokenizers`` library (a JSON description of the
+    vocabulary, normaliser and splitting rules: no code), and of ``tokenizer_config.json`` only
+    the special tokens and the padding and truncation sides are read (each checked); nothing
+    else in either file is passed to transformers. The result is a
+    ``PreTrainedTokenizerFast``.
+
+    Example:
+        >>> import tempfile
+        >>> from bcosify.data.text import word_tokenizer
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = word_tokenizer(["good", "film"]).save_pretrained(folder)
+        >>> load_tokenizer(folder)("a good film")["input_ids"]
+        [2, 1, 4, 5, 3]
 
     Raises:
-        CheckpointError: when the folder holds no tokenizer.
+        CheckpointError: when the folder holds no tokenizer or a broken one.
     """
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     path = Path(folder) / "tokenizer.json"
@@ -154,7 +207,26 @@ def load_tokenizer(folder: str | Path) -> Any:
             f"{str(folder)!r} holds no tokenizer.json: save the model's tokenizer beside it "
             "(tokenizer.save_pretrained(folder))"
         )
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{str(path)!r} is larger than a tokenizer can be")
     try:
-        return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"could not read the tokenizer in {str(folder)!r}: {error}") from None
+        backend = Tokenizer.from_file(str(path))
+    except Exception as error:  # the Rust library raises its own exception type
+        raise CheckpointError(f"could not read the tokenizer {str(path)!r}: {error}") from None
+    options: dict[str, Any] = {}
+    settings = Path(folder) / "tokenizer_config.json"
+    if settings.is_file():
+        data = read_json(settings, "tokenizer config")
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{str(settings)!r} holds no JSON object")
+        try:
+            for name in _SPECIAL_TOKENS:
+                if data.get(name) is not None:
+                    token = _TOKEN.check(data[name], name)
+                    options[name] = token if isinstance(token, str) else token["content"]
+            for name in ("padding_side", "truncation_side"):
+                if data.get(name) is not None:
+                    options[name] = _SIDE.check(data[name], name)
+        except FieldError as error:
+            raise CheckpointError(f"{str(settings)!r} is refused: {error}") from None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **options)

@@ -20,7 +20,7 @@ from .attention import (
     dynamic_attention,
 )
 from .attention_pool import BcosAttentionPool2d
-from .bcos import BcosConv2d, BcosLinear
+from .bcos import MAX_B, BcosConv2d, BcosLinear, check_b
 from .constants import ConstantTerms
 from .embedding import BcosTokenEmbedding
 from .encoding import InputEncoding, InputNormalization
@@ -40,6 +40,7 @@ from .text_attention import TextAttention
 from .trace import ExplanationTrace, traced_constant, traced_input
 
 __all__ = [
+    "MAX_B",
     "BcosAttentionPool2d",
     "BcosBatchNorm2d",
     "BcosConv2d",
@@ -70,6 +71,7 @@ __all__ = [
     "LogitBias",
     "PooledLayerNorm",
     "TextAttention",
+    "check_b",
     "dynamic_attention",
     "explanation_mode",
     "is_explaining",

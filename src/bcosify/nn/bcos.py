@@ -25,6 +25,7 @@ over the same formula.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,9 +36,36 @@ from torch.nn.common_types import _size_2_t
 
 from .mode import ExplanationAware
 
-__all__ = ["BcosConv2d", "BcosLinear"]
+__all__ = ["MAX_B", "BcosConv2d", "BcosLinear", "check_b"]
+
+MAX_B = 10.0
+"""The largest B bcosify accepts: the published models use 2 and the design studies up to about
+3; beyond 10 every unit's output is ``|cos|^(B - 1)`` of almost nothing, so the network's output
+is its constants alone."""
 
 _EPS = 1e-6
+
+
+def check_b(b: object, error: type[Exception] = ValueError) -> float:
+    """``b`` as a float, or ``error`` when it is not a number from 1 to :data:`MAX_B`.
+
+    Example:
+        >>> check_b(2)
+        2.0
+        >>> check_b(float("inf"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: b must be a number from 1 to 10 (1 is the plain linear layer, ...), got inf
+    """
+    value = float(b) if isinstance(b, (int, float)) and not isinstance(b, bool) else math.nan
+    if not 1.0 <= value <= MAX_B:
+        raise error(
+            f"b must be a number from 1 to {MAX_B:g} (1 is the plain linear layer, 2 the usual "
+            f"B-cos setting), got {b!r}"
+        )
+    return value
+
+
 _SQUARES_SLICE = 1 << 20  # elements of x squared at a time, see _sum_of_squares
 _Pair = tuple[int, int]
 
@@ -454,8 +482,7 @@ class _BcosUnit(ExplanationAware):
     eps: float
 
     def _init_bcos(self, b: float, max_out: int, normalize_weights: bool, eps: float) -> None:
-        if not float(b) >= 1.0:
-            raise ValueError(f"b must be a float >= 1 (b = 1 is the plain linear layer), got {b}")
+        check_b(b)
         if int(max_out) != max_out or max_out < 1:
             raise ValueError(f"max_out must be a positive integer, got {max_out}")
         if not eps > 0:

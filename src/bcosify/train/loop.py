@@ -32,7 +32,7 @@ from ..errors import DataError, DivergenceError
 from ..models.sources import class_names_of
 from ..models.text import TextClassifier
 from ..nn.compile import compile as compile_model
-from ..serialization import atomic_write
+from ..serialization import atomic_write, non_finite_entries
 from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import Distributed, setup_distributed
 from .loading import SeededExamples, build_loader, mix_seed
@@ -47,12 +47,7 @@ from .optim import (
 )
 from .prepare import prepare_model, trained_network
 from .recipes import DISTILLATION_LOSSES, Recipe, RecipeError
-from .resume import (
-    RESUMABLE_CHANGES,
-    data_fingerprint,
-    non_finite_entries,
-    resume_from_checkpoint,
-)
+from .resume import RESUMABLE_CHANGES, data_fingerprint, resume_from_checkpoint
 from .run_folder import METRICS_FILE, MetricsLog, hold_run_folder
 from .sync_norm import synchronised_batch_norms
 from .validation import validate

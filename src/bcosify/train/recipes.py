@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from ..errors import UsageError
+from ..nn.bcos import check_b
 
 __all__ = ["DISTILLATION_LOSSES", "RECIPES", "Recipe", "RecipeError", "get_recipe"]
 
@@ -140,8 +141,7 @@ class Recipe:
             raise RecipeError(
                 f"agc_clip must be positive (or None to turn it off), got {self.agc_clip}"
             )
-        if self.b < 1:
-            raise RecipeError(f"b must be >= 1, got {self.b}")
+        check_b(self.b, RecipeError)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise RecipeError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

@@ -8,21 +8,20 @@ last finite checkpoint), gradient clipping, and fields without effect on the res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import CheckpointError
-from ..models.sources import load_state_dict_strictly
+from ..serialization import load_state_dict_strictly, non_finite_entries
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .optim import ExponentialMovingAverage
 from .recipes import Recipe
 
-__all__ = ["RESUMABLE_CHANGES", "data_fingerprint", "non_finite_entries", "resume_from_checkpoint"]
+__all__ = ["RESUMABLE_CHANGES", "data_fingerprint", "resume_from_checkpoint"]
 
 # recipe fields that may change when a run is resumed; the others must not
 RESUMABLE_CHANGES = (
@@ -51,27 +50,6 @@ def data_fingerprint(train_data: Dataset, val_data: Dataset | None) -> dict[str,
         "classes": None if classes is None else [str(c) for c in classes],
         "data_seed": seed if isinstance(seed, int) else None,
     }
-
-
-def non_finite_entries(state: Any, prefix: str = "") -> list[str]:
-    """The names of the floating-point tensors in a nested ``state`` that hold NaN or infinity.
-
-    Example:
-        >>> non_finite_entries({"model": {"w": torch.ones(2), "b": torch.tensor([float("nan")])}})
-        ['model.b']
-    """
-    if isinstance(state, Tensor):
-        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
-        return [] if finite else [prefix]
-    items: Sequence[tuple[Any, Any]] = ()
-    if isinstance(state, dict):
-        items = list(state.items())
-    elif isinstance(state, (list, tuple)):
-        items = list(enumerate(state))
-    found = []
-    for key, value in items:
-        found += non_finite_entries(value, f"{prefix}.{key}" if prefix else str(key))
-    return found
 
 
 def resume_from_checkpoint(
