@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..convert import BcosCLIP, BcosModel
-from ..data import IMAGE_EXTENSIONS, eval_transform, read_image
+from ..data import IMAGE_EXTENSIONS, eval_transform, list_images, read_image
 from ..errors import DataError, UsageError
 from ..evaluate._common import has_bcos_layers
 from ..explain import (
@@ -77,10 +77,12 @@ def _explained(e: Explanation, index: int, names: list[str] | None, prompt: str 
 
 def _images(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
+        listing = list_images(path, recursive=False)
+        if listing.skipped:
+            print(f"{path}: {listing.note()}", file=sys.stderr)
+        if not listing.images:
             raise DataError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        return files
+        return listing.images
     if not path.exists():
         raise DataError(f"{path} does not exist")
     return [path]

@@ -10,15 +10,17 @@ the file, or is skipped and counted with ``skip_corrupt=True``.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -30,7 +32,9 @@ from .classes import check_classes
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
+    "ImageListing",
     "eval_transform",
+    "list_images",
     "mask_folder_for",
     "read_image",
     "train_transform",
@@ -134,13 +138,31 @@ def read_image(path: str | Path) -> Tensor:
 
 
 def _decode(path: Path, mode: str) -> np.ndarray:
+    _check_regular(path)
     try:
         with Image.open(path) as image:
+            # the orientation a camera recorded: phone photos are stored sideways
+            upright = ImageOps.exif_transpose(image)
             # convert() decodes the whole file, so truncated data fails here and not later
-            pixels = np.array(_to_8_bit(image).convert(mode))
+            pixels = np.array(_to_8_bit(upright).convert(mode))
     except (FileNotFoundError, *_READ_ERRORS) as error:
         raise _unreadable(path, error) from error
     return pixels
+
+
+def _check_regular(path: Path) -> None:
+    """A regular file (or a link to one): opening a FIFO would block, a device never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as error:
+        raise _unreadable(path, error) from error
+    except OSError as error:
+        raise DataError(f"cannot read image file {path}: {error.strerror}") from error
+    if not stat.S_ISREG(mode):
+        raise DataError(
+            f"{path} is not a regular file (a folder, pipe, socket or device): bcosify reads "
+            "images from regular files only"
+        )
 
 
 def _check_file(path: Path) -> None:
@@ -148,6 +170,7 @@ def _check_file(path: Path) -> None:
     pixels: a fraction of the cost of :func:`_decode`, and it finds files that are not images,
     empty or broken headers and damaged PNGs (a JPEG truncated after its header only shows
     when decoded)."""
+    _check_regular(path)
     try:
         with Image.open(path) as image:
             image.verify()
@@ -164,11 +187,18 @@ def _unreadable(path: Path, error: BaseException) -> DataError:
 def _to_8_bit(image: Image.Image) -> Image.Image:
     """16-bit greyscale (modes ``I;16*``, and ``I``, which Pillow uses for 16-bit PNGs) scaled
     to 8 bits; Pillow's own ``convert`` clips it at 255 instead, turning most pixels white.
-    Other modes (16-bit RGB included, which Pillow reads as 8-bit) are returned as they are."""
-    if not (image.mode.startswith("I;16") or image.mode == "I"):
+    Floating-point greyscale (mode ``F``, from TIFF) in ``[0, 1]`` is scaled by 255 (Pillow
+    would truncate it to zeros), other floating-point values are taken as 0-255. Other modes
+    (16-bit RGB included, which Pillow reads as 8-bit) are returned as they are."""
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+    elif image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64) / 257.0
+    else:
         return image
-    values = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
 def _visible(name: str) -> bool:
@@ -179,19 +209,94 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name))
 
 
-def _images_in(folder: Path) -> tuple[list[Path], int]:
-    """The image files under ``folder`` (recursively, sorted) and the count of other files."""
-    images, others = [], 0
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if _visible(d))
-        for name in sorted(files):
-            if not _visible(name):
+@dataclass
+class ImageListing:
+    """The image files of a folder, and what was passed over.
+
+    Attributes:
+        images: the image files (regular files, or links to them), sorted.
+        others: regular files without an image extension.
+        skipped: entries with an image extension that are not regular files (pipes, sockets,
+            devices, broken links) and folders reached a second time through a link (a loop).
+    """
+
+    images: list[Path] = field(default_factory=list)
+    others: int = 0
+    skipped: list[Path] = field(default_factory=list)
+
+    def note(self) -> str:
+        """A sentence about the skipped entries, or ``""``."""
+        if not self.skipped:
+            return ""
+        shown = ", ".join(str(p) for p in self.skipped[:3])
+        more = ", ..." if len(self.skipped) > 3 else ""
+        return (
+            f"{len(self.skipped)} entries skipped (not regular files, or folders reached again "
+            f"through a link): {shown}{more}"
+        )
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> ImageListing:
+    """The image files in ``folder`` (and, with ``recursive``, its sub-folders), sorted.
+
+    Links are followed, each folder once: a link back to a folder already listed (``self ->
+    .``, ``up -> ..``) is skipped, so a loop neither hangs the listing nor counts an image
+    twice. Only regular files are listed: a pipe named ``x.png`` (which would block a reader)
+    or a broken link is skipped. Hidden entries are ignored. What was skipped is counted in
+    :attr:`ImageListing.skipped`.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (4, 4)).save(root / "a.png")
+        >>> (root / "loop").symlink_to(root)
+        >>> os.mkfifo(root / "pipe.png")
+        >>> listing = list_images(root)
+        >>> [p.name for p in listing.images], [p.name for p in listing.skipped]
+        (['a.png'], ['loop', 'pipe.png'])
+    """
+    listing = ImageListing()
+    root = Path(folder)
+    seen: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            info = directory.stat()
+        except OSError:
+            listing.skipped.append(directory)
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            listing.skipped.append(directory)
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            listing.skipped.append(directory)
+            continue
+        folders = []
+        for entry in entries:
+            if not _visible(entry.name):
                 continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(Path(parent) / name)
+            path = Path(entry.path)
+            try:
+                mode = os.stat(path).st_mode  # follows links: what a reader would open
+            except OSError:
+                mode = None
+            if mode is not None and stat.S_ISDIR(mode):
+                folders.append(path)
+            elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                listing.others += mode is not None and stat.S_ISREG(mode)
+            elif mode is not None and stat.S_ISREG(mode):
+                listing.images.append(path)
             else:
-                others += 1
-    return images, others
+                listing.skipped.append(path)
+        if recursive:
+            pending += reversed(folders)
+    listing.images.sort()
+    listing.skipped.sort()
+    return listing
 
 
 def _resolve_root(root: Path, split: str | None) -> Path:
@@ -275,7 +380,7 @@ class ImageFolderDataset(Dataset):
 
         folders = _class_folders(self.root)
         if not folders:
-            images, _ = _images_in(self.root)
+            images = list_images(self.root).images
             found = f"; it holds {len(images)} images directly" if images else ""
             raise DataError(
                 f"image folder {self.root} has no class subfolders{found}. Put the images of "
@@ -289,9 +394,13 @@ class ImageFolderDataset(Dataset):
         self.classes: list[str] = folders if classes is None else list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
+        # entries that are not regular image files, or folders reached again through a link
+        self.passed_over: list[Path] = []
         for name in folders:
             label = self.class_to_idx[name]
-            images, others = _images_in(self.root / name)
+            listing = list_images(self.root / name)
+            images, others = listing.images, listing.others
+            self.passed_over += listing.skipped
             if not images:
                 found = f" (only {others} files without an image extension)" if others else ""
                 raise DataError(
@@ -299,6 +408,10 @@ class ImageFolderDataset(Dataset):
                     f"one of the extensions {', '.join(IMAGE_EXTENSIONS)}, or remove the folder."
                 )
             self.samples += [(path, label) for path in images]
+        if self.passed_over:
+            warnings.warn(
+                f"{self.root}: {ImageListing(skipped=self.passed_over).note()}", stacklevel=2
+            )
 
         self.masks_root: Path | None = None
         if return_mask:
@@ -366,6 +479,8 @@ class ImageFolderDataset(Dataset):
             names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
             plural = "s" if len(skipped) > 1 else ""
             line += f"; {len(skipped)} unreadable image{plural} skipped: {names}"
+        if self.passed_over:
+            line += f"; {ImageListing(skipped=self.passed_over).note()}"
         return line
 
     def validate(self, decode: bool = True) -> list[Path]:

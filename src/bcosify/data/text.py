@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..schema import MAX_CLASSES
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -243,7 +244,14 @@ class TextFileDataset(Dataset):
         self.max_length = max_length
         texts, labels = _read_labelled_texts(self.path)
         if all(isinstance(label, int) for label in labels) and classes is None:
-            names = [str(i) for i in range(max(labels) + 1)]
+            low, high = min(labels), max(labels)
+            if low < 0 or high >= MAX_CLASSES:
+                raise DataError(
+                    f"{self.path}: integer labels are class indices 0 to C - 1 (at most "
+                    f"{MAX_CLASSES} classes), got {low if low < 0 else high}; use class names "
+                    "for other labels"
+                )
+            names = [str(i) for i in range(high + 1)]
         else:
             names = list(classes) if classes is not None else sorted({str(x) for x in labels})
         index = {name: i for i, name in enumerate(names)}
@@ -267,6 +275,39 @@ def _read_labelled_texts(path: Path) -> tuple[list[str], list[Any]]:
     """``(texts, labels)`` of a ``.jsonl`` or ``.csv`` file, every line checked."""
     if not path.is_file():
         raise DataError(f"{path} is not a file: pass a .jsonl or .csv file with text and label")
+    try:
+        rows = _rows(path)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    except csv.Error as error:
+        raise DataError(f"{path}: not a valid CSV file ({error})") from None
+    except RecursionError:
+        raise DataError(f"{path}: a JSON line is nested too deeply") from None
+    texts, labels = [], []
+    for number, row in enumerate(rows, 1):
+        if "text" not in row or "label" not in row:
+            raise DataError(f"{path}: row {number} lacks 'text' or 'label' (has {sorted(row)})")
+        label = row["label"]
+        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise DataError(f"{path}: row {number}: a label is a class name or an integer")
+        if not isinstance(row["text"], str):
+            raise DataError(f"{path}: row {number}: the text must be a string, got {row['text']!r}")
+        texts.append(row["text"])
+        labels.append(label)
+    if len(set(map(str, labels))) < 2:
+        raise DataError(f"{path}: a classifier needs at least two classes of labels")
+    return texts, labels
+
+
+_MAX_CSV_FIELD = 2**24  # characters: csv's default of 131072 refuses long documents
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The objects of a ``.jsonl`` file or the rows of a ``.csv`` file."""
     rows: list[dict[str, Any]] = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -280,21 +321,9 @@ def _read_labelled_texts(path: Path) -> tuple[list[str], list[Any]]:
                 raise DataError(f"{path}:{number}: expected an object with text and label")
             rows.append(row)
     elif path.suffix == ".csv":
+        csv.field_size_limit(max(csv.field_size_limit(), _MAX_CSV_FIELD))
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     else:
         raise DataError(f"{path}: a text file must end in .jsonl or .csv, not {path.suffix!r}")
-    texts, labels = [], []
-    for number, row in enumerate(rows, 1):
-        if "text" not in row or "label" not in row:
-            raise DataError(f"{path}: row {number} lacks 'text' or 'label' (has {sorted(row)})")
-        label = row["label"]
-        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
-            label = int(label)
-        if isinstance(label, bool) or not isinstance(label, (int, str)):
-            raise DataError(f"{path}: row {number}: a label is a class name or an integer")
-        texts.append(str(row["text"]))
-        labels.append(label)
-    if len(set(map(str, labels))) < 2:
-        raise DataError(f"{path}: a classifier needs at least two classes of labels")
-    return texts, labels
+    return rows

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .folder import IMAGE_EXTENSIONS, _images_in, eval_transform, read_image, train_transform
+from .folder import IMAGE_EXTENSIONS, eval_transform, list_images, read_image, train_transform
 
 __all__ = ["UnlabelledImages"]
 
@@ -38,7 +39,10 @@ class UnlabelledImages(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root} is not a folder; pass a folder of images")
-        self.files, _ = _images_in(self.root)
+        listing = list_images(self.root)
+        if listing.skipped:
+            warnings.warn(f"{self.root}: {listing.note()}", stacklevel=2)
+        self.files = listing.images
         if not self.files:
             raise DataError(
                 f"{self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), in any subfolder"

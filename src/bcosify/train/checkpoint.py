@@ -58,7 +58,14 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"could not read the checkpoint {str(path)!r}: {error}") from None
     if metadata.get("format") != _FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a bcosify training checkpoint")
-    return _join(json.loads(metadata["skeleton"]), tensors)
+    try:
+        return _join(json.loads(metadata.get("skeleton", "")), tensors)
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        # the skeleton is JSON that a damaged or hand-made file may not hold
+        raise CheckpointError(
+            f"the checkpoint {str(path)!r} is damaged ({type(error).__name__}): delete it to "
+            "start over, or choose another --out"
+        ) from None
 
 
 def _split(value: Any, tensors: dict[str, Tensor], key: str) -> Any:

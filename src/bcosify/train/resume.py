@@ -68,7 +68,13 @@ def resume_from_checkpoint(
     if not (out / CHECKPOINT_FILE).is_file():
         return 0, {}
     state = load_checkpoint(out)
-    saved = Recipe.from_dict(state["recipe"]).to_dict()
+    try:
+        saved = Recipe.from_dict(state["recipe"]).to_dict()
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"the checkpoint in {str(out)!r} holds no valid recipe ({error}): delete "
+            f"{CHECKPOINT_FILE} to start over, or choose another --out"
+        ) from None
     now = recipe.to_dict()
     differ = sorted(k for k, v in saved.items() if now[k] != v)
     fixed = [k for k in differ if k not in RESUMABLE_CHANGES]
