@@ -39,6 +39,7 @@ __all__ = [
     "remove_stale_temporaries",
     "temporary_name",
     "write_pretrained",
+    "write_text",
 ]
 
 CONFIG_FILE = "config.json"
@@ -103,6 +104,21 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`: a new file renamed into
+    place, so a link planted at ``path`` is replaced rather than written through, and a kill
+    leaves the previous file whole.
+
+    Example:
+        >>> import tempfile
+        >>> write_text(Path(tempfile.mkdtemp()) / "r.json", "{}").read_text()
+        '{}'
+    """
+    path = Path(path)
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return path
+
+
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Delete the temporary files that writers killed mid-write left in ``directory``; returns
     them. Those are bcosify's own (:func:`temporary_name`) and safetensors' (``.tmpXXXXXX``:
@@ -155,8 +171,9 @@ def write_pretrained(directory: str | Path, module: nn.Module, config: dict[str,
         digest.append(_sha256(path))
 
     atomic_write(directory / WEIGHTS_FILE, write_weights)
-    text = json.dumps({**config, HASH_FIELD: digest[0]}, indent=2) + "\n"
-    atomic_write(directory / CONFIG_FILE, lambda path: path.write_text(text))
+    write_text(
+        directory / CONFIG_FILE, json.dumps({**config, HASH_FIELD: digest[0]}, indent=2) + "\n"
+    )
     return directory
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["at_least", "finite_float", "output_file", "output_folder", "positive_int"]
+__all__ = [
+    "apart_from_inputs",
+    "at_least",
+    "finite_float",
+    "output_file",
+    "output_folder",
+    "positive_int",
+]
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -89,3 +96,43 @@ def output_file(path: Path, flag: str = "--out") -> Path:
         raise UsageError(f"{flag} {path} is a folder; pass a file name, e.g. results.json")
     output_folder(path.parent, flag=f"{flag}'s folder")
     return path
+
+
+def apart_from_inputs(out: Path, inputs: dict[str, str | Path | None], flag: str = "--out") -> Path:
+    """``out`` if it is not an input, does not contain one and does not lie inside one.
+
+    ``inputs`` maps each flag to its value; values that are not local paths (model sources
+    such as ``torchvision:resnet50``, ``synthetic``) are passed over, and an ``hf:`` source is
+    its folder. Writing into an input would overwrite it (``convert --model m --out m``) or
+    mix the outputs into the data.
+
+    Example:
+        >>> import tempfile
+        >>> model = Path(tempfile.mkdtemp())
+        >>> apart_from_inputs(model / "bcos", {"--model": model})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        bcosify.errors.UsageError: --out ... lies inside --model ...: write the output ...
+    """
+    target = out.resolve()
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        text = str(value)
+        text = text.removeprefix("hf:") if text.startswith("hf:") else text
+        source = Path(text)
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "lies inside"
+        elif target in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise UsageError(
+            f"{flag} {out} {relation} {name} {value}: write the output elsewhere, so that "
+            "no input is overwritten or mixed with outputs"
+        )
+    return out

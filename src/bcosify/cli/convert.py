@@ -11,8 +11,9 @@ from torch.utils.data import Dataset, Subset
 from ..convert import BcosCLIP, BcosModel, convert
 from ..data import build_dataset
 from ..errors import UsageError
+from ..folders import hold_folder
 from ..models import source_info
-from .arguments import finite_float, output_folder, positive_int
+from .arguments import apart_from_inputs, finite_float, output_folder, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -78,6 +79,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output_folder(args.out)
+    data = args.data if args.calibrate is not None else None
+    apart_from_inputs(args.out, {"--model": args.model, "--weights": args.weights, "--data": data})
     original = load_model_argument(args.model, args.weights, args.num_classes)
     if isinstance(original, (BcosModel, BcosCLIP)):
         raise UsageError(f"{args.model} is a B-cos model already: there is nothing to convert")
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         calibrate=_calibration_images(args),
     )
     print(report)
-    directory = model.save_pretrained(args.out)
+    with hold_folder(args.out):
+        directory = model.save_pretrained(args.out)
     print(f"saved to {directory}/ (load with bcosify.load({str(directory)!r}))")
     return 0
 

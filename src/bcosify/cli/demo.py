@@ -43,9 +43,11 @@ from ..evaluate import (
     grid_pointing_game,
     mask_localisation,
 )
+from ..folders import hold_folder
 from ..models import create
 from ..models.saving import load_model, save_model
 from ..report import DemoExamples, write_demo_report
+from ..serialization import write_text
 from ..train import Normalized, TrainResult, get_recipe, prepare_model, train
 from ..train.prepare import input_normalization
 
@@ -193,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or idle_cores())
     try:
-        metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
+        with hold_folder(args.out):
+            metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)  # when called in-process, as the tests do
     print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
@@ -217,7 +220,8 @@ def _run_text(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or idle_cores())
     try:
-        metrics = run_text_demo(settings, args.out, progress=not args.no_progress)
+        with hold_folder(args.out):
+            metrics = run_text_demo(settings, args.out, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)
     print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
@@ -368,7 +372,7 @@ def run_demo(
         data["test"].classes,
     )
     write_demo_report(out, metrics, examples)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

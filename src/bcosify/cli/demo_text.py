@@ -35,6 +35,7 @@ from ..evaluate.text import (
 )
 from ..explain.text import token_html
 from ..report.html import Report, Table
+from ..serialization import write_text
 from ..train import get_recipe, train
 
 __all__ = ["BCOS", "ORIGINAL", "TEXT_PRESETS", "TextDemoSettings", "run_text_demo"]
@@ -253,7 +254,7 @@ def run_text_demo(
     metrics["targets"] = targets(metrics)
     metrics["headline"] = headline(metrics)
     metrics["total_seconds"] = time.perf_counter() - started
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _report(out, metrics, test, batch, values)
     return metrics
 

@@ -32,10 +32,11 @@ from ..evaluate import (
 from ..evaluate._common import has_bcos_layers
 from ..explain import explain
 from ..models import class_names_of
+from ..serialization import write_text
 from ..train import Normalized
 from ..train.distributed import check_device
 from ..train.prepare import input_normalization
-from .arguments import finite_float, output_file, positive_int
+from .arguments import apart_from_inputs, finite_float, output_file, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -103,6 +104,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         output_file(args.out)
+        apart_from_inputs(args.out, {"--model": args.model, "--data": args.data})
     device = check_device(args.device) if args.device else _default_device()
     model = load_model_argument(str(args.model), None, None).eval().to(device)
     data = _dataset(args)
@@ -306,5 +308,5 @@ def _first_items(data: Any, count: int) -> tuple[torch.Tensor, torch.Tensor, tor
 def _write(results: dict[str, Any], out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_text(out, json.dumps(results, indent=2) + "\n")
         print(f"wrote {out}")

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..explain import explain, explanation_figure, save_colour_explanation, save_contribution_map
+from ..explain import (
+    explain,
+    explanation_figure,
+    save_colour_explanation,
+    save_contribution_map,
+    save_figure,
+)
 from ..nn import BcosConv2d, InputEncoding, LogitBias
 
 __all__ = ["add_parser", "shape_images", "tiny_bcos_cnn"]
@@ -135,6 +141,6 @@ def run(args: argparse.Namespace) -> int:
         save_contribution_map(
             out / f"{i}_contributions.png", explanation.contribution_map[i], upscale=scale
         )
-        explanation_figure(explanation, i).savefig(out / f"{i}_figure.png", dpi=80)
+        save_figure(explanation_figure(explanation, i), out / f"{i}_figure.png", dpi=80)
     print(f"wrote colour explanations, contribution maps and figures to {out}/")
     return 0

@@ -21,10 +21,12 @@ from ..explain import (
     explanation_figure,
     save_colour_explanation,
     save_contribution_map,
+    save_figure,
 )
+from ..folders import hold_folder
 from ..models import class_names_of, source_info
 from ..train.distributed import check_device
-from .arguments import at_least, output_folder, positive_int
+from .arguments import apart_from_inputs, at_least, output_folder, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -107,6 +109,7 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     output_folder(args.out)
+    apart_from_inputs(args.out, {"--model": args.model, "--image": args.image})
     model = load_model_argument(str(args.model), None, None)
     if not isinstance(model, (BcosModel, BcosCLIP)) and not has_bcos_layers(model):
         raise UsageError(
@@ -130,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     paths = _images(args.image)
     stems = output_stems(paths)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(paths), unit="image", disable=args.no_progress) as bar:
+    with (
+        hold_folder(args.out),
+        tqdm(total=len(paths), unit="image", disable=args.no_progress) as bar,
+    ):
         for batch in _batches(paths, size, args.batch_size):
             failures += batch.failures
             bar.update(batch.failures)
@@ -169,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 figure = explanation_figure(
                     e, index, smooth=args.smooth, class_names=names, title=title
                 )
-                figure.savefig(f"{stem}_figure.png", dpi=90)
+                save_figure(figure, f"{stem}_figure.png", dpi=90)
                 tqdm.write(
                     f"{path.name}: {_explained(e, index, names, args.prompt)}, completeness "
                     f"residual {float(e.residual[index]):.1e} -> {stem}_*.png"

@@ -18,7 +18,7 @@ from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe,
 from ..train.checkpoint import CHECKPOINT_FILE
 from ..train.distributed import check_device
 from ..train.resume import RESUMABLE_CHANGES
-from .arguments import output_folder, positive_int
+from .arguments import apart_from_inputs, output_folder, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -122,6 +122,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, **_overrides(args))
     output_folder(args.out)
+    apart_from_inputs(
+        args.out,
+        {
+            "--model": args.model,
+            "--weights": args.weights,
+            "--data": args.data,
+            "--val-data": args.val_data,
+        },
+    )
     if args.device is not None:
         check_device(args.device)
     if args.no_resume and (args.out / CHECKPOINT_FILE).exists():

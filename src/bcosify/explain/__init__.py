@@ -14,6 +14,7 @@ from .visualize import (
     explanation_figure,
     save_colour_explanation,
     save_contribution_map,
+    save_figure,
     save_image,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "explanation_figure",
     "save_colour_explanation",
     "save_contribution_map",
+    "save_figure",
     "save_image",
     "token_html",
 ]

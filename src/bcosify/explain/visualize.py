@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import ExplanationError
+from ..serialization import atomic_write
 from .core import Explanation
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "explanation_figure",
     "save_colour_explanation",
     "save_contribution_map",
+    "save_figure",
     "save_image",
 ]
 
@@ -119,7 +121,25 @@ def save_image(path: str | Path, image: Tensor) -> Path:
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    picture = Image.fromarray(np.ascontiguousarray(pixels))
+    kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    # a new file renamed into place: a link planted at ``path`` is replaced, not written through
+    atomic_write(path, lambda temporary: picture.save(temporary, format=kind))
+    return path
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG, atomically (a new file renamed into place).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "f.png"
+        >>> save_figure(Figure(), out).exists()
+        True
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
     return path
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..serialization import write_text
+
 __all__ = ["Figure", "GalleryColumn", "GalleryRow", "Report", "Table"]
 
 _STYLE = """
@@ -165,7 +167,7 @@ class Report:
             )
         parts.append("</body></html>")
         path = directory / name
-        path.write_text("\n".join(parts))
+        write_text(path, "\n".join(parts))
         return path
 
 

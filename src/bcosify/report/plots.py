@@ -7,6 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..explain.visualize import save_figure
+
 _REFERENCE_COLOURS = ("#555555", "#c44e52", "#8172b2")
 
 __all__ = ["bar_chart", "interval_chart", "line_chart"]
@@ -39,7 +41,7 @@ def line_chart(
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path
 
 
@@ -70,7 +72,7 @@ def bar_chart(
         ax.legend(loc="lower right")
     ax.set(title=title, xlabel=ylabel)
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path
 
 
@@ -115,5 +117,5 @@ def interval_chart(
     ax.set(title=title, xlabel=xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return path

@@ -1,9 +1,9 @@
 """The run folder of a training run: one run at a time, no stale files, a log that is JSON.
 
-- :func:`hold_run_folder` takes an exclusive ``fcntl.flock`` on ``<run>/.lock`` for the whole
-  run, so a second run on the same folder stops with a clear error instead of interleaving its
-  checkpoints and log with the first. The operating system releases the lock when its holder
-  exits, however it exits (``kill -9`` included), so a lock is never stale.
+- :func:`hold_run_folder` holds the run folder for the whole run
+  (:func:`bcosify.folders.hold_folder`, on every rank under ``torchrun``), so a second run on
+  the same folder stops with a clear error instead of interleaving its checkpoints and log
+  with the first.
 - While holding the lock it deletes the temporary files that writers killed mid-write left
   behind (:func:`bcosify.serialization.remove_stale_temporaries`).
 - :class:`MetricsLog` writes ``metrics.jsonl``: strict JSON (a non-finite number is ``null``),
@@ -17,28 +17,20 @@ import contextlib
 import json
 import math
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import RunFolderBusyError, StorageError
-from ..serialization import atomic_write, remove_stale_temporaries
+from ..folders import acquire_folder, release_folder
+from ..serialization import atomic_write
 from .distributed import Distributed
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs are then not protected from each other
-    fcntl = None  # type: ignore[assignment]
+__all__ = ["METRICS_FILE", "MetricsLog", "hold_run_folder"]
 
-__all__ = ["LOCK_FILE", "METRICS_FILE", "MetricsLog", "hold_run_folder"]
-
-LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 # sub-folders whose files are written atomically, and so may hold stale temporaries
 _WRITTEN_FOLDERS = (".", "model", "clip")
-
-_held: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, nesting depth)
 
 
 @contextlib.contextmanager
@@ -52,21 +44,15 @@ def hold_run_folder(out: str | Path, dist: Distributed | None = None) -> Iterato
     Example:
         >>> import tempfile
         >>> with hold_run_folder(tempfile.mkdtemp()) as folder:
-        ...     other = os.open(folder / LOCK_FILE, os.O_RDWR)
-        ...     try:
-        ...         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        ...     except BlockingIOError:
-        ...         print("held")
-        ...     finally:
-        ...         os.close(other)
-        held
+        ...     folder.is_dir()
+        True
     """
     dist = dist or Distributed()
     folder = Path(out)
     failure: BaseException | None = None
     if dist.is_main:
         try:
-            _acquire(folder)
+            acquire_folder(folder, _WRITTEN_FOLDERS)
         except (RunFolderBusyError, StorageError) as error:
             failure = error
     (failed,) = dist.sum([1.0 if failure is not None else 0.0])
@@ -78,46 +64,7 @@ def hold_run_folder(out: str | Path, dist: Distributed | None = None) -> Iterato
         yield folder
     finally:
         if dist.is_main:
-            _release(folder)
-
-
-def _acquire(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        key = folder.resolve()
-        if key in _held:
-            handle, depth = _held[key]
-            _held[key] = (handle, depth + 1)
-            return
-        handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as error:
-        what = "is a file, not a folder" if folder.is_file() else f"cannot be used: {error}"
-        raise StorageError(error.errno, f"the run folder {str(folder)!r} {what}") from None
-    if fcntl is not None:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(handle, 200).decode(errors="replace").strip() or "another process"
-            os.close(handle)
-            raise RunFolderBusyError(
-                f"the run folder {str(folder)!r} is in use by another run ({holder}): wait for "
-                "it to finish or stop it, or choose another --out"
-            ) from None
-    os.ftruncate(handle, 0)
-    os.write(handle, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    _held[key] = (handle, 1)
-    for name in _WRITTEN_FOLDERS:
-        remove_stale_temporaries(folder / name)
-
-
-def _release(folder: Path) -> None:
-    key = folder.resolve()
-    handle, depth = _held[key]
-    if depth > 1:
-        _held[key] = (handle, depth - 1)
-        return
-    del _held[key]
-    os.close(handle)  # closing the descriptor releases the lock
+            release_folder(folder)
 
 
 def _strict(value: Any) -> Any:
@@ -184,8 +131,9 @@ class MetricsLog:
         if self.path is None:
             return
         line = json.dumps(_strict(record), allow_nan=False) + "\n"
-        try:
-            with self.path.open("a") as handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:  # not through a link planted as the log: it would append to another file
+            with os.fdopen(os.open(self.path, flags, 0o666), "a") as handle:
                 handle.write(line)
         except OSError as error:
             raise StorageError(
