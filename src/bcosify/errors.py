@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BcosifyError",
     "CheckpointError",
+    "ConstantOutputWarning",
     "ConversionError",
     "DataError",
     "DivergenceError",
@@ -84,3 +85,7 @@ class StorageError(BcosifyError, OSError):
 
 class InexactExplanationWarning(UserWarning):
     """An explanation's contributions and constants do not sum to the explained score."""
+
+
+class ConstantOutputWarning(UserWarning):
+    """A model's outputs barely depend on its input: they are its constants (the logit bias)."""

@@ -17,9 +17,10 @@ from ..convert import BcosCLIP, BcosModel
 from ..data import ALL_SHAPES, build_dataset, check_classes
 from ..data.classes import format_classes
 from ..device import device_of
-from ..errors import DataError, EvaluationError
+from ..errors import DataError, EvaluationError, UsageError
 from ..evaluate import (
     DEFAULT_TEMPLATES,
+    EXPLAINER_NAMES,
     accuracy,
     build_explainer,
     class_embeddings,
@@ -31,13 +32,14 @@ from ..evaluate import (
 )
 from ..evaluate._common import has_bcos_layers
 from ..explain import explain
+from ..liveness import warn_if_constant
 from ..models import class_names_of
 from ..serialization import write_text
 from ..train import Normalized
 from ..train.distributed import check_device
 from ..train.prepare import input_normalization
 from .arguments import apart_from_inputs, finite_float, output_file, positive_int
-from .loading import load_model_argument
+from .loading import image_size_for, load_model_argument
 
 __all__ = ["add_parser"]
 
@@ -52,7 +54,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="a saved model, a run folder or a source")
     parser.add_argument("--data", required=True, help="'synthetic' or an image folder")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--image-size", type=positive_int, default=64)
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="resize and centre-crop to this size (default: the size the model records, else 64)",
+    )
     parser.add_argument("--num-examples", type=positive_int, help="synthetic data: examples")
     parser.add_argument(
         "--skip-corrupt",
@@ -105,8 +111,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         output_file(args.out)
         apart_from_inputs(args.out, {"--model": args.model, "--data": args.data})
+    if args.explainers:
+        unknown = sorted(set(args.explainers) - set(EXPLAINER_NAMES))
+        if unknown:
+            raise UsageError(
+                f"--explainers: unknown {', '.join(unknown)}; choose from "
+                f"{', '.join(EXPLAINER_NAMES)}"
+            )
     device = check_device(args.device) if args.device else _default_device()
     model = load_model_argument(str(args.model), None, None).eval().to(device)
+    args.image_size = image_size_for(model, args.image_size) or 64
     data = _dataset(args)
     if isinstance(model, BcosCLIP):
         return _zero_shot(model, data, args)
@@ -121,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     }
     names = args.explainers or (["bcos"] if is_bcos else ["gradcam"])
     images, labels, masks = _first_items(data, args.images)
+    with torch.no_grad():
+        warn_if_constant(model(images[: args.batch_size].to(device)), f"the model {args.model}")
     rows = []
     for name in names:
         options = {"seed": args.seed} if name == "rise" else {}

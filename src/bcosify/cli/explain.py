@@ -24,10 +24,10 @@ from ..explain import (
     save_figure,
 )
 from ..folders import hold_folder
-from ..models import class_names_of, source_info
+from ..models import class_names_of
 from ..train.distributed import check_device
 from .arguments import apart_from_inputs, at_least, output_folder, positive_int
-from .loading import load_model_argument
+from .loading import image_size_for, load_model_argument
 
 __all__ = ["add_parser"]
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             else "--prompt needs a B-cos CLIP model (bcosify.convert.convert_clip); this model "
             "classifies, so pass --target or nothing"
         )
-    size = args.image_size or _input_size(model)
+    size = image_size_for(model, args.image_size)
     names = None if is_clip else class_names_of(model)
     target = model.encode_text([args.prompt])[0] if is_clip else args.target
     failures = 0
@@ -181,16 +181,6 @@ def run(args: argparse.Namespace) -> int:
                 )
             bar.update(len(batch.paths))
     return 1 if failures else 0
-
-
-def _input_size(model: torch.nn.Module) -> int | None:
-    """The image size the model was made for, when it says."""
-    config = getattr(getattr(model, "visual", model), "config", None)
-    size = getattr(config, "input_size", None)
-    if size is None:
-        info = source_info(model)
-        size = info.input_size if info else None
-    return size[0] if size else None
 
 
 class _Batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -9,11 +10,11 @@ from torch import nn
 from ..convert import load as load_bcos_model
 from ..convert import load_clip
 from ..errors import BcosifyError, CheckpointError, UsageError
-from ..models import create, load_model
+from ..models import create, input_size_of, load_model
 from ..models.text import is_hf_text_folder, load_hf_text_classifier
 from ..serialization import CONFIG_FILE, read_config_json
 
-__all__ = ["load_model_argument"]
+__all__ = ["image_size_for", "load_model_argument"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -80,3 +81,23 @@ def _load_saved(folder: Path) -> nn.Module:
             f"bcosify cannot build the model that {str(folder / CONFIG_FILE)!r} describes: "
             f"{type(error).__name__}: {error}"
         ) from error
+
+
+def image_size_for(model: nn.Module, asked: int | None) -> int | None:
+    """The image size to feed ``model``: ``asked`` (``--image-size``), else the size the model
+    records (:func:`~bcosify.models.input_size_of`); a note when the two differ.
+
+    Example:
+        >>> image_size_for(create("torchvision:resnet18"), 64)
+        64
+    """
+    recorded = input_size_of(model)
+    if asked is None:
+        return recorded[0] if recorded else None
+    if recorded and recorded[0] != asked:
+        print(
+            f"note: --image-size {asked} differs from the {recorded[0]} px the model records "
+            "(it was trained or made at that size); results may differ",
+            file=sys.stderr,
+        )
+    return asked

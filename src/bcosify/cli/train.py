@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
-from ..convert import BcosCLIP, BcosTextModel
+from ..convert import BcosCLIP, BcosModel, BcosTextModel, calibrate
 from ..data import ImageFolderDataset, UnlabelledImages, build_dataset
 from ..data.text import TextFileDataset
 from ..errors import CheckpointError, UsageError
-from ..models.text import TextClassifier, load_tokenizer
+from ..models.text import TextClassifier, load_tokenizer, save_tokenizer
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
 from ..train.distributed import check_device
+from ..train.prepare import prepare_model
 from ..train.resume import RESUMABLE_CHANGES
 from .arguments import apart_from_inputs, output_folder, positive_int
 from .loading import load_model_argument
@@ -100,6 +102,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="image models: compile with torch.compile (bcosify.compile); the first steps take "
         "longer, later ones less",
     )
+    parser.add_argument(
+        "--calibrate",
+        type=positive_int,
+        metavar="N",
+        help="B-cos recipes: convert, then rescale the converted model on N training images "
+        "(bcosify.calibrate) before the first step, so that it starts alive",
+    )
     parser.set_defaults(run=run)
 
 
@@ -151,11 +160,31 @@ def run(args: argparse.Namespace) -> int:
     train_data, val_data = _splits(args, recipe)
     classes = getattr(train_data, "classes", None)
     model = load_model_argument(args.model, args.weights, len(classes) if classes else None)
+    if args.calibrate is not None:
+        model = _calibrated(model, recipe, train_data, args)
     result = _train(args, model, train_data, val_data, recipe)
     for data in (train_data, val_data):
         if getattr(data, "num_skipped", 0):
             print(data.summary())
     return _finish(result.finished, result.step, result.signal, args.out)
+
+
+def _calibrated(model: Any, recipe: Recipe, data: Any, args: argparse.Namespace) -> Any:
+    """``--calibrate N``: the model converted as the recipe does, then calibrated on the first
+    N training images (not when resuming: the checkpoint's weights replace it)."""
+    if recipe.model != "bcosify":
+        raise UsageError(
+            f"--calibrate is for the recipes that B-cosify a model (bcosify-cnn, bcosify-vit), "
+            f"not {recipe.name}"
+        )
+    if (args.out / CHECKPOINT_FILE).exists():
+        print("--calibrate: resuming from the checkpoint, whose weights it would not change")
+        return model
+    converted = prepare_model(model, recipe)
+    if not isinstance(converted, BcosModel):
+        raise UsageError("--calibrate is for image models")
+    print(calibrate(converted, Subset(data, range(min(args.calibrate, len(data))))))
+    return converted
 
 
 def _train(
@@ -206,7 +235,7 @@ def _train_text(args: argparse.Namespace, recipe: Recipe) -> int:
     network = model.model if isinstance(model, TextClassifier) else model
     result = _train(args, network, train_data, val_data, recipe)
     if result.finished:
-        tokenizer.save_pretrained(str(args.out / "model"))
+        save_tokenizer(tokenizer, args.out / "model")
     return _finish(result.finished, result.step, result.signal, args.out)
 
 

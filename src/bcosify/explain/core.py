@@ -16,16 +16,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExplanationError, InexactExplanationWarning
+from ..errors import ConstantOutputWarning, ExplanationError, InexactExplanationWarning
+from ..liveness import ADVICE
+from ..nn.logit_bias import LogitBias
 from ..nn.mode import explanation_mode
 from ..nn.trace import ExplanationTrace
 from .targets import cosine_similarity_target
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "LIVE_SHARE",
     "ExplainedPass",
     "Explanation",
     "Target",
+    "check_pass",
     "explain",
     "explained_pass",
 ]
@@ -130,10 +134,21 @@ def explain(
                 else type(inputs).__name__
             )
         )
+    if inputs.shape[0] == 0:
+        raise ExplanationError(
+            f"the batch is empty (inputs of shape {tuple(inputs.shape)}): pass at least one example"
+        )
+    _check_dtype(model, inputs)
+    if isinstance(target, Tensor) and target.is_floating_point() and _is_classifier(model):
+        raise ExplanationError(
+            f"a floating-point target (dtype {target.dtype}, shape {tuple(target.shape)}) is an "
+            "embedding to compare outputs with (a CLIP text embedding), but this model "
+            "classifies: pass class indices as integers (a list, or a torch.long tensor)"
+        )
     x = inputs.detach().clone().requires_grad_(True)
     run = explained_pass(model, lambda: model(x), x, target, x.shape[0])
     if check != "off":
-        _check_residual(model, inputs, run.scores, run.residual, tolerance, check)
+        check_pass(model, inputs, run, tolerance, check)
     contributions = run.contributions
     return Explanation(
         logits=run.logits,
@@ -147,6 +162,23 @@ def explain(
         constants=run.constants,
         residual=run.residual,
     )
+
+
+def _check_dtype(model: nn.Module, inputs: Tensor) -> None:
+    """The inputs have the floating-point type of the model's weights (a mismatch would fail
+    deep inside the first layer)."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and weight.dtype != inputs.dtype and not torch.is_autocast_enabled():
+        raise ExplanationError(
+            f"the inputs are {inputs.dtype} but the model's weights are {weight.dtype}: pass "
+            f"inputs.to({weight.dtype}) (or convert the model with model.to({inputs.dtype}))"
+        )
+
+
+def _is_classifier(model: nn.Module) -> bool:
+    """Whether the model's outputs are class logits: it adds a logit bias (a converted
+    classifier), as a CLIP image tower, whose outputs are embeddings, does not."""
+    return isinstance(getattr(model, "logit_bias", None), LogitBias)
 
 
 @dataclass(frozen=True)
@@ -228,6 +260,32 @@ def explained_pass(
         trace.fold_input,
         residual,
     )
+
+
+def check_pass(
+    model: nn.Module, inputs: Tensor, run: ExplainedPass, tolerance: float, check: str
+) -> None:
+    """What :func:`explain` checks of every explanation: that it is exact
+    (:class:`~bcosify.errors.InexactExplanationWarning`, or an :class:`ExplanationError` with
+    ``check="raise"``), and that the input carries the score rather than the model's constants
+    alone (:class:`~bcosify.errors.ConstantOutputWarning`)."""
+    _check_residual(model, inputs, run.scores, run.residual, tolerance, check)
+    carried = run.contributions.flatten(1).double().sum(1).abs()
+    scale = run.scores.double().abs().clamp_min(1.0)
+    if len(carried) and bool((carried <= LIVE_SHARE * scale).all()):
+        warnings.warn(
+            f"the explained scores are the model's constants alone: the input's contributions "
+            f"carry at most {float((carried / scale).max()):.1e} of each score, so every map "
+            f"is noise around zero; {ADVICE}",
+            ConstantOutputWarning,
+            stacklevel=3,
+        )
+
+
+LIVE_SHARE = 1e-3
+"""The smallest share of an explained score (relative to ``max(1, |score|)``) that the input's
+contributions must carry in at least one example of a batch, for :func:`explain` not to warn
+that the model outputs its constants alone."""
 
 
 def _check_residual(
@@ -318,7 +376,13 @@ def _targets(logits: Tensor, target: Target, batch_size: int) -> Tensor:
         raise ExplanationError(f"a target must be a class index, got {target!r}")
     if isinstance(target, int):
         return torch.full((batch_size,), target, dtype=torch.long, device=device)
-    targets = torch.as_tensor(target, device=device)
+    try:
+        targets = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ExplanationError(
+            f"a target must be None, a class index, one class index per example or a "
+            f"callable, got {type(target).__name__} {target!r:.60}"
+        ) from None
     if targets.ndim == 0:
         targets = targets.expand(batch_size)
     if targets.is_floating_point() or targets.dtype == torch.bool or targets.ndim != 1:

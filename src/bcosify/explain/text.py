@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..device import device_of
 from ..errors import ExplanationError
-from .core import DEFAULT_TOLERANCE, Target, _check_residual, explained_pass
+from .core import DEFAULT_TOLERANCE, Target, check_pass, explained_pass
 
 __all__ = [
     "TextExplanation",
@@ -275,7 +275,7 @@ def _explain_ids(
             f"tokens (N, L, D) for token ids {tuple(ids.shape)}"
         )
     if check != "off":
-        _check_residual(model, run.inputs, run.scores, run.residual, tolerance, check)
+        check_pass(model, run.inputs, run, tolerance, check)
     return TokenExplanation(
         ids,
         mask,

@@ -52,6 +52,7 @@ __all__ = [
     "check_source_fields",
     "class_names_of",
     "create",
+    "input_size_of",
     "load_state_dict_strictly",
     "load_weights",
     "source_info",
@@ -110,6 +111,22 @@ def class_names_of(model: nn.Module) -> list[str] | None:
         info = source_info(model)
         names = info.class_names if info else getattr(model, "bcosify_class_names", None)
     return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def input_size_of(model: nn.Module) -> tuple[int, int] | None:
+    """The image size a model was trained at or made for, when it records one: a converted
+    model's config (a training run records the size it trained at), else its source's.
+
+    Example:
+        >>> input_size_of(create("torchvision:resnet18", weights=None)) is None
+        True
+    """
+    config = getattr(getattr(model, "visual", model), "config", None)  # a B-cos (CLIP) model
+    size = getattr(config, "input_size", None)
+    if size is None:
+        info = source_info(model)
+        size = info.input_size if info else None
+    return (int(size[0]), int(size[1])) if size else None
 
 
 def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:

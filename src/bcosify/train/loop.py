@@ -29,6 +29,7 @@ from ..convert import BcosModel, BcosTextModel
 from ..data.classes import check_classes, format_classes
 from ..device import device_of
 from ..errors import DataError, DivergenceError
+from ..liveness import warn_if_constant
 from ..models.sources import class_names_of
 from ..models.text import TextClassifier
 from ..nn.compile import compile as compile_model
@@ -253,6 +254,7 @@ def train(
         )
         started = time.perf_counter()
         stopped_by: int | None = None
+        input_size: tuple[int, int] | None = None  # of the images trained on
         with _stop_requests() as requests, bar:
             while step < stop_after and stopped_by is None:
                 epoch, start_batch = divmod(step, steps_per_epoch)
@@ -268,6 +270,8 @@ def train(
                 )
                 for batch in loader:
                     images, labels = batch[0].to(dist.device), batch[1].to(dist.device)
+                    if images.ndim == 4:
+                        input_size = (images.shape[-2], images.shape[-1])
                     torch.manual_seed(mix_seed(recipe.seed, step, dist.rank))
                     lr = learning_rate_at(recipe, step, total_steps)
                     for group in optimizer.param_groups:
@@ -328,8 +332,10 @@ def train(
         if ema:
             prepared.load_state_dict(ema.state)
         network = trained_network(prepared)
+        if dist.is_main and objective is None:
+            _warn_if_constant(network, val_data or train_data, dist.device)
         if finished and dist.is_main:  # while the run folder is still held
-            _save_model(network, out / MODEL_DIR, classes)
+            _save_model(network, out / MODEL_DIR, classes, input_size)
         dist.barrier()
     return TrainResult(network, step, finished, history, out, None if finished else stopped_by)
 
@@ -487,8 +493,27 @@ def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k.removeprefix('val_').replace('_', ' ')} {v:.4f}" for k, v in values)
 
 
-def _save_model(model: nn.Module, directory: Path, classes: Sequence[str] | None) -> None:
-    """Save the trained model, with the dataset's class names when it has them."""
+@torch.no_grad()
+def _warn_if_constant(model: nn.Module, data: Dataset, device: torch.device) -> None:
+    """Warn when the trained model's outputs on up to 32 examples do not depend on them."""
+    count = min(32, len(data))  # type: ignore[arg-type]
+    inputs = torch.stack([data[i][0] for i in range(count)]).to(device)
+    training = model.training
+    try:
+        outputs = model.eval()(inputs)
+    finally:
+        model.train(training)
+    warn_if_constant(outputs, "the trained model", stacklevel=3)
+
+
+def _save_model(
+    model: nn.Module,
+    directory: Path,
+    classes: Sequence[str] | None,
+    input_size: tuple[int, int] | None = None,
+) -> None:
+    """Save the trained model, with the dataset's class names when it has them, and the image
+    size it was trained at (which evaluation and explanations then default to)."""
     from ..models.saving import save_model
     from ..models.sources import source_info
 
@@ -502,11 +527,16 @@ def _save_model(model: nn.Module, directory: Path, classes: Sequence[str] | None
     if isinstance(model, (BcosModel, BcosTextModel)):
         if names:
             model.config.class_names = names
+        if isinstance(model, BcosModel) and input_size:
+            model.config.input_size = input_size
         model.save_pretrained(directory)
         return
     info = source_info(model)
-    if info and names:
-        model.bcosify_source = replace(info, class_names=names)  # type: ignore[assignment]
+    if info:
+        size = input_size or info.input_size
+        model.bcosify_source = replace(  # type: ignore[assignment]
+            info, class_names=names or info.class_names, input_size=size
+        )
     save_model(model, directory, class_names=names)
 
 
