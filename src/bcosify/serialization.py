@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, StorageError
+from .errors import BcosifyError, CheckpointError, StorageError, UsageError
 from .schema import Field, FieldError, Record, Text
 
 __all__ = [
@@ -382,9 +382,25 @@ def load_pretrained(
             f"SHA-256 differs): a save was interrupted between the two files, or one was "
             "replaced; save the model again"
         )
-    model = build()
+    model = _built(build, directory)
     load_state_dict_strictly(model, read_weights(directory), what, CheckpointError)
     return model
+
+
+def _built(build: Callable[[], _Module], directory: str | Path) -> _Module:
+    """``build()``, where a value a library cannot build with (zero attention heads, a width
+    its layers do not divide) is a :class:`CheckpointError` naming it, not a traceback."""
+    try:
+        return build()
+    except CheckpointError:
+        raise
+    except Exception as error:  # the library's own check of a value our schema let through
+        if isinstance(error, BcosifyError) and not isinstance(error, UsageError):
+            raise
+        raise CheckpointError(
+            f"{str(Path(directory) / CONFIG_FILE)!r} describes a model that cannot be built: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
 
 
 def non_finite_entries(state: Any, prefix: str = "") -> list[str]:

@@ -213,6 +213,12 @@ class BcosModel(HubMixin, nn.Module):
                 f"expected images of shape (N, {self.in_channels}, H, W) with values in [0, 1], "
                 f"got {tuple(images.shape)}"
             )
+        if not images.is_floating_point():
+            raise InputRangeError(
+                f"the images are {images.dtype}, but a B-cos model takes floating-point RGB "
+                "images in [0, 1]: pass images.float() / 255 for 0-255 pixels (or "
+                "images.float() for a 0/1 mask)"
+            )
         if self.input_check == "off" or not images.numel():
             return
         low, high = (float(v) for v in images.detach().aminmax())

@@ -239,9 +239,10 @@ class ImageListing:
 def list_images(folder: str | Path, recursive: bool = True) -> ImageListing:
     """The image files in ``folder`` (and, with ``recursive``, its sub-folders), sorted.
 
-    Links are followed, each folder once: a link back to a folder already listed (``self ->
-    .``, ``up -> ..``) is skipped, so a loop neither hangs the listing nor counts an image
-    twice. Only regular files are listed: a pipe named ``x.png`` (which would block a reader)
+    Links are followed, each folder once: a link back to a folder already listed or to the
+    folder itself or one above it (``self -> .``, ``up -> ..``) is skipped, so a loop neither
+    hangs the listing nor counts an image twice (or under another class). Only regular files
+    are listed: a pipe named ``x.png`` (which would block a reader)
     or a broken link is skipped. Hidden entries are ignored. What was skipped is counted in
     :attr:`ImageListing.skipped`.
 
@@ -257,16 +258,21 @@ def list_images(folder: str | Path, recursive: bool = True) -> ImageListing:
     """
     listing = ImageListing()
     root = Path(folder)
+    try:  # the folder and every folder above it: a link to one of them is a loop
+        above = {root.resolve(), *root.resolve().parents}
+    except OSError:
+        above = set()
     seen: set[tuple[int, int]] = set()
     pending = [root]
     while pending:
         directory = pending.pop()
         try:
             info = directory.stat()
+            loop = directory != root and directory.resolve() in above
         except OSError:
             listing.skipped.append(directory)
             continue
-        if (info.st_dev, info.st_ino) in seen:
+        if loop or (info.st_dev, info.st_ino) in seen:
             listing.skipped.append(directory)
             continue
         seen.add((info.st_dev, info.st_ino))

@@ -139,6 +139,14 @@ class ClipModel(nn.Module):
         return self
 
 
+def _temperature(logit_scale: Tensor) -> float:
+    """CLIP's temperature, ``exp(logit_scale)``; 1 on the ``meta`` device, where a model is
+    built only for its shapes (a saved config being checked) and has no values."""
+    if logit_scale.is_meta:
+        return 1.0
+    return float(logit_scale.detach().exp().flatten()[0])
+
+
 def _normalisation(
     model: nn.Module, fallback: tuple[Sequence[float], Sequence[float]]
 ) -> tuple[Sequence[float], Sequence[float]]:
@@ -172,7 +180,7 @@ class OpenClipModel(ClipModel):
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         mean, std = _normalisation(model, (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD))
-        super().__init__(mean, std, float(model.logit_scale.detach().exp().flatten()[0]))
+        super().__init__(mean, std, _temperature(model.logit_scale))
         self.model = model
         self._tokenizer = tokenizer
 
@@ -232,7 +240,7 @@ class HFClipModel(ClipModel):
             else (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         )
         mean, std = _normalisation(model, family)
-        super().__init__(mean, std, float(model.logit_scale.detach().exp()))
+        super().__init__(mean, std, _temperature(model.logit_scale))
         self.model = model
         self.tokenizer = tokenizer or getattr(model, "bcosify_tokenizer", None)
 
@@ -361,7 +369,13 @@ def open_clip_source(
     # warning that the model is initialised randomly is wrong when a file is loaded next
     with _without_log_records("No pretrained weights loaded"):
         model = open_clip.create_model(
-            arch, pretrained=None, pretrained_image=False, pretrained_text=False, **kwargs
+            arch,
+            pretrained=None,
+            pretrained_image=False,
+            pretrained_text=False,
+            # where tensors are made now: the meta device when a saved config is checked
+            device=torch.get_default_device(),
+            **kwargs,
         )
     if weights is not None:
         load_weights(model, weights)

@@ -38,7 +38,7 @@ from ..schema import (
     Text,
     image_size,
 )
-from ..serialization import load_state_dict_strictly
+from ..serialization import load_state_dict_strictly, non_finite_entries
 from .transformers_config import TransformersConfig
 
 __all__ = [
@@ -562,6 +562,12 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """
     path = Path(path)
     state = _unwrap_state_dict(_read_state_dict(path), path)
+    bad = non_finite_entries(state)
+    if bad:
+        raise ModelSourceError(
+            f"the weights in {str(path)!r} hold NaN or infinite values ({', '.join(bad[:5])}): "
+            "they come from a run that diverged; use finite weights"
+        )
     load_state_dict_strictly(model, state, f"the weights in {str(path)!r}", ModelSourceError)
 
 

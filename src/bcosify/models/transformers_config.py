@@ -100,7 +100,7 @@ def _field_for(name: str, default: Any) -> Field:
     if isinstance(default, bool):
         return Boolean()
     if isinstance(default, int):
-        return _COUNT if _counted(name) else AnyOf(_SIZE, Nullable(_SIZE))
+        return _COUNT if _counted(name) else _SIZE
     if isinstance(default, float):
         return _FLOAT
     if isinstance(default, str):
@@ -130,7 +130,15 @@ def check_config(data: Any, model_types: Collection[str], where: str = "") -> di
             f"{where + ': ' if where else ''}model_type {model_type!r} is not one bcosify builds "
             f"here ({', '.join(sorted(model_types))})"
         )
-    return _check(data, model_type, where)
+    checked = _check(data, model_type, where)
+    try:  # the config class's own checks (strict types, sizes that must divide)
+        build_config(checked)
+    except Exception as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise FieldError(
+            f"{where + ': ' if where else ''}transformers refuses it: {message}"
+        ) from None
+    return checked
 
 
 def _check(data: Mapping[str, Any], model_type: str, where: str) -> dict[str, Any]:

@@ -521,9 +521,10 @@ class _BcosUnit(ExplanationAware):
         computes this call.
 
         Under autocast the plain autograd path runs instead: it lets autocast pick each
-        operation's precision and casts the gradients back, exactly as before.
+        operation's precision and casts the gradients back, exactly as before. So it does on
+        the ``meta`` device (shapes only, as when a saved model's config is checked).
         """
-        plain = self.b != 2.0 or self.max_out != 1
+        plain = self.b != 2.0 or self.max_out != 1 or x.is_meta
         return not plain and not torch.is_autocast_enabled(x.device.type)
 
     def _bcos_extra_repr(self) -> str:

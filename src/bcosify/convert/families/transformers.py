@@ -203,7 +203,7 @@ def traceable(model: nn.Module) -> list[str]:
                 "the SigLIP vision model has no attention-pooling head (vision_use_head=False), "
                 "so it has no image embedding to convert"
             )
-        if forward in (_hf_embeddings, _siglip_embeddings):
+        if forward in (_hf_embeddings, _siglip_embeddings) and not module.position_ids.is_meta:
             positions = torch.arange(module.position_embedding.num_embeddings)
             if not torch.equal(module.position_ids.flatten().cpu(), positions):
                 raise ConversionError(
