@@ -244,7 +244,7 @@ def test_a_huge_class_count_is_refused_before_anything_is_built(tmp_path):
 def test_weights_are_compared_with_the_model_built_on_the_meta_device_first(tmp_path):
     """A ViT whose config asks for 2048 x 2048 images in 1-pixel patches (a position
     embedding of 3 GB) beside a small weights file: refused from the file's header, in a
-    fresh process whose peak memory stays far below what building it would take."""
+    fresh process whose peak memory grows far less than building it would take."""
     pytest.importorskip("timm")
     original = bcosify.models.create(
         "timm:vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3
@@ -256,11 +256,14 @@ def test_weights_are_compared_with_the_model_built_on_the_meta_device_first(tmp_
         f"""
         import bcosify, resource
         from bcosify.errors import CheckpointError
+        def peak():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        before = peak()
         try:
             bcosify.load({str(folder)!r})
         except CheckpointError as error:
             print("refused:", str(error).splitlines()[0])
-        print("peak MiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        print("peak MiB", peak() - before)
         """
     )
     done = subprocess.run(
@@ -268,7 +271,7 @@ def test_weights_are_compared_with_the_model_built_on_the_meta_device_first(tmp_
     )
     assert "refused: the weights in" in done.stdout and "do not fit the model" in done.stdout
     peak = int(done.stdout.split("peak MiB")[1])
-    assert peak < 1500, done.stdout  # building it would take over 3000 MiB
+    assert peak < 500, done.stdout  # building it would take over 3000 MiB
 
 
 def test_a_huge_text_label_is_refused_at_once(tmp_path):
