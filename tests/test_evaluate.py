@@ -473,7 +473,7 @@ def test_rise_is_seeded_and_weighs_masks_by_the_class_probability(models):
 
 
 def test_build_explainer_and_attribute_refuse_bad_requests(models):
-    with pytest.raises(EvaluationError, match=r"unknown explainer 'shap'.*saliency.*lime"):
+    with pytest.raises(EvaluationError, match=r"unknown image explainer 'shap'.*saliency.*lime"):
         build_explainer("shap", models["original"])
     with pytest.raises(EvaluationError, match=r"no option.*n_step.*n_steps"):
         build_explainer("integrated_gradients", models["original"], n_step=10)

@@ -13,9 +13,8 @@ import torch
 import bcosify
 from bcosify.data.text import _NEGATIONS, TOPICS, SyntheticTexts, TextFileDataset
 from bcosify.errors import DataError, EvaluationError
+from bcosify.evaluate import TEXT_EXPLAINER_NAMES, build_text_explainer
 from bcosify.evaluate.text import (
-    TEXT_EXPLAINER_NAMES,
-    build_text_explainer,
     erasure_scores,
     token_pointing_game,
 )
@@ -99,7 +98,7 @@ def test_every_text_explainer_gives_one_value_per_token(texts):
         (name, model) for name in TEXT_EXPLAINER_NAMES[1:] for model in (original, converted)
     ]
     for name, model in runs:
-        options = {"lime": {"n_samples": 24}, "integrated_gradients": {"steps": 8}}.get(name, {})
+        options = {"lime": {"n_samples": 24}, "integrated_gradients": {"n_steps": 8}}.get(name, {})
         values = build_text_explainer(name, model, **options).attribute(ids, mask, labels)
         assert values.shape == ids.shape and values.dtype == torch.float32, name
         assert torch.isfinite(values).all() and values.abs().sum() > 0, name
@@ -113,8 +112,8 @@ def test_every_text_explainer_gives_one_value_per_token(texts):
         build_text_explainer("bcos", original)
     with pytest.raises(EvaluationError, match="unknown text explainer 'shap'"):
         build_text_explainer("shap", original)
-    with pytest.raises(EvaluationError, match="takes no option"):
-        build_text_explainer("saliency", original, steps=3)
+    with pytest.raises(EvaluationError, match="has no option"):
+        build_text_explainer("saliency", original, n_steps=3)
 
 
 def test_integrated_gradients_through_the_embedding_hook_is_complete(texts):
@@ -122,7 +121,7 @@ def test_integrated_gradients_through_the_embedding_hook_is_complete(texts):
     the model's own function of its token embedding's output."""
     data, ids, mask, labels = texts
     original = tiny_bert(data.tokenizer.vocab_size)
-    values = build_text_explainer("integrated_gradients", original, steps=200)
+    values = build_text_explainer("integrated_gradients", original, n_steps=200)
     total = values.attribute(ids, mask, labels).sum(1)
     embedding = original.get_input_embeddings()
     with torch.no_grad():

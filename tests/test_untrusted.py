@@ -8,7 +8,6 @@ tests/test_config_fuzz.py.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -23,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from commands import run_cli
 from PIL import Image
 from safetensors.torch import save_file
 
 import bcosify
-from bcosify.cli import main
 from bcosify.data import ImageFolderDataset, list_images, read_image
 from bcosify.data.text import TextFileDataset, word_tokenizer
 from bcosify.errors import (
@@ -39,16 +38,6 @@ from bcosify.errors import (
     ModelSourceError,
 )
 from bcosify.serialization import CONFIG_FILE, WEIGHTS_FILE, atomic_write
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exit:  # argparse
-            status = exit.code
-    return status, out.getvalue(), err.getvalue()
 
 
 def one_line_error(status: int, stderr: str, expected_status: int, phrase: str) -> None:

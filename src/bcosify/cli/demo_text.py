@@ -25,10 +25,8 @@ from torch import Tensor, nn
 
 from ..data.text import SPECIAL_TOKENS, SyntheticTexts
 from ..errors import ModelSourceError
-from ..evaluate import bootstrap_interval, correct
+from ..evaluate import TEXT_EXPLAINER_NAMES, bootstrap_interval, build_text_explainer, correct
 from ..evaluate.text import (
-    TEXT_EXPLAINER_NAMES,
-    build_text_explainer,
     erasure_scores,
     timed_attribution,
     token_pointing_game,
@@ -169,7 +167,7 @@ def _scores(
 ) -> tuple[dict[str, Any], Tensor]:
     """The metrics of explainer ``name`` on ``model`` (intervals as dicts), and its values."""
     options = {
-        "integrated_gradients": {"steps": settings.ig_steps},
+        "integrated_gradients": {"n_steps": settings.ig_steps},
         "lime": {"n_samples": settings.lime_samples, "seed": settings.seed},
     }.get(name, {})
     explainer = build_text_explainer(name, model, **options)

@@ -1,12 +1,20 @@
 """Evaluation: accuracy (zero-shot for CLIP), and how well explanations localise and how
 faithful they are.
 
-Explainers (:func:`build_explainer`) put the model's own B-cos explanation and post-hoc baselines
-behind one interface; the metrics take any of them. Nothing else in bcosify imports this
-package except the command line.
+Explainers (:func:`build_explainer`, one registry for images and texts) put the model's own
+B-cos explanation and post-hoc baselines behind one interface; the metrics take any of them.
+Nothing else in bcosify imports this package except the command line.
 """
 
-from .explainers import EXPLAINER_NAMES, Explainer, build_explainer, gradcam_layer
+from .explainers import (
+    EXPLAINER_NAMES,
+    TEXT_EXPLAINER_NAMES,
+    Explainer,
+    TextExplainer,
+    build_explainer,
+    build_text_explainer,
+    gradcam_layer,
+)
 from .metrics import (
     PointingGameResult,
     accuracy,
@@ -32,14 +40,17 @@ from .zero_shot import (
 __all__ = [
     "DEFAULT_TEMPLATES",
     "EXPLAINER_NAMES",
+    "TEXT_EXPLAINER_NAMES",
     "Explainer",
     "Interval",
     "LinearProbeResult",
     "PointingGameResult",
+    "TextExplainer",
     "ZeroShotResult",
     "accuracy",
     "bootstrap_interval",
     "build_explainer",
+    "build_text_explainer",
     "class_embeddings",
     "correct",
     "deletion_auc",

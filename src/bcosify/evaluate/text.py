@@ -1,14 +1,5 @@
-"""Explanations of text classifiers: the B-cos model's own and post-hoc baselines, and how to
-score them (a token pointing game, comprehensiveness and sufficiency).
-
-Every text explainer's ``attribute(input_ids, attention_mask, target)`` returns one float32
-value per token ``(N, L)``, detached. The post-hoc methods (Captum's Saliency, InputXGradient,
-IntegratedGradients, DeepLift, Occlusion and LIME) explain the model as a function of its token
-embedding's output: a forward hook replaces the embedding's output by the tensor Captum
-perturbs or differentiates (what ``LayerIntegratedGradients`` does for one method), so every
-method sees the same input, the position and type embeddings are added by the model as
-usual, and attributions are summed over the embedding dimension per token. Baselines (for
-IntegratedGradients, DeepLift, Occlusion and LIME) are zero embeddings.
+"""How well explanations of text classifiers score (the explainers themselves are in
+:mod:`bcosify.evaluate.explainers`, ``build_explainer(name, model, "text")``).
 
 Metrics (per example, for :func:`~bcosify.evaluate.bootstrap_interval`):
 
@@ -22,11 +13,10 @@ Metrics (per example, for :func:`~bcosify.evaluate.bootstrap_interval`):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,328 +24,20 @@ from torch import Tensor, nn
 from ..device import device_of
 from ..errors import EvaluationError
 from ..explain.core import _evaluation
-from ..explain.text import explain_tokens
 from ..models.text import text_logits
-from ..nn import BcosTokenEmbedding, explanation_mode
-from ._common import check_positive, has_bcos_layers, probabilities, resolve_probability
-from .explainers import _captum, _Explainer, _WeightedRidge, posthoc
+from ..nn import explanation_mode
+from ._common import probabilities, resolve_probability
 
 __all__ = [
     "ERASURE_FRACTIONS",
-    "TEXT_EXPLAINER_NAMES",
     "ErasureScores",
-    "TextExplainer",
-    "build_text_explainer",
     "erasure_scores",
     "evidence_share",
     "timed_attribution",
-    "token_embedding",
     "token_pointing_game",
 ]
 
-TEXT_EXPLAINER_NAMES: tuple[str, ...] = (
-    "bcos",
-    "saliency",
-    "input_x_gradient",
-    "integrated_gradients",
-    "deeplift",
-    "occlusion",
-    "lime",
-)
 ERASURE_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)
-
-
-@runtime_checkable
-class TextExplainer(Protocol):
-    """An attribution method for one text classifier: ``attribute(input_ids, attention_mask,
-    target)`` gives one value per token ``(N, L)``, detached float32, leaving no gradient,
-    hook or mode flag behind."""
-
-    name: str
-
-    def attribute(self, input_ids: Tensor, attention_mask: Tensor, target: Tensor) -> Tensor: ...
-
-
-def token_embedding(model: nn.Module) -> nn.Module:
-    """The module whose output is a text model's embedded tokens: a converted model's
-    :class:`~bcosify.nn.BcosTokenEmbedding`, else ``get_input_embeddings()`` of the transformers
-    model inside.
-
-    Example:
-        >>> from transformers import BertConfig, BertForSequenceClassification
-        >>> config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        ...                     intermediate_size=32, vocab_size=30)
-        >>> token_embedding(BertForSequenceClassification(config))
-        Embedding(30, 16, padding_idx=0)
-    """
-    for module in model.modules():
-        if isinstance(module, BcosTokenEmbedding):
-            return module
-        get = getattr(module, "get_input_embeddings", None)
-        if callable(get):
-            return get()
-    raise EvaluationError(
-        f"{type(model).__name__} has no token embedding (a transformers model's "
-        "get_input_embeddings()); text explainers need one"
-    )
-
-
-class _Embedded(nn.Module):
-    """The model as a function of its token embedding's output (Captum perturbs that)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self._embedding = [token_embedding(model)]  # a list: not a second submodule path
-
-    def forward(self, embeddings: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        def replace(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            return embeddings
-
-        handle = self._embedding[0].register_forward_hook(replace)
-        try:
-            return text_logits(self.model, input_ids, attention_mask)
-        finally:
-            handle.remove()
-
-    def embed(self, input_ids: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self._embedding[0](input_ids).detach()
-
-
-class _TextExplainer:
-    """Checks the batch, runs the method in evaluation mode (explanation mode off, as a
-    post-hoc method sees the model), and leaves the model as found."""
-
-    name = ""
-
-    def __init__(self, model: nn.Module, **options: Any) -> None:
-        self.model = model
-        self.options = options
-
-    def attribute(self, input_ids: Tensor, attention_mask: Tensor, target: Tensor) -> Tensor:
-        ids, mask, targets = _check_tokens(input_ids, attention_mask, target, self.name)
-        device = device_of(self.model)
-        with posthoc(self.model):
-            result = self._attribute(ids.to(device), mask.to(device), targets.to(device))
-        return result.detach().to(device=input_ids.device, dtype=torch.float32)
-
-    def _attribute(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    __repr__ = _Explainer.__repr__  # the name and the options, as for images
-
-
-class _BcosTextExplainer(_TextExplainer):
-    name = "bcos"
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        if not has_bcos_layers(model):
-            raise EvaluationError(
-                "the 'bcos' explainer is the model's own explanation and needs a B-cos model: "
-                "convert it with bcosify.convert, or use a post-hoc method: "
-                + ", ".join(TEXT_EXPLAINER_NAMES[1:])
-            )
-
-    def attribute(self, input_ids: Tensor, attention_mask: Tensor, target: Tensor) -> Tensor:
-        ids, mask, targets = _check_tokens(input_ids, attention_mask, target, self.name)
-        e = explain_tokens(self.model, ids, mask, targets)
-        return e.contributions.to(device=input_ids.device, dtype=torch.float32)
-
-
-class _GradientExplainer(_TextExplainer):
-    """Saliency, InputXGradient, IntegratedGradients and DeepLift on the embedded tokens."""
-
-    def __init__(self, model: nn.Module, method: str, **options: Any) -> None:
-        super().__init__(model, **options)
-        self.name = method
-        self._forward = _Embedded(model)
-
-    def _attribute(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
-        captum = _captum()
-        embeddings = self._forward.embed(ids)
-        extra = {"target": target, "additional_forward_args": (ids, mask)}
-        if self.name == "saliency":
-            # the gradient's magnitude per token (Saliency takes absolute values)
-            values = captum.Saliency(self._forward).attribute(embeddings, abs=True, **extra)
-        elif self.name == "input_x_gradient":
-            values = captum.InputXGradient(self._forward).attribute(embeddings, **extra)
-        elif self.name == "integrated_gradients":
-            values = captum.IntegratedGradients(self._forward).attribute(
-                embeddings,
-                baselines=torch.zeros_like(embeddings),
-                n_steps=self.options["steps"],
-                internal_batch_size=self.options["internal_batch_size"],
-                **extra,
-            )
-        else:
-            values = captum.DeepLift(self._forward).attribute(
-                embeddings, baselines=torch.zeros_like(embeddings), **extra
-            )
-        return values.sum(-1)
-
-
-class _OcclusionTextExplainer(_TextExplainer):
-    """Each token's embedding set to zero in turn: the drop of the target's logit."""
-
-    name = "occlusion"
-
-    def _attribute(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
-        forward = _Embedded(self.model)
-        embeddings = forward.embed(ids)
-
-        def scores(batch: Tensor) -> Tensor:  # Captum stacks copies of the whole batch
-            copies = len(batch) // len(ids)
-            return forward(batch, ids.repeat(copies, 1), mask.repeat(copies, 1))
-
-        values = (
-            _captum()
-            .Occlusion(scores)
-            .attribute(
-                embeddings,
-                sliding_window_shapes=(1, embeddings.shape[-1]),
-                strides=(1, embeddings.shape[-1]),
-                baselines=0.0,
-                target=target,
-                perturbations_per_eval=self.options["perturbations_per_eval"],
-            )
-        )
-        return values[..., 0]  # the same drop on every embedding dimension of the token
-
-
-class _LimeTextExplainer(_TextExplainer):
-    """LIME with Captum's ``LimeBase``, the tokens the features: each of ``n_samples``
-    perturbed texts keeps every token with probability 1/2 and zeroes the others' embeddings,
-    weighted by an exponential kernel of the cosine distance to the whole text (width
-    ``kernel_width``, as the LIME package does for text), and a weighted ridge regression gives
-    one coefficient per token. Seeded, so every text gets the same perturbations."""
-
-    name = "lime"
-
-    def _attribute(self, ids: Tensor, mask: Tensor, target: Tensor) -> Tensor:
-        captum = _captum()
-        o = self.options
-        forward = _Embedded(self.model)
-        embeddings = forward.embed(ids)
-        result = torch.zeros(ids.shape, device=ids.device)
-        for i in range(len(ids)):
-            valid = mask[i].bool()
-            count = int(valid.sum())
-            row_ids, row_mask = ids[i : i + 1], mask[i : i + 1]
-
-            def perturbations(original: Tensor, valid: Tensor = valid, **kwargs: Any) -> Any:
-                generator = torch.Generator().manual_seed(o["seed"])
-                while True:
-                    on = torch.rand(1, len(valid), generator=generator) < 0.5
-                    yield (on | ~valid.cpu()[None]).long()  # padding stays: it is not a feature
-
-            def similarity(
-                original: Tensor, perturbed: Tensor, on: Tensor, count: int = count, **kwargs: Any
-            ) -> Tensor:
-                kept = float(on.float().sum()) - (on.shape[-1] - count)
-                distance = 1 - math.sqrt(max(kept, 0.0) / count)
-                return torch.tensor(math.exp(-(distance**2) / (2 * o["kernel_width"] ** 2)))
-
-            def perturbed(on: Tensor, original: Tensor, **kwargs: Any) -> Tensor:
-                keep = on.to(original.device).bool()[..., None]
-                return torch.where(keep, original, torch.zeros_like(original))
-
-            def scores(
-                batch: Tensor, row_ids: Tensor = row_ids, row_mask: Tensor = row_mask
-            ) -> Tensor:
-                return forward(
-                    batch, row_ids.expand(len(batch), -1), row_mask.expand(len(batch), -1)
-                )
-
-            lime = captum.LimeBase(
-                scores,
-                interpretable_model=_WeightedRidge(o["alpha"]),
-                similarity_func=similarity,
-                perturb_func=perturbations,
-                perturb_interpretable_space=True,
-                from_interp_rep_transform=perturbed,
-                to_interp_rep_transform=None,
-            )
-            coefficients = lime.attribute(
-                embeddings[i : i + 1],
-                target=int(target[i]),
-                n_samples=o["n_samples"],
-                perturbations_per_eval=o["batch_size"],
-            )
-            result[i] = coefficients.to(ids.device).flatten() * valid
-        return result
-
-
-def build_text_explainer(name: str, model: nn.Module, **options: Any) -> TextExplainer:
-    """The text explainer ``name`` (one of :data:`TEXT_EXPLAINER_NAMES`) for ``model`` (a
-    converted :class:`~bcosify.convert.BcosTextModel`, a :class:`~bcosify.models.text.
-    TextClassifier` or a transformers sequence classifier).
-
-    Options: ``integrated_gradients``: ``steps`` (50), ``internal_batch_size`` (64);
-    ``occlusion``: ``perturbations_per_eval`` (8); ``lime``: ``n_samples`` (200),
-    ``kernel_width`` (0.25), ``alpha`` (1.0), ``seed`` (0), ``batch_size`` (64).
-
-    Example:
-        >>> import torch
-        >>> from transformers import BertConfig, BertForSequenceClassification
-        >>> config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        ...                     intermediate_size=32, vocab_size=30)
-        >>> explainer = build_text_explainer("occlusion", BertForSequenceClassification(config))
-        >>> ids, mask = torch.tensor([[2, 5, 6, 3]]), torch.ones(1, 4, dtype=torch.long)
-        >>> explainer.attribute(ids, mask, torch.tensor([1])).shape
-        torch.Size([1, 4])
-    """
-    defaults: dict[str, dict[str, Any]] = {
-        "integrated_gradients": {"steps": 50, "internal_batch_size": 64},
-        "occlusion": {"perturbations_per_eval": 8},
-        "lime": {
-            "n_samples": 200,
-            "kernel_width": 0.25,
-            "alpha": 1.0,
-            "seed": 0,
-            "batch_size": 64,
-        },
-    }
-    if name not in TEXT_EXPLAINER_NAMES:
-        raise EvaluationError(
-            f"unknown text explainer {name!r}; choose one of {', '.join(TEXT_EXPLAINER_NAMES)}"
-        )
-    allowed = defaults.get(name, {})
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise EvaluationError(
-            f"the {name} explainer takes no option {unknown}; it takes {sorted(allowed) or 'none'}"
-        )
-    settings = {**allowed, **options}
-    counts = {k: v for k, v in settings.items() if k not in ("kernel_width", "alpha", "seed")}
-    check_positive(**counts)
-    if name == "bcos":
-        return _BcosTextExplainer(model)
-    if name == "occlusion":
-        return _OcclusionTextExplainer(model, **settings)
-    if name == "lime":
-        return _LimeTextExplainer(model, **settings)
-    return _GradientExplainer(model, name, **settings)
-
-
-def _check_tokens(
-    input_ids: Tensor, attention_mask: Tensor, target: Tensor | Sequence[int], what: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-        raise EvaluationError(f"{what}: input_ids must be an integer tensor (N, L)")
-    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-        raise EvaluationError(f"{what}: attention_mask must have the shape of input_ids")
-    targets = torch.as_tensor(target, device=input_ids.device)
-    if targets.shape != (len(input_ids),) or targets.is_floating_point():
-        raise EvaluationError(
-            f"{what}: target must hold one class index per text, shape ({len(input_ids)},); got "
-            f"{tuple(targets.shape)}"
-        )
-    return input_ids, attention_mask, targets.long()
-
-
-# -- metrics -----------------------------------------------------------------------------------
 
 
 def token_pointing_game(attributions: Tensor, evidence: Tensor, candidates: Tensor) -> Tensor:
@@ -481,7 +163,7 @@ def erasure_scores(
 
 
 def timed_attribution(
-    explainer: TextExplainer, input_ids: Tensor, attention_mask: Tensor, target: Tensor
+    explainer: Any, input_ids: Tensor, attention_mask: Tensor, target: Tensor
 ) -> tuple[Tensor, float]:
     """``explainer.attribute(...)`` and the seconds it took per text.
 
