@@ -11,6 +11,7 @@ The most used names are available at the top level::
 from typing import Any
 
 from . import convert, explain, models, nn
+from ._version import __version__
 from .convert import (
     BcosCLIP,
     BcosModel,
@@ -23,17 +24,13 @@ from .convert import (
     load_clip,
 )
 from .errors import BcosifyError, CheckpointError, ConversionError, ExplanationError
-from .explain import Explanation, TextExplanation, explain_text
+from .explain import Explanation, TextExplanation, explain_text, lazy_attribute
 from .nn import explanation_mode
 from .nn.compile import compile as compile
 
-__version__ = "0.1.0"
-
 
 def __getattr__(name: str) -> Any:
-    from .explain.core import lazy_attribute  # BcosAttribution: imported on first use
-
-    return lazy_attribute(__name__, name)
+    return lazy_attribute(__name__, name)  # BcosAttribution: imported on first use
 
 
 __all__ = [

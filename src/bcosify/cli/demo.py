@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
+from .._version import __version__
 from ..data import ALL_SHAPES, SyntheticShapes
 from ..errors import BcosifyError, EvaluationError, UsageError
 from ..evaluate import (

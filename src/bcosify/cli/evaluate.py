@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..convert import BcosCLIP, BcosModel
 from ..data import ALL_SHAPES, build_dataset, check_classes
 from ..data.classes import format_classes
-from ..device import device_of
+from ..device import check_device, device_of
 from ..errors import DataError, EvaluationError, UsageError
 from ..evaluate import (
     DEFAULT_TEMPLATES,
@@ -36,7 +36,6 @@ from ..liveness import warn_if_constant
 from ..models import class_names_of
 from ..serialization import write_text
 from ..train import Normalized
-from ..train.distributed import check_device
 from ..train.prepare import input_normalization
 from .arguments import apart_from_inputs, finite_float, output_file, positive_int
 from .loading import image_size_for, load_model_argument

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..convert import BcosCLIP, BcosModel
 from ..data import IMAGE_EXTENSIONS, eval_transform, list_images, read_image
+from ..device import check_device
 from ..errors import DataError, UsageError
 from ..evaluate._common import has_bcos_layers
 from ..explain import (
@@ -25,7 +26,6 @@ from ..explain import (
 )
 from ..folders import hold_folder
 from ..models import class_names_of
-from ..train.distributed import check_device
 from .arguments import apart_from_inputs, at_least, output_folder, positive_int
 from .loading import image_size_for, load_model_argument
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..convert import load as load_bcos_model
-from ..convert import load_clip
+from ..convert.hub import load_folder
 from ..errors import BcosifyError, CheckpointError, UsageError
 from ..models import create, input_size_of, load_model
+from ..models.saving import SOURCE_MODEL_FORMAT
 from ..models.text import is_hf_text_folder, load_hf_text_classifier
 from ..serialization import CONFIG_FILE, read_config_json
 
@@ -64,13 +64,10 @@ def load_model_argument(spec: str, weights: str | None, num_classes: int | None)
 
 
 def _load_saved(folder: Path) -> nn.Module:
-    """The model a saved folder describes; a config that cannot be built is named."""
-    kind = read_config_json(folder).get("format", "")
-    loader = load_model
-    if isinstance(kind, str) and kind.startswith(("bcosify-model", "bcosify-text-model")):
-        loader = load_bcos_model
-    elif isinstance(kind, str) and kind.startswith("bcosify-clip"):
-        loader = load_clip
+    """The model a saved folder describes: a B-cos model by its format's loader, else an
+    ordinary model; a config that cannot be built is named."""
+    kind = read_config_json(folder).get("format")
+    loader = load_model if kind == SOURCE_MODEL_FORMAT else load_folder
     try:
         return loader(folder)
     except BcosifyError:

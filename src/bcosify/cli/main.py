@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .._version import __version__
 from ..errors import BcosifyError
 from . import convert, demo, evaluate, example, explain, train
 
@@ -38,8 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         Traceback (most recent call last):
         SystemExit: 0
     """
-    from .. import __version__
-
     parser = _Parser(
         prog="bcosify",
         description="Turn pretrained networks into B-cos networks and explain them.",

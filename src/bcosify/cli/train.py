@@ -13,11 +13,11 @@ from torch.utils.data import Subset
 from ..convert import BcosCLIP, BcosModel, BcosTextModel, calibrate
 from ..data import ImageFolderDataset, UnlabelledImages, build_dataset
 from ..data.text import TextFileDataset
+from ..device import check_device
 from ..errors import CheckpointError, UsageError
 from ..models.text import TextClassifier, load_tokenizer, save_tokenizer
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
-from ..train.distributed import check_device
 from ..train.prepare import prepare_model
 from ..train.resume import RESUMABLE_CHANGES
 from .arguments import apart_from_inputs, output_folder, positive_int

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import CheckpointError
 from ..models.clip import ClipModel, HFClipModel, Tokenizer, as_clip
 from ..models.sources import SOURCE_FIELDS, check_source_fields, create, source_info
@@ -28,7 +29,7 @@ from ..serialization import (
     write_pretrained,
 )
 from .converter import ConversionReport, convert
-from .hub import HubMixin
+from .hub import HubMixin, register_loader
 from .model import BcosModel
 from .options import OPTION_FIELDS, ConversionOptions
 
@@ -101,8 +102,6 @@ class BcosCLIP(HubMixin, nn.Module):
             >>> sorted(p.name for p in model.save_pretrained(tempfile.mkdtemp()).iterdir())
             ['config.json', 'model.safetensors']
         """
-        from .. import __version__
-
         config = {
             "format": _FORMAT,
             "bcosify_version": __version__,
@@ -115,10 +114,6 @@ class BcosCLIP(HubMixin, nn.Module):
         return write_pretrained(directory, self, config)
 
     _pipeline_tag = "zero-shot-image-classification"
-
-    @classmethod
-    def _load_folder(cls, folder: Path, **kwargs: Any) -> BcosCLIP:
-        return load_clip(folder, **kwargs)
 
     def _card_facts(self) -> dict[str, Any]:
         source = self.source.get("source") or "a user-built CLIP model"
@@ -240,3 +235,6 @@ def load_clip(directory: str | Path, model: nn.Module | None = None) -> BcosCLIP
         return convert_clip(original, tokenizer=tokenizer, **config["options"]).model
 
     return load_pretrained(directory, build, config, precheck=model is None).eval()
+
+
+register_loader(_FORMAT, load_clip)

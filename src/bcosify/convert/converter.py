@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 from torch import nn
 
 from ..device import device_of
 from ..errors import ConversionError, OptionsError
-from ..models.sources import source_info
+from ..models.sources import SourceInfo, source_info
 from ..nn import BcosConv2d, BcosLinear
 from .calibrate import Images
 from .calibrate import calibrate as calibrate_model
@@ -20,63 +19,21 @@ from .families import image_tower, prepare, traced_methods
 from .graph import GraphProblems
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
+from .report import (
+    ConversionReport,
+    Replacement,
+    logit_bias_constant,
+    logit_bias_value,
+    record_tree,
+)
 from .rules import Rule
-from .table import default_rules
+from .table import rule_table
 from .text import convert_text, is_text_classifier
 from .text_model import BcosTextModel
 from .tracing import TraceFailure, trace_method
-from .tree import TreeConversion, convert_tree, root_call
+from .tree import convert_tree, root_call
 
 __all__ = ["Conversion", "ConversionReport", "Replacement", "convert"]
-
-
-@dataclass(frozen=True)
-class Replacement:
-    """One module of the original and what it became."""
-
-    path: str
-    old: str
-    new: str
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did: every module replaced or kept, every constant, every rewrite.
-
-    ``str(report)`` is a readable summary; the lists hold the details.
-    """
-
-    model: str
-    replaced: list[Replacement] = field(default_factory=list)
-    kept: list[Replacement] = field(default_factory=list)
-    constants: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def counts(self) -> dict[str, int]:
-        """How many modules went from each type to each, e.g. ``{"Conv2d -> BcosConv2d": 20}``."""
-        counts: dict[str, int] = {}
-        for item in self.replaced:
-            key = f"{item.old} -> {item.new}"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
-
-    def __str__(self) -> str:
-        lines = [
-            f"Converted {self.model}: {len(self.replaced)} modules replaced, "
-            f"{len(self.kept)} kept as they are."
-        ]
-        lines += [f"  {n:4d} x {key}" for key, n in sorted(self.counts().items())]
-        kept: dict[str, int] = {}
-        for item in self.kept:
-            kept[item.old] = kept.get(item.old, 0) + 1
-        if kept:
-            lines.append(
-                "  kept (already dynamic linear): "
-                + ", ".join(f"{n} x {name}" for name, n in sorted(kept.items()))
-            )
-        lines += ["Constants:"] + [f"  {c}" for c in self.constants or ["none"]]
-        lines += ["Notes:"] + [f"  {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 class Conversion(NamedTuple):
@@ -163,35 +120,11 @@ def convert(
             "classifier_before_pool": not classifier_before_pool,
             "calibrate": calibrate is not None,
         }
-        given = [name for name, set_ in image_only.items() if set_]
-        if given:
-            raise OptionsError(
-                f"{', '.join(given)} apply to image models; {type(model).__name__} is a text "
-                "classifier (see bcosify.convert.TextConversionOptions)"
-            )
-        model, report = convert_text(
-            model,
-            b=b,
-            keep_bias=keep_bias,
-            activations=activations,
-            qkv_projection=qkv_projection,
-            logit_bias=logit_bias,
-            rules=rules,
-            class_names=class_names,
-        )
-        return Conversion(model, report)  # type: ignore[arg-type]
+        return _convert_text(model, image_only, b, keep_bias, activations, qkv_projection,
+                             logit_bias, rules, class_names)  # fmt: skip
     info = source_info(model)
-    if input_mean is None or input_std is None:
-        if info is None:
-            raise ConversionError(
-                "pass input_mean and input_std: the per-channel normalisation the model was "
-                "trained with (ImageNet: (0.485, 0.456, 0.406) and (0.229, 0.224, 0.225))"
-            )
-        input_mean = input_mean if input_mean is not None else info.input_mean
-        input_std = input_std if input_std is not None else info.input_std
     options = ConversionOptions(
-        input_mean=tuple(input_mean),
-        input_std=tuple(input_std),
+        *_normalisation(info, input_mean, input_std),
         b=b,
         encoding=encoding,
         keep_bias=keep_bias,
@@ -201,35 +134,15 @@ def convert(
         logit_bias=logit_bias,
         qkv_projection=qkv_projection,
     )
-    table = {**default_rules(), **(rules or {})}
     report = ConversionReport(type(model).__name__)
-
-    network = copy.deepcopy(model).eval()
-    tower = image_tower(network)
-    if tower is not None:  # a CLIP model or image tower: it outputs embeddings, not logits
-        network, note = tower
-        report.notes.append(note)
-    report.notes += prepare(network)
+    network, tower = _network(model, report)
     problems = GraphProblems()
-    method, fixed = traced_methods(network, "")[0]
-    call = root_call(network, method)
-    try:
-        first = trace_method(network, "", method, {**call.variants()[0], **fixed}, call.signal)
-    except TraceFailure as error:
-        raise ConversionError(
-            f"torch.fx could not trace {type(network).__name__}.{method}: {error}\n"
-            "Its code probably branches on tensor values. Give the model a rule "
-            "(convert(..., rules={TheModule: rule})) so that it is converted as a whole."
-        ) from error
-    report.notes.append(
-        encode_first_layer(first, options, problems, info.input_size if info else None)
-    )
-    tree = convert_tree(network, table, options, problems, traced_methods)
+    _encode_input(network, options, problems, report, info)
+    tree = convert_tree(network, rule_table(rules), options, problems, traced_methods)
     record_tree(report, tree, network, model, problems)
     num_classes = _num_classes(network, tree.leaves)
-
-    embedding = tower is not None and logit_bias == "auto"
-    bias = None if embedding else _logit_bias(options, num_classes)
+    # a CLIP model or image tower outputs embeddings, not logits: no logit bias by default
+    bias = None if tower and logit_bias == "auto" else logit_bias_value(options, num_classes)
     config = ModelConfig(
         options,
         info.name if info else None,
@@ -244,61 +157,91 @@ def convert(
             "encoding (an affine offset, reported per example)"
         )
     if bias is not None:
-        report.constants.append(
-            f"logit_bias.bias = {bias:.4f} (-log(C - 1) for C = {num_classes})"
-            if options.logit_bias == "auto"
-            else f"logit_bias.bias = {bias:.4f}"
-        )
+        report.constants.append(logit_bias_constant(options, bias, num_classes))
     if calibrate is not None:
         report.notes.append(str(calibrate_model(converted, calibrate)))
     return Conversion(converted.eval(), report)
 
 
-def record_tree(
-    report: ConversionReport,
-    tree: TreeConversion,
-    network: nn.Module,
+def _convert_text(
     model: nn.Module,
-    problems: GraphProblems,
-) -> None:
-    """Add what :func:`convert_tree` did to ``report``; raise if anything could not convert.
+    image_only: dict[str, bool],
+    b: float,
+    keep_bias: bool,
+    activations: Any,
+    qkv_projection: Any,
+    logit_bias: Any,
+    rules: dict[type[nn.Module], Rule] | None,
+    class_names: list[str] | None,
+) -> Conversion:
+    """A text classifier, through :func:`convert_text`; image options are refused by name."""
+    given = [name for name, set_ in image_only.items() if set_]
+    if given:
+        raise OptionsError(
+            f"{', '.join(given)} apply to image models; {type(model).__name__} is a text "
+            "classifier (see bcosify.convert.TextConversionOptions)"
+        )
+    converted, report = convert_text(
+        model,
+        b=b,
+        keep_bias=keep_bias,
+        activations=activations,
+        qkv_projection=qkv_projection,
+        logit_bias=logit_bias,
+        rules=rules,
+        class_names=class_names,
+    )
+    return Conversion(converted, report)
 
-    Raises:
-        ConversionError: listing every module and operation without a dynamic-linear form.
-    """
-    report.notes += tree.notes
-    report.constants += [f"network.{line}" for line in tree.constants]
-    report.replaced += [Replacement(*entry) for entry in tree.replaced]
-    report.kept += [Replacement(*entry) for entry in tree.kept]
-    if tree.rewritten:
-        report.notes.append(
-            "rewritten code (everything else keeps its own): "
-            + ", ".join(
-                f"{path or type(network).__name__}.{'/'.join(names)}"
-                for path, names in tree.rewritten.items()
+
+def _normalisation(
+    info: SourceInfo | None, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input normalisation: the arguments, else the source's."""
+    if mean is None or std is None:
+        if info is None:
+            raise ConversionError(
+                "pass input_mean and input_std: the per-channel normalisation the model was "
+                "trained with (ImageNet: (0.485, 0.456, 0.406) and (0.229, 0.224, 0.225))"
             )
-        )
-    if problems.lines:
+        mean = mean if mean is not None else info.input_mean
+        std = std if std is not None else info.input_std
+    return tuple(mean), tuple(std)
+
+
+def _network(model: nn.Module, report: ConversionReport) -> tuple[nn.Module, bool]:
+    """A copy of the model to convert in place (its image tower, for a CLIP model), its
+    family's preparation done; and whether it is an image tower."""
+    network = copy.deepcopy(model).eval()
+    tower = image_tower(network)
+    if tower is not None:
+        network, note = tower
+        report.notes.append(note)
+    report.notes += prepare(network)
+    return network, tower is not None
+
+
+def _encode_input(
+    network: nn.Module,
+    options: ConversionOptions,
+    problems: GraphProblems,
+    report: ConversionReport,
+    info: SourceInfo | None,
+) -> None:
+    """Fold the ``[x, 1 - x]`` encoding into the first layer(s) that take the input."""
+    method, fixed = traced_methods(network, "")[0]
+    call = root_call(network, method)
+    try:
+        first = trace_method(network, "", method, {**call.variants()[0], **fixed}, call.signal)
+    except TraceFailure as error:
         raise ConversionError(
-            f"cannot convert {type(model).__name__}: {len(problems.lines)} part(s) have no "
-            "dynamic-linear form:\n" + "\n".join(problems.lines) + "\nFor a module type, add a "
-            "rule: bcosify.convert(model, rules={TheType: rule}) where rule(module, context) "
-            "returns its B-cos replacement (or the module itself, if it is already dynamic "
-            "linear: bcosify.convert.rules.keep). Wrap a functional call in a module to give it "
-            "a rule."
-        )
-    report.constants += _reported_constants(network)
-    # notes that modules made by rules leave (a pooler whose tanh became the identity)
-    report.notes += [n for _, m in network.named_modules() for n in getattr(m, "bcosify_notes", ())]
-
-
-def _reported_constants(network: nn.Module) -> list[str]:
-    """The constants that modules made by rules report themselves (``reported_constants``)."""
-    return [
-        f"network.{path}.{name}: added to the signal in '{path}' ({type(module).__name__})"
-        for path, module in network.named_modules()
-        for name in getattr(module, "reported_constants", ())
-    ]
+            f"torch.fx could not trace {type(network).__name__}.{method}: {error}\n"
+            "Its code probably branches on tensor values. Give the model a rule "
+            "(convert(..., rules={TheModule: rule})) so that it is converted as a whole."
+        ) from error
+    report.notes.append(
+        encode_first_layer(first, options, problems, info.input_size if info else None)
+    )
 
 
 def _num_classes(network: nn.Module, leaves: list[str]) -> int | None:
@@ -311,16 +254,3 @@ def _num_classes(network: nn.Module, leaves: list[str]) -> int | None:
         if isinstance(module, (nn.Conv2d, BcosConv2d)):
             return module.out_channels
     return None
-
-
-def _logit_bias(options: ConversionOptions, num_classes: int | None) -> float | None:
-    if options.logit_bias is None or (options.logit_bias == "auto" and options.keep_bias):
-        return None
-    if options.logit_bias != "auto":
-        return float(options.logit_bias)
-    if num_classes is None or num_classes < 2:
-        raise ConversionError(
-            "logit_bias='auto' needs the number of classes, which could not be read off the "
-            "last layer; pass logit_bias=<value> or logit_bias=None"
-        )
-    return -math.log(num_classes - 1)

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import CheckpointError
-from ..serialization import CONFIG_FILE, WEIGHTS_FILE
+from ..serialization import CONFIG_FILE, WEIGHTS_FILE, read_config_json
 
-__all__ = ["MODEL_CARD_FILE", "HubMixin"]
+__all__ = ["MODEL_CARD_FILE", "HubMixin", "load_folder", "register_loader"]
 
 MODEL_CARD_FILE = "README.md"
 _DOWNLOADED = [CONFIG_FILE, WEIGHTS_FILE, MODEL_CARD_FILE]
@@ -47,9 +47,9 @@ def _hub() -> Any:
 class HubMixin:
     """``from_pretrained`` / ``push_to_hub`` / ``model_card`` on top of ``save_pretrained``.
 
-    A class using it provides ``save_pretrained(directory)``, ``_load_folder(folder,
-    **kwargs)`` (the model in a folder ``save_pretrained`` wrote) and ``_card_facts()`` (what
-    the card says about the model).
+    A class using it provides ``save_pretrained(directory)`` and ``_card_facts()`` (what the
+    card says about the model); the loader of each saved format is registered with
+    :func:`register_loader`.
     """
 
     _pipeline_tag = "image-classification"
@@ -87,7 +87,13 @@ class HubMixin:
         folder = Path(repo_or_folder)
         if not folder.is_dir():
             folder = _download(str(repo_or_folder), revision, cache_dir, token, local_files_only)
-        return cls._load_folder(folder, **load_kwargs)
+        model = load_folder(folder, **load_kwargs)
+        if not isinstance(model, cls):
+            raise CheckpointError(
+                f"{str(repo_or_folder)!r} holds a {type(model).__name__}, not a {cls.__name__}: "
+                f"load it with {type(model).__name__}.from_pretrained"
+            )
+        return model
 
     def push_to_hub(
         self,
@@ -193,12 +199,37 @@ class HubMixin:
         ]
         return "\n".join(lines)
 
-    @classmethod
-    def _load_folder(cls: type[_T], folder: Path, **kwargs: Any) -> _T:
-        raise NotImplementedError
-
     def _card_facts(self) -> dict[str, Any]:
         raise NotImplementedError
+
+
+_LOADERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_loader(format: str, loader: Callable[..., Any]) -> None:
+    """``loader(folder, **kwargs)`` loads the folders whose ``config.json`` has ``format``.
+
+    Example:
+        >>> sorted(_LOADERS)  # the formats bcosify.convert registers
+        ['bcosify-clip/1', 'bcosify-model/1', 'bcosify-text-model/1']
+    """
+    _LOADERS[format] = loader
+
+
+def load_folder(folder: str | Path, **kwargs: Any) -> Any:
+    """The B-cos model saved in ``folder``, by the loader of its config's format.
+
+    Raises:
+        CheckpointError: for a folder of no format bcosify loads.
+    """
+    format = read_config_json(folder).get("format")
+    loader = _LOADERS.get(format) if isinstance(format, str) else None
+    if loader is None:
+        raise CheckpointError(
+            f"{str(folder)!r} holds no B-cos model bcosify loads (format {format!r}; known: "
+            f"{', '.join(sorted(_LOADERS))})"
+        )
+    return loader(folder, **kwargs)
 
 
 def _download(

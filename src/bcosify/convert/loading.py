@@ -11,7 +11,8 @@ from ..errors import CheckpointError
 from ..models.sources import create
 from ..serialization import load_pretrained, read_config_json
 from .converter import convert
-from .model import BcosModel, read_config
+from .hub import register_loader
+from .model import MODEL_FORMAT, BcosModel, read_config
 from .text import load_text
 from .text_model import TEXT_FORMAT, BcosTextModel
 
@@ -80,3 +81,7 @@ def _check_outputs(model: BcosModel) -> None:
             f"the config names {len(config.class_names)} classes, but the model it describes "
             f"has {outputs[1]} outputs: the class names belong to another model"
         )
+
+
+register_loader(MODEL_FORMAT, load)
+register_loader(TEXT_FORMAT, load)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import CheckpointError, InputRangeError, OptionsError
 from ..models.sources import SOURCE_FIELDS, check_source_fields
 from ..nn import InputEncoding, InputNormalization, LogitBias
@@ -20,9 +21,16 @@ from ..serialization import CONFIG_FILE, read_checked_config, write_pretrained
 from .hub import HubMixin
 from .options import OPTION_FIELDS, ConversionOptions
 
-__all__ = ["CONFIG_FIELDS", "INPUT_TOLERANCE", "BcosModel", "ModelConfig", "read_config"]
+__all__ = [
+    "CONFIG_FIELDS",
+    "INPUT_TOLERANCE",
+    "MODEL_FORMAT",
+    "BcosModel",
+    "ModelConfig",
+    "read_config",
+]
 
-_FORMAT = "bcosify-model/1"
+MODEL_FORMAT = "bcosify-model/1"
 
 
 @dataclass
@@ -45,10 +53,8 @@ class ModelConfig:
     input_size: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        from .. import __version__
-
         return {
-            "format": _FORMAT,
+            "format": MODEL_FORMAT,
             "bcosify_version": __version__,
             "source": self.source,
             "source_kwargs": self.source_kwargs,
@@ -252,12 +258,6 @@ class BcosModel(HubMixin, nn.Module):
         """
         return write_pretrained(directory, self, self.config.to_dict())
 
-    @classmethod
-    def _load_folder(cls, folder: Path, **kwargs: Any) -> BcosModel:
-        from .loading import load
-
-        return load(folder, **kwargs)
-
     def _card_facts(self) -> dict[str, Any]:
         """What the model card (:meth:`model_card`) says about this model."""
         config, options = self.config, self.config.options
@@ -284,7 +284,7 @@ def read_config(directory: str | Path) -> ModelConfig:
     """Read ``config.json`` of a saved model, every field checked (:data:`CONFIG_FIELDS`): a
     missing, broken or out-of-range one is a :class:`CheckpointError` naming it."""
     data = read_checked_config(
-        directory, _FORMAT, CONFIG_FIELDS, ("options",), rule=check_source_fields
+        directory, MODEL_FORMAT, CONFIG_FIELDS, ("options",), rule=check_source_fields
     )
     try:
         return ModelConfig.from_dict(data)

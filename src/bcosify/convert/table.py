@@ -7,7 +7,7 @@ from torch import nn
 from .families import family_rules
 from .rules import Rule, generic_rules
 
-__all__ = ["default_rules"]
+__all__ = ["default_rules", "rule_table"]
 
 
 def default_rules() -> dict[type[nn.Module], Rule]:
@@ -24,3 +24,15 @@ def default_rules() -> dict[type[nn.Module], Rule]:
         True
     """
     return {**generic_rules(), **family_rules()}
+
+
+def rule_table(rules: dict[type[nn.Module], Rule] | None) -> dict[type[nn.Module], Rule]:
+    """The built-in rule table with the user's entries over it.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.convert.rules import keep
+        >>> rule_table({torch.nn.Tanh: keep})[torch.nn.Tanh] is keep
+        True
+    """
+    return {**default_rules(), **(rules or {})}

@@ -23,8 +23,9 @@ from ..serialization import load_pretrained
 from .families import prepare, traced_methods
 from .families.transformers_text import ARCHITECTURES, text_architecture
 from .graph import GraphProblems
+from .report import ConversionReport, logit_bias_constant, logit_bias_value, record_tree
 from .rules import Rule
-from .table import default_rules
+from .table import rule_table
 from .text_model import BcosTextModel, TextConversionOptions, TextModelConfig, read_text_config
 from .tracing import CallInfo
 from .tree import convert_tree
@@ -80,8 +81,6 @@ def convert_text(
         >>> bool((same(ids, mask) - reference).abs().max() < 1e-5)
         True
     """
-    from .converter import ConversionReport, _logit_bias, record_tree
-
     architecture = text_architecture(model)
     if architecture is None:
         raise ConversionError(
@@ -90,7 +89,7 @@ def convert_text(
             "its modules with rules=)"
         )
     options = TextConversionOptions(b, keep_bias, activations, qkv_projection, logit_bias)
-    table = {**default_rules(), **(rules or {})}
+    table = rule_table(rules)
     report = ConversionReport(type(model).__name__)
     network = copy.deepcopy(model).eval()
     report.notes += prepare(network)
@@ -101,7 +100,7 @@ def convert_text(
     record_tree(report, tree, network, model, problems)
     hf_config = model.config
     num_classes = int(hf_config.num_labels)
-    bias = _logit_bias(options, num_classes)  # type: ignore[arg-type]
+    bias = logit_bias_value(options, num_classes)
     config = TextModelConfig(
         options,
         architecture.name,
@@ -112,11 +111,7 @@ def convert_text(
     )
     converted = BcosTextModel(network, config, bias).to(device_of(model))
     if bias is not None:
-        report.constants.append(
-            f"logit_bias.bias = {bias:.4f} (-log(C - 1) for C = {num_classes})"
-            if options.logit_bias == "auto"
-            else f"logit_bias.bias = {bias:.4f}"
-        )
+        report.constants.append(logit_bias_constant(options, bias, num_classes))
     return converted.eval(), report
 
 

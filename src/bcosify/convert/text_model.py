@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..errors import CheckpointError, OptionsError
 from ..models.text import padding_mask
 from ..models.transformers_config import TransformersConfig, build_config
@@ -104,8 +105,6 @@ class TextModelConfig:
     pad_token_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        from .. import __version__
-
         return {
             "format": TEXT_FORMAT,
             "bcosify_version": __version__,
@@ -238,12 +237,6 @@ class BcosTextModel(HubMixin, nn.Module):
             True
         """
         return write_pretrained(directory, self, self.config.to_dict())
-
-    @classmethod
-    def _load_folder(cls, folder: Path, **kwargs: Any) -> BcosTextModel:
-        from .text import load_text
-
-        return load_text(folder, **kwargs)
 
     def _card_facts(self) -> dict[str, Any]:
         config, options = self.config, self.config.options

@@ -40,9 +40,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    from .core import lazy_attribute  # BcosAttribution: imported on first use
-
     return lazy_attribute(__name__, name)
+
+
+def lazy_attribute(module: str, name: str) -> Any:
+    """``module.name`` for the names imported on first use: :class:`BcosAttribution`, which
+    subclasses Captum's base class, so that ``import bcosify`` does not import Captum."""
+    if name == "BcosAttribution":
+        from .attribution import BcosAttribution
+
+        return BcosAttribution
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
 
 from .._callable import make_callable  # noqa: E402

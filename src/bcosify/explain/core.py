@@ -11,7 +11,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -412,17 +412,3 @@ def _evaluation(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags:
             module.training = training
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, name)
-
-
-def lazy_attribute(module: str, name: str) -> Any:
-    """``module.name`` for the names imported on first use: :class:`BcosAttribution`, which
-    subclasses Captum's base class, so that ``import bcosify`` does not import Captum."""
-    if name == "BcosAttribution":
-        from .attribution import BcosAttribution
-
-        return BcosAttribution
-    raise AttributeError(f"module {module!r} has no attribute {name!r}")

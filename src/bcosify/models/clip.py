@@ -23,9 +23,23 @@ from torch import Tensor, nn
 
 from ..device import device_of
 from ..errors import CheckpointError, ModelSourceError
-from ..schema import MAX_IMAGE_SIDE, AnyOf, FieldError, Integer, ListOf, Number, Record
+from ..schema import (
+    MAX_IMAGE_SIDE,
+    AnyOf,
+    Boolean,
+    FieldError,
+    Integer,
+    ListOf,
+    Nullable,
+    Number,
+    Record,
+    Text,
+    image_size,
+)
 from ..serialization import load_pretrained, read_json
-from .sources import SourceInfo, load_weights, source_info
+from .sources import Source, SourceInfo, load_weights, register_source, source_info
+from .text import load_tokenizer
+from .transformers_config import TransformersConfig, build_model, read_folder_config
 
 __all__ = [
     "CLIP_MODEL_TYPES",
@@ -431,9 +445,6 @@ def hf_source(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Modul
         >>> type(model).__name__, info.name, info.input_size
         ('CLIPModel', 'transformers:CLIPModel', (16, 16))
     """
-    from .text import load_tokenizer
-    from .transformers_config import read_folder_config
-
     _require_transformers()
     folder = Path(path)
     if weights is not None or kwargs:
@@ -508,8 +519,6 @@ def transformers_source(
         >>> info.input_size
         (16, 16)
     """
-    from .transformers_config import build_model
-
     _require_transformers()
     from transformers.utils.constants import (
         IMAGENET_STANDARD_MEAN,
@@ -554,3 +563,81 @@ def _require_transformers() -> None:
         raise ModelSourceError(
             "transformers is not installed: pip install 'bcosify[transformers]'"
         ) from None
+
+
+# -- the CLIP sources of bcosify.models.create, with the arguments each accepts ---------------
+
+_WIDTH = Integer(1, 2**16)
+_COUNT = Integer(1, 256)
+_RATE = Number(0.0, 1.0)
+_RATIO = Number(0.0, 64.0, positive=True)
+
+_OPEN_CLIP_VISION = Record(
+    {
+        "layers": AnyOf(_COUNT, ListOf(_COUNT, 4, 4)),
+        "width": _WIDTH,
+        "head_width": _WIDTH,
+        "mlp_ratio": _RATIO,
+        "patch_size": Integer(1, 256),
+        "image_size": image_size(),
+        "ls_init_value": Nullable(Number(0.0, 10.0)),
+        "patch_dropout": _RATE,
+        "attentional_pool": Boolean(),
+        "attn_pooler_queries": _COUNT,
+        "attn_pooler_heads": _COUNT,
+        "no_ln_pre": Boolean(),
+        "pos_embed_type": Text(choices=("learnable", "sin_cos_2d")),
+        "final_ln_after_pool": Boolean(),
+        "pool_type": Text(choices=("tok", "avg", "none")),
+    }
+)
+_OPEN_CLIP_TEXT = Record(
+    {
+        "context_length": Integer(1, 4096),
+        "vocab_size": Integer(1, 2**20),
+        "width": _WIDTH,
+        "heads": _COUNT,
+        "layers": _COUNT,
+        "mlp_ratio": _RATIO,
+        "ls_init_value": Nullable(Number(0.0, 10.0)),
+        "embed_cls": Boolean(),
+        "pad_id": Integer(0, 2**20),
+        "no_causal_mask": Boolean(),
+        "final_ln_after_pool": Boolean(),
+        "pool_type": Text(choices=("first", "last", "argmax", "none")),
+        "proj_bias": Boolean(),
+    }
+)
+
+
+register_source(
+    "open_clip",
+    Source(
+        open_clip_source,
+        Record(
+            {
+                "embed_dim": _WIDTH,
+                "quick_gelu": Boolean(),
+                "vision_cfg": _OPEN_CLIP_VISION,
+                "text_cfg": _OPEN_CLIP_TEXT,
+            }
+        ),
+        weights_alias="pretrained",
+    ),
+)
+register_source("hf", Source(hf_source, Record({})))
+register_source(
+    "transformers",
+    Source(
+        transformers_source,
+        Record(
+            {
+                "config": TransformersConfig(lambda: CLIP_MODEL_TYPES.values()),
+                "image_mean": ListOf(Number(-100.0, 100.0), 3, 3),
+                "image_std": ListOf(Number(0.0, 100.0, positive=True), 3, 3),
+                "image_size": Integer(1, MAX_IMAGE_SIDE),
+            },
+            required=("config",),
+        ),
+    ),
+)

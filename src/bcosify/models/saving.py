@@ -30,9 +30,9 @@ from .sources import (
     source_info,
 )
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["SOURCE_MODEL_FORMAT", "load_model", "save_model"]
 
-_FORMAT = "bcosify-source-model/1"
+SOURCE_MODEL_FORMAT = "bcosify-source-model/1"
 
 
 def save_model(
@@ -57,7 +57,7 @@ def save_model(
     info = source_info(model)
     if info is not None and class_names is not None:
         info = replace(info, class_names=list(class_names))
-    config = {"format": _FORMAT, **(info.to_dict() if info else {"name": None})}
+    config = {"format": SOURCE_MODEL_FORMAT, **(info.to_dict() if info else {"name": None})}
     if info is None and class_names is not None:
         config["class_names"] = list(class_names)
     return write_pretrained(directory, model, config)
@@ -89,7 +89,7 @@ def load_model(directory: str | Path, model: nn.Module | None = None) -> nn.Modu
         >>> load_model(out).fc.out_features
         2
     """
-    config = read_checked_config(directory, _FORMAT, _CONFIG_FIELDS, rule=_check_source)
+    config = read_checked_config(directory, SOURCE_MODEL_FORMAT, _CONFIG_FIELDS, rule=_check_source)
     name = config.get("name")
     if name is None and model is None:
         raise CheckpointError(

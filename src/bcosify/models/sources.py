@@ -25,7 +25,6 @@ from ..errors import ModelSourceError
 from ..schema import (
     MAX_CLASSES,
     MAX_IMAGE_SIDE,
-    AnyOf,
     Boolean,
     Deferred,
     Field,
@@ -39,7 +38,6 @@ from ..schema import (
     image_size,
 )
 from ..serialization import load_state_dict_strictly, non_finite_entries
-from .transformers_config import TransformersConfig
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -55,6 +53,7 @@ __all__ = [
     "input_size_of",
     "load_state_dict_strictly",
     "load_weights",
+    "register_source",
     "source_info",
 ]
 
@@ -448,68 +447,6 @@ _TIMM = Record(
         "qkv_bias": Boolean(),
     }
 )
-_OPEN_CLIP_VISION = Record(
-    {
-        "layers": AnyOf(_COUNT, ListOf(_COUNT, 4, 4)),
-        "width": _WIDTH,
-        "head_width": _WIDTH,
-        "mlp_ratio": _RATIO,
-        "patch_size": Integer(1, 256),
-        "image_size": image_size(),
-        "ls_init_value": Nullable(Number(0.0, 10.0)),
-        "patch_dropout": _RATE,
-        "attentional_pool": Boolean(),
-        "attn_pooler_queries": _COUNT,
-        "attn_pooler_heads": _COUNT,
-        "no_ln_pre": Boolean(),
-        "pos_embed_type": Text(choices=("learnable", "sin_cos_2d")),
-        "final_ln_after_pool": Boolean(),
-        "pool_type": Text(choices=("tok", "avg", "none")),
-    }
-)
-_OPEN_CLIP_TEXT = Record(
-    {
-        "context_length": Integer(1, 4096),
-        "vocab_size": Integer(1, 2**20),
-        "width": _WIDTH,
-        "heads": _COUNT,
-        "layers": _COUNT,
-        "mlp_ratio": _RATIO,
-        "ls_init_value": Nullable(Number(0.0, 10.0)),
-        "embed_cls": Boolean(),
-        "pad_id": Integer(0, 2**20),
-        "no_causal_mask": Boolean(),
-        "final_ln_after_pool": Boolean(),
-        "pool_type": Text(choices=("first", "last", "argmax", "none")),
-        "proj_bias": Boolean(),
-    }
-)
-
-
-def _open_clip(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
-    from .clip import open_clip_source
-
-    return open_clip_source(arch, weights, kwargs)
-
-
-def _hf(path: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
-    from .clip import hf_source
-
-    return hf_source(path, weights, kwargs)
-
-
-def _transformers(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:
-    from .clip import transformers_source
-
-    return transformers_source(arch, weights, kwargs)
-
-
-def _clip_model_types() -> list[str]:
-    from .clip import CLIP_MODEL_TYPES
-
-    return list(CLIP_MODEL_TYPES.values())
-
-
 SOURCES: dict[str, Source] = {
     "torchvision": Source(_torchvision, _TORCHVISION),
     "timm": Source(_timm, _TIMM),
@@ -517,33 +454,26 @@ SOURCES: dict[str, Source] = {
         _builtin, Record({"num_classes": _NUM_CLASSES, "widths": ListOf(_WIDTH, 1, 16)})
     ),
     "bcos": Source(_official, Record({"num_classes": _NUM_CLASSES})),
-    "open_clip": Source(
-        _open_clip,
-        Record(
-            {
-                "embed_dim": _WIDTH,
-                "quick_gelu": Boolean(),
-                "vision_cfg": _OPEN_CLIP_VISION,
-                "text_cfg": _OPEN_CLIP_TEXT,
-            }
-        ),
-        weights_alias="pretrained",
-    ),
-    "hf": Source(_hf, Record({})),
-    "transformers": Source(
-        _transformers,
-        Record(
-            {
-                "config": TransformersConfig(_clip_model_types),
-                "image_mean": ListOf(Number(-100.0, 100.0), 3, 3),
-                "image_std": ListOf(Number(0.0, 100.0, positive=True), 3, 3),
-                "image_size": Integer(1, MAX_IMAGE_SIDE),
-            },
-            required=("config",),
-        ),
-    ),
 }
-"""Every model library, by the prefix of its source names, with the arguments it accepts."""
+"""Every model library, by the prefix of its source names, with the arguments it accepts; the
+CLIP sources (``open_clip``, ``hf``, ``transformers``) register themselves from
+:mod:`bcosify.models.clip` (:func:`register_source`)."""
+
+
+def register_source(prefix: str, source: Source) -> None:
+    """Make ``"<prefix>:<arch>"`` a source name :func:`create` builds with ``source``.
+
+    Example:
+        >>> from bcosify.schema import Record
+        >>> register_source("tiny", Source(lambda arch, weights, kwargs: (
+        ...     torch.nn.Linear(2, 2), SourceInfo(f"tiny:{arch}", kwargs)), Record({})))
+        >>> create("tiny:linear").out_features
+        2
+        >>> del SOURCES["tiny"]
+    """
+    if prefix in SOURCES:
+        raise ValueError(f"the source {prefix!r} is registered already")
+    SOURCES[prefix] = source
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

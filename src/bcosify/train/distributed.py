@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..errors import UsageError
+from ..device import check_device
 
-__all__ = ["Distributed", "check_device", "setup_distributed"]
+__all__ = ["Distributed", "setup_distributed"]
 
 
 @dataclass(frozen=True)
@@ -41,35 +41,6 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
-
-
-def check_device(device: str) -> torch.device:
-    """``device`` as a :class:`torch.device`, with a :class:`UsageError` when it is not a device
-    name or not present on this machine.
-
-    Example:
-        >>> check_device("cpu")
-        device(type='cpu')
-        >>> check_device("tpu9")
-        Traceback (most recent call last):
-        bcosify.errors.UsageError: unknown device 'tpu9': use cpu, cuda or cuda:<index>
-    """
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}: use cpu, cuda or cuda:<index>") from None
-    if chosen.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(
-                f"device {device!r} asked for, but this machine has no CUDA GPU that PyTorch "
-                "can use (torch.cuda.is_available() is False): use --device cpu"
-            )
-        if chosen.index is not None and chosen.index >= count:
-            raise UsageError(f"device {device!r} asked for, but there are {count} CUDA GPUs")
-    elif chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device {device!r} asked for, but MPS is not available: use cpu")
-    return chosen
 
 
 def setup_distributed(device: str | None = None) -> Distributed:

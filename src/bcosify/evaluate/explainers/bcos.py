@@ -7,7 +7,6 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import EvaluationError
-from ...explain.core import BcosAttribution
 from ...explain.text import explain_tokens
 from .._common import has_bcos_layers
 from .base import ImageExplainer, TextExplainerBase, check_tokens
@@ -35,6 +34,8 @@ class BcosExplainer(ImageExplainer):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         _require_bcos(model, "image")
+        from ...explain.attribution import BcosAttribution  # imports Captum: only when used
+
         self._method = BcosAttribution(model)
 
     def _attribute(self, inputs: Tensor, target: Tensor) -> Tensor:
