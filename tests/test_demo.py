@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 from browser import CHROMIUM, measure_page
+from commands import run_cli
 
 from bcosify.cli import main
 from bcosify.cli.demo import PRESETS, _datasets, _original, _Trainer
@@ -206,9 +207,8 @@ def test_evaluate_cli_prints_a_table_and_writes_json(demo_run, tmp_path, capsys)
     assert 0 <= results["accuracy"]["top1"] <= 1
 
 
-def test_demo_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+def test_demo_refuses_bad_arguments_in_one_line(tmp_path):
     for argument, message in ((["--threads", "0"], "--threads"), (["--seed", "-1"], "--seed")):
-        assert main(["demo", "--out", str(tmp_path), *argument]) == 2
-        error = capsys.readouterr().err.strip()
-        assert message in error and len(error.splitlines()) == 1
+        status, _, error = run_cli("demo", "--out", str(tmp_path), *argument)
+        assert status == 2 and message in error and len(error.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing started

@@ -510,8 +510,10 @@ def test_a_model_that_outputs_its_constants_is_a_warning_everywhere(tmp_path):
     folder = saved(tmp_path, model=constant_model(10))
     argv = ["evaluate", "--model", str(folder), "--data", "synthetic", "--num-examples", "12",
             "--images", "4", "--grids", "1", "--no-progress", "--image-size", "32"]  # fmt: skip
-    status, _, stderr = run_cli(*argv)
+    status, stdout, stderr = run_cli(*argv)
     assert status == 0 and "warning: the model" in stderr and "calibrate" in stderr, stderr
+    # no image is classified confidently, and the table says so instead of "n/a" alone
+    assert "bcos: no pointing game:" in stdout and "images qualify" in stdout, stdout
 
 
 # 7. One line, never a traceback

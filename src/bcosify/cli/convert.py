@@ -44,9 +44,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to save the model to")
     parser.add_argument("--b", type=float, default=2.0, help="B of the B-cos layers (default 2)")
-    parser.add_argument("--encoding", choices=("fold", "paper"), default="fold")
-    parser.add_argument("--maxpool", choices=("keep", "avg"), default="keep")
-    parser.add_argument("--activations", choices=("keep", "identity"), default="keep")
+    parser.add_argument(
+        "--encoding",
+        choices=("fold", "paper"),
+        default="fold",
+        help="fold: the input normalisation folded into the first layer for [x, 1 - x] (exact, "
+        "the default); paper: a normalisation layer in front, as published (its offset a "
+        "constant of every explanation)",
+    )
+    parser.add_argument(
+        "--maxpool",
+        choices=("keep", "avg"),
+        default="keep",
+        help="keep max pooling (default), or replace it by average pooling as the published "
+        "code does",
+    )
+    parser.add_argument(
+        "--activations",
+        choices=("keep", "identity"),
+        default="keep",
+        help="keep the activations in their dynamic-linear forms (default), or replace them by "
+        "identities",
+    )
     parser.add_argument("--keep-bias", action="store_true", help="keep biases (equivalence checks)")
     parser.add_argument(
         "--classifier-after-pool",

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..data import ALL_SHAPES, SyntheticShapes
+from ..device import load_average
 from ..errors import BcosifyError, EvaluationError, UsageError
 from ..evaluate import (
     EXPLAINER_NAMES,
@@ -51,7 +52,7 @@ from ..serialization import write_text
 from ..train import Normalized, TrainResult, get_recipe, prepare_model, train
 from ..train.prepare import input_normalization
 
-__all__ = ["PRESETS", "DemoSettings", "add_parser", "idle_cores", "run_demo"]
+__all__ = ["PRESETS", "DemoSettings", "add_parser", "run_demo"]
 
 POSTHOC = tuple(name for name in EXPLAINER_NAMES if name != "bcos")
 # bump when the way the original is trained or stored changes: older cached originals are unused
@@ -156,7 +157,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="the whole job on built-in data: train, B-cosify, evaluate, write a report",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    parser.add_argument("--out", type=Path, default=Path("demo-output"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-output"),
+        help="folder for report.html, metrics.json and the pictures (default: demo-output)",
+    )
     parser.add_argument("--full", action="store_true", help="a longer, more accurate run")
     parser.add_argument("--preset", choices=tuple(PRESETS), help="settings preset")
     parser.add_argument(
@@ -166,39 +172,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, help="seed of the data, the models and the grids")
     parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (default: the cores that other work leaves idle, at least "
-        "1: threads of a small model that wait for each other on a busy machine are many times "
-        "slower than one)",
-    )
-    parser.add_argument(
         "--text",
         action="store_true",
         help="the B-cos language model demo instead: a small BERT on the synthetic text task "
         "(presets default and test)",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be a positive integer, got {args.threads}")
     if args.text:
         return _run_text(args)
     settings = PRESETS[args.preset or ("full" if args.full else "default")]
     if args.seed is not None:
         settings = DemoSettings(**{**asdict(settings), "seed": args.seed})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or idle_cores())
-    try:
-        with hold_folder(args.out):
-            metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
-    finally:
-        torch.set_num_threads(threads)  # when called in-process, as the tests do
+    with hold_folder(args.out):
+        metrics = run_demo(settings, args.out, cache=args.cache, progress=not args.no_progress)
     print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
     for line in metrics["headline"]:
         print(f"  - {line}")
@@ -217,40 +209,12 @@ def _run_text(args: argparse.Namespace) -> int:
     settings = TEXT_PRESETS[preset]
     if args.seed is not None:
         settings = TextDemoSettings(**{**asdict(settings), "seed": args.seed})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or idle_cores())
-    try:
-        with hold_folder(args.out):
-            metrics = run_text_demo(settings, args.out, progress=not args.no_progress)
-    finally:
-        torch.set_num_threads(threads)
+    with hold_folder(args.out):
+        metrics = run_text_demo(settings, args.out, progress=not args.no_progress)
     print(f"\nDone in {metrics['total_seconds']:.0f} s. Open {args.out / 'report.html'}")
     for line in metrics["headline"]:
         print(f"  - {line}")
     return 0
-
-
-def idle_cores() -> int:
-    """The CPU threads torch would use, less the cores other work keeps busy (at least 1).
-
-    The busy cores are the 1-minute load average (Unix; elsewhere none): torch's threads wait
-    for each other at every operation, and when other work holds one of the cores a small
-    model's operations take many times longer than on a single thread.
-
-    Example:
-        >>> 1 <= idle_cores() <= torch.get_num_threads()
-        True
-    """
-    busy = _load() or 0.0
-    cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), round(cores - busy)))
-
-
-def _load() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 class _Clock:
@@ -284,7 +248,7 @@ def run_demo(
     """
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
-    load_before = _load()
+    load_before = load_average()
     s = settings
     clock.stage(f"0/5 rendering the data ({s.num_train + s.num_val + s.num_test} images)")
     data = _datasets(s)
@@ -361,7 +325,7 @@ def run_demo(
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "load_before": load_before,
-        "load_after": _load(),
+        "load_after": load_average(),
     }
     metrics["targets"]["under_5_minutes"] = metrics["total_seconds"] < 300
     examples = DemoExamples(

@@ -16,7 +16,7 @@ from .._version import __version__
 from ..convert import BcosCLIP, BcosModel
 from ..data import ALL_SHAPES, build_dataset, check_classes
 from ..data.classes import format_classes
-from ..device import check_device, device_of
+from ..device import check_device, default_device, device_of
 from ..errors import DataError, EvaluationError, UsageError
 from ..evaluate import (
     DEFAULT_TEMPLATES,
@@ -52,7 +52,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="a saved model, a run folder or a source")
     parser.add_argument("--data", required=True, help="'synthetic' or an image folder")
-    parser.add_argument("--split", default="val")
+    parser.add_argument(
+        "--split",
+        default="val",
+        help="split of --data: a train/val/test sub-folder, or of the synthetic shapes (val)",
+    )
     parser.add_argument(
         "--image-size",
         type=positive_int,
@@ -84,7 +88,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per forward pass (32)"
     )
-    parser.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cuda if available)")
+    parser.add_argument(
+        "--device", help="cpu, cuda or cuda:<index> (default: cuda if available, else cpu)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the pointing-game grids and of RISE (0)"
     )
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--explainers: unknown {', '.join(unknown)}; choose from "
                 f"{', '.join(EXPLAINER_NAMES)}"
             )
-    device = check_device(args.device) if args.device else _default_device()
+    device = check_device(args.device) if args.device else default_device()
     model = load_model_argument(str(args.model), None, None).eval().to(device)
     args.image_size = image_size_for(model, args.image_size) or 64
     data = _dataset(args)
@@ -129,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         model = Normalized(model, *input_normalization(model)).eval().to(device)
     results: dict[str, Any] = {
         **_header(args, device),
-        "accuracy": accuracy(model, data, batch_size=args.batch_size),
+        "accuracy": accuracy(
+            model, data, batch_size=args.batch_size, progress=not args.no_progress
+        ),
         **_probes({"model": model}, data, args),
     }
     names = args.explainers or (["bcos"] if is_bcos else ["gradcam"])
@@ -184,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
             f"{entry.get('mask_localisation', float('nan')):>10.3f}"
             f"{entry['deletion_auc']:>10.3f}{1000 * entry['seconds_per_image']:>9.1f}"
         )
+    for name, entry in rows:
+        if entry.get("pointing_game_error"):
+            print(f"{name}: no pointing game: {entry['pointing_game_error']}")
     _write(results, args.out)
     return 0
 
@@ -193,10 +204,6 @@ def _probability(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text}")
     return value
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _header(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

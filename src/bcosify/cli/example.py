@@ -39,7 +39,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("example-output"), help="output folder")
     parser.add_argument("--steps", type=int, default=250, help="training steps (default 250)")
     parser.add_argument("--images", type=int, default=6, help="images to explain (default 6)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the images and the weights (0)"
+    )
     parser.set_defaults(run=run)
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..convert import BcosCLIP, BcosModel
 from ..data import IMAGE_EXTENSIONS, eval_transform, list_images, read_image
-from ..device import check_device
+from ..device import check_device, default_device
 from ..errors import DataError, UsageError
 from ..evaluate._common import has_bcos_layers
 from ..explain import (
@@ -53,7 +53,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="B-cos CLIP models: explain the cosine similarity of each image with this text, "
         'e.g. "a photo of a dog"',
     )
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for the pictures (not an input; one explain at a time per folder)",
+    )
     parser.add_argument(
         "--image-size", type=positive_int, help="resize and centre-crop to this size"
     )
@@ -63,7 +68,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=16, help="images explained together (16)"
     )
-    parser.add_argument("--device", help="cpu, cuda or cuda:<index> (default: cpu)")
+    parser.add_argument(
+        "--device", help="cpu, cuda or cuda:<index> (default: cuda if available, else cpu)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -116,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model} is an ordinary model; B-cosify it first (bcosify convert, or bcosify "
             "train --recipe bcosify-cnn) to get explanations that are exact by construction"
         )
-    if args.device is not None:
-        model = model.to(check_device(args.device))
+    model = model.to(check_device(args.device) if args.device else default_device())
     is_clip = isinstance(model, BcosCLIP)
     if is_clip != (args.prompt is not None) or (is_clip and args.target is not None):
         raise UsageError(
@@ -179,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{path.name}: {_explained(e, index, names, args.prompt)}, completeness "
                     f"residual {float(e.residual[index]):.1e} -> {stem}_*.png"
                 )
-            bar.update(len(batch.paths))
+                bar.update(1)  # per image: the pictures take as long as the explanation
     return 1 if failures else 0
 
 

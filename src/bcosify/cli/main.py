@@ -9,17 +9,20 @@ written), 130 when interrupted. ``--debug`` (or ``BCOSIFY_DEBUG=1``) shows the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from .._version import __version__
+from ..device import idle_cores
 from ..errors import BcosifyError
 from . import convert, demo, evaluate, example, explain, train
+from .arguments import positive_int
 
-__all__ = ["main"]
+__all__ = ["build_parser", "commands", "main"]
 
 DEBUG_VARIABLE = "BCOSIFY_DEBUG"
 
@@ -31,13 +34,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line and return the exit status.
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``bcosify``: one sub-parser per command, each with ``--debug`` and
+    ``--threads``.
 
     Example:
-        >>> main(["--version"])  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        SystemExit: 0
+        >>> sorted(commands(build_parser()))
+        ['convert', 'demo', 'evaluate', 'example', 'explain', 'train']
     """
     parser = _Parser(
         prog="bcosify",
@@ -58,10 +61,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=argparse.SUPPRESS,
             help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)",
         )
-    args = parser.parse_args(argv)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--threads",
+            type=positive_int,
+            help="CPU threads for torch (default: the cores that other work leaves idle, at least "
+            "1: the threads of a small model wait for each other, and on a busy machine that "
+            "is many times slower than one thread)",
+        )
+    return parser
+
+
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parser of every command, by name."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status.
+
+    Example:
+        >>> main(["--version"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        SystemExit: 0
+    """
+    args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     name = f"bcosify {args.command}"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _threads(args.threads):
         if not debug:
             warnings.showwarning = _one_line_warning(name)
         try:
@@ -81,6 +109,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads for the command (``--threads``, else the idle cores), restored
+    afterwards (the tests call commands in their own process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count or idle_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _one_line(message: str) -> str:

@@ -61,10 +61,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--recipe", required=True, help="standard, bcosify-cnn, bcosify-vit, ...")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--epochs", type=positive_int)
-    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, help="images per step (default: the recipe's)"
+    )
     parser.add_argument("--lr", type=float, help="learning rate (may change on resume)")
-    parser.add_argument("--image-size", type=positive_int)
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="training image size (default: the recipe's; the saved model records it)",
+    )
     parser.add_argument(
         "--seed", type=int, help="seeds the initial weights, data order and augmentation"
     )

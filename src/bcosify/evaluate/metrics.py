@@ -49,15 +49,18 @@ __all__ = [
 ]
 
 
-def accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 64) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of ``model`` on ``dataset`` (items ``(image, label, ...)``).
+def accuracy(
+    model: nn.Module, dataset: Dataset, *, batch_size: int = 64, progress: bool = False
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of ``model`` on ``dataset`` (items ``(image, label, ...)``);
+    ``progress`` shows a bar of the batches.
 
     Example:
         >>> data = torch.utils.data.TensorDataset(torch.eye(3), torch.arange(3))
         >>> accuracy(torch.nn.Identity(), data)
         {'top1': 1.0, 'top5': 1.0}
     """
-    scores = validate(model, dataset, batch_size=batch_size)
+    scores = validate(model, dataset, batch_size=batch_size, progress=progress)
     return {"top1": scores["val_top1"], "top5": scores["val_top5"]}
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..device import device_of
 from .distributed import Distributed
@@ -18,12 +19,17 @@ __all__ = ["validate"]
 
 @torch.no_grad()
 def validate(
-    model: nn.Module, data: Dataset, *, batch_size: int = 64, dist: Distributed | None = None
+    model: nn.Module,
+    data: Dataset,
+    *,
+    batch_size: int = 64,
+    dist: Distributed | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Cross-entropy loss and top-1 / top-5 accuracy of ``model`` on ``data`` (eval mode).
 
     Under ``torchrun`` each process takes a share and the sums are reduced; the model's
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. ``progress`` shows a bar of the batches.
 
     Example:
         >>> data = torch.utils.data.TensorDataset(torch.eye(3), torch.arange(3))
@@ -39,7 +45,7 @@ def validate(
         data, batch_size=batch_size, seed=0, epoch=0, rank=dist.rank, world=dist.world, train=False
     )
     try:
-        for batch in loader:
+        for batch in tqdm(loader, desc="accuracy", unit="batch", disable=not progress):
             images, labels = batch[0].to(device), batch[1].to(device)
             logits = model(images).float()
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))
