@@ -22,7 +22,9 @@ SOURCE = Path(__file__).resolve().parents[2] / "src"
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     if MARKER not in markdown:
         return markdown
-    return markdown.replace(MARKER, reference(command_line_parser()))
+    # md_in_html: the tables stay Markdown; the class lets the style sheet keep flags whole
+    block = f'<div class="cli-reference" markdown>\n\n{reference(command_line_parser())}\n</div>'
+    return markdown.replace(MARKER, block)
 
 
 class _Built(Exception):
@@ -76,7 +78,7 @@ def reference(parser: argparse.ArgumentParser) -> str:
 
 
 def _usage(parser: argparse.ArgumentParser) -> list[str]:
-    formatter = argparse.HelpFormatter(parser.prog, width=88)  # not the terminal's width
+    formatter = argparse.HelpFormatter(parser.prog, width=76)  # not the terminal's width
     formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
     return ["```text", formatter.format_help().rstrip(), "```", ""]
 
@@ -113,8 +115,12 @@ def _default(action: argparse.Action) -> str:
 
 
 def _paragraph(text: str | None) -> str:
-    return " ".join((text or "").split())
+    """Help text as one line of Markdown: ``<name>`` is text, not a tag, outside code spans."""
+    parts = " ".join((text or "").split()).split("`")
+    return "`".join(
+        part if i % 2 else html.escape(part, quote=False) for i, part in enumerate(parts)
+    )
 
 
 def _cell(text: str | None) -> str:
-    return html.escape(_paragraph(text), quote=False).replace("|", "\\|")
+    return _paragraph(text).replace("|", "\\|")
