@@ -66,14 +66,18 @@ def _unshadow(everything: list[Any]) -> None:
                 if alias.is_alias and alias.target_path == shadowed.path:
                     alias.target = exported
                 elif alias.is_alias and alias.target_path.startswith(shadowed.path + "."):
-                    alias.target = _member(shadowed, alias.target_path)
+                    found = _member(shadowed, alias.target_path)
+                    if found is not None:  # else griffe reports the broken import itself
+                        alias.target = found
             module.members[name] = griffe.Alias(name, exported, parent=module)
 
 
-def _member(module: griffe.Module, path: str) -> griffe.Object | griffe.Alias:
+def _member(module: griffe.Module, path: str) -> griffe.Object | griffe.Alias | None:
     obj: Any = module
     for part in path.removeprefix(module.path + ".").split("."):
-        obj = obj.members[part]
+        obj = obj.members.get(part)
+        if obj is None:
+            return None
     return obj
 
 
