@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
+.PHONY: setup demo test lint docs bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum,quantus,hub,open-clip,transformers]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,timm,captum,quantus,hub,open-clip,transformers,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -17,11 +17,15 @@ demo: $(STAMP)
 	$(BIN)/bcosify demo --out demo-output
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/hooks
 
 test: lint
 	$(BIN)/python -m pytest --doctest-modules src tests
+
+# the documentation site, into site/; --strict: a broken link or docstring fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The official `bcos` package is installed beside the project, for this benchmark only.
 .bench/official: $(STAMP)

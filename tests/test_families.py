@@ -3,7 +3,7 @@
 Every claim of :func:`bcosify.convert.supported` is tested: each "exact" architecture is in the
 parametrisation of a conversion test (equivalence at B = 1 with biases, completeness with the
 defaults, no bias on the explained path), each "unsupported" one is refused with a
-ConversionError, and the README shows the table the claims make.
+ConversionError, and the docs' converting page shows the table the claims make.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bcosify.evaluate import zero_shot_evaluation
 from bcosify.models import create
 from bcosify.nn import DetachedFactor
 
-README = Path(__file__).parent.parent / "README.md"
+CONVERTING_PAGE = Path(__file__).parent.parent / "docs" / "converting.md"
 
 
 def architectures_under_test() -> set[tuple[str, str]]:
@@ -86,13 +86,13 @@ def test_unsupported_claims_are_refused(claim):
         bcosify.convert(UNSUPPORTED[(claim.family, claim.architecture)]())
 
 
-def test_the_readme_shows_the_supported_table():
-    text = README.read_text()
+def test_the_docs_show_the_supported_table():
+    text = CONVERTING_PAGE.read_text()
     found = re.search(r"<!-- supported:start -->\n(.*?)\n<!-- supported:end -->", text, re.S)
-    assert found, "README.md lacks the <!-- supported:start/end --> markers"
+    assert found, "docs/converting.md lacks the <!-- supported:start/end --> markers"
     assert found.group(1).strip() == supported_markdown(), (
-        "README.md's table is stale: regenerate it with "
-        "`.venv/bin/python -m bcosify.convert.families README.md`"
+        "docs/converting.md's table is stale: regenerate it with "
+        "`.venv/bin/python -m bcosify.convert.families docs/converting.md`"
     )
 
 

@@ -108,7 +108,7 @@ def families() -> tuple[Family, ...]:
     """
     found = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):  # __main__: the README table's writer
+        if info.name.startswith("_"):  # __main__: the docs table's writer
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         found.append(module.FAMILY)
@@ -180,7 +180,7 @@ def supported() -> list[Support]:
 
 
 def supported_markdown() -> str:
-    """The table of :func:`supported` that the README shows.
+    """The table of :func:`supported` that the docs' converting page shows.
 
     Example:
         >>> supported_markdown().splitlines()[0]

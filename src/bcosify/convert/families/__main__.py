@@ -1,6 +1,6 @@
-"""Rewrite the table of supported architectures in a markdown file (the README).
+"""Rewrite the table of supported architectures in a markdown file (the docs' converting page).
 
-.venv/bin/python -m bcosify.convert.families README.md
+.venv/bin/python -m bcosify.convert.families docs/converting.md
 """
 
 from __future__ import annotations
