@@ -2,7 +2,7 @@
 
 A page that holds the line ``<!-- cli-reference -->`` gets, in its place, one section per
 command of ``bcosify``: its description, its usage and a table of every flag with its values,
-default and help, read from the parsers that ``bcosify.cli.main.main`` builds. The reference
+default and help, read from the parser ``bcosify.cli.main.build_parser`` builds. The reference
 cannot drift from the code: a new flag appears at the next build.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 MARKER = "<!-- cli-reference -->"
 SOURCE = Path(__file__).resolve().parents[2] / "src"
@@ -27,29 +27,14 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     return markdown.replace(MARKER, block)
 
 
-class _Built(Exception):
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        super().__init__("parser built")
-        self.parser = parser
-
-
 def command_line_parser() -> argparse.ArgumentParser:
-    """The parser of ``bcosify`` in this checkout, caught where ``main`` is about to use it."""
+    """The parser of ``bcosify`` in this checkout (``bcosify.cli.main.build_parser``)."""
     sys.path.insert(0, str(SOURCE))  # document this checkout, not another installed copy
     try:
-        from bcosify.cli.main import main
+        cli = importlib.import_module("bcosify.cli.main")
     finally:
         sys.path.remove(str(SOURCE))
-
-    def catch(parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        raise _Built(parser)
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", catch):
-        try:
-            main([])
-        except _Built as built:
-            return built.parser
-    raise RuntimeError("bcosify.cli.main.main returned without parsing its arguments")
+    return cli.build_parser()
 
 
 def reference(parser: argparse.ArgumentParser) -> str:
