@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint docs bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
+.PHONY: setup demo test lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,10 @@ bench-layers: .bench/official
 
 # Each benchmark rewrites its own section of docs/benchmarks.md; run them one at a time, on an
 # otherwise idle machine.
-bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu: bench-%: $(STAMP)
+bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-import: bench-%: $(STAMP)
 	$(BIN)/python benchmarks/bench_$*.py --write docs/benchmarks.md
 
 bench-compiled: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py --compiled --write docs/benchmarks.md
 
-bench: bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text
+bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text
