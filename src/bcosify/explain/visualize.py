@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
 from ..errors import ExplanationError
 from ..serialization import atomic_write
 from .core import Explanation
+
+if TYPE_CHECKING:  # matplotlib is imported where a picture is drawn: import bcosify stays fast
+    from matplotlib.figure import Figure
 
 __all__ = [
     "colour_explanation",
@@ -100,6 +102,8 @@ def contribution_map_image(
         )
     limit = torch.quantile(maps.abs().flatten(1), percentile / 100.0, dim=1).clamp_min(1e-12)
     normalised = (maps / limit.view(-1, 1, 1)).clamp(-1, 1) * 0.5 + 0.5
+    import matplotlib
+
     colours = matplotlib.colormaps[cmap](normalised.cpu().numpy())
     rgba = torch.from_numpy(colours).float()
     return rgba[0] if single else rgba
@@ -134,6 +138,7 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     Example:
         >>> import tempfile, pathlib
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "f.png"
+        >>> from matplotlib.figure import Figure
         >>> save_figure(Figure(), out).exists()
         True
     """
@@ -217,6 +222,8 @@ def explanation_figure(
     inputs, weights = explanation.inputs[index], explanation.weights[index]
     cmap_limit = explanation.contribution_map[index].abs().flatten()
     limit = float(torch.quantile(cmap_limit.float(), percentile / 100.0).clamp_min(1e-12))
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
     if inputs.shape[0] == 6:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from ..explain.visualize import save_figure
 
 _REFERENCE_COLOURS = ("#555555", "#c44e52", "#8172b2")
@@ -32,6 +30,8 @@ def line_chart(
         >>> line_chart(out, {"a": ([1, 2], [0.5, 0.7])}, title="t", xlabel="x", ylabel="y").exists()
         True
     """
+    from matplotlib.figure import Figure  # here: importing the report stays fast
+
     fig = Figure(figsize=(5.6, 3.6), layout="constrained")
     ax = fig.subplots()
     for name, (x, y) in series.items():
@@ -62,6 +62,8 @@ def bar_chart(
         >>> bar_chart(out, {"a": 0.9, "b": 0.3}, title="t", ylabel="score").exists()
         True
     """
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 0.45 * len(values) + 1.2), layout="constrained")
     ax = fig.subplots()
     names = list(values)
@@ -98,6 +100,8 @@ def interval_chart(
         True
     """
     height = 0.28 * len(rows) * max(1, len(series)) + 1.3
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5.6, height), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(series))
