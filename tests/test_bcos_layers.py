@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcosify.nn import BcosConv2d, BcosLinear, explanation_mode
-from bcosify.nn import bcos as bcos_module
+from bcosify.nn import bcos_autograd as bcos_module
 
 EPS = 1e-6
 
@@ -121,7 +121,7 @@ def test_fused_linear_matches_autograd_gradcheck_and_torch_func(
     torch.manual_seed(len(shape))
     layer = BcosLinear(7, 5, b=2.0, normalize_weights=normalize_weights).double()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-    assert "_BcosLinearB2" in layer(x).grad_fn.name()  # the fused path is the one tested
+    assert "FusedBcosLinear" in layer(x).grad_fn.name()  # the fused path is the one tested
     for explaining in (False, True):
         with explanation_mode(layer, enabled=explaining):
             y = layer(x)
@@ -223,7 +223,8 @@ def test_conv_out_channels_must_divide_into_groups():
 
 
 # The B = 2 convolution without MaxOut or weight normalisation has a hand-written backward
-# (bcosify.nn.bcos._BcosConv2dB2); these check it against finite differences and autograd.
+# (bcosify.nn.bcos_autograd.FusedBcosConv2d); these check it against finite differences and
+# autograd.
 FUSED_CASES = [
     # in, out, kernel, stride, padding, dilation, groups, padding_mode
     (3, 4, 3, 1, 1, 1, 1, "zeros"),
@@ -281,7 +282,7 @@ def as_function(layer):
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_b2_gradients_pass_gradcheck_and_gradgradcheck(case, one_thread):
     layer, x = fused_layer(case)
-    assert "_BcosConv2dB2" in layer(x).grad_fn.name()  # the fused path is the one tested
+    assert "FusedBcosConv2d" in layer(x).grad_fn.name()  # the fused path is the one tested
     w = layer.weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(as_function(layer), (x, w))
     # second order goes through the out-of-place backward; fast mode (finite differences along
@@ -365,7 +366,7 @@ def test_fused_b2_channels_last_and_autocast(one_thread):
     # autocast takes the plain autograd path, which casts the gradients back
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_low = layer(x)
-    assert y_low.dtype == torch.bfloat16 and "_BcosConv2dB2" not in y_low.grad_fn.name()
+    assert y_low.dtype == torch.bfloat16 and "FusedBcosConv2d" not in y_low.grad_fn.name()
     (grad_low,) = torch.autograd.grad(y_low.float().sum(), x)
     assert grad_low.dtype == torch.float32
     torch.testing.assert_close(grad_low, grad_x, rtol=0.05, atol=0.05)
@@ -373,8 +374,6 @@ def test_fused_b2_channels_last_and_autocast(one_thread):
 
 @pytest.mark.parametrize("b", [2.0, 2.5])
 def test_squares_summed_a_few_channels_at_a_time(b, monkeypatch, one_thread):
-    import bcosify.nn.bcos as bcos_module
-
     layer = BcosConv2d(4, 6, 3, stride=2, padding=1, groups=2, b=b).double()
     x = torch.randn(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
     expected = reference_conv(x, layer.weight, b, (2, 2), (1, 1), (1, 1), 2)

@@ -18,7 +18,7 @@ sign of the cosine, whatever the scale of its weights; official B-cos v2 checkpo
 In explanation mode the scaling factor ``|...|^(B-1)`` is detached, so ``y`` is linear in ``x``.
 
 The common case (``B = 2``, no MaxOut: what B-cosification and B-cos v2 use) runs through
-:class:`_BcosConv2dB2` and :class:`_BcosLinearB2`, autograd functions with hand-written
+:class:`FusedBcosConv2d` and :class:`FusedBcosLinear`, autograd functions with hand-written
 backward passes that keep less memory and run fewer passes; every other case is plain autograd
 over the same formula.
 """
@@ -26,7 +26,6 @@ over the same formula.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.common_types import _size_2_t
 
+from .bcos_autograd import FusedBcosConv2d, FusedBcosLinear, Pair, receptive_field_norm
 from .mode import ExplanationAware
 
 __all__ = ["MAX_B", "BcosConv2d", "BcosLinear", "check_b"]
@@ -64,412 +64,6 @@ def check_b(b: object, error: type[Exception] = ValueError) -> float:
             f"B-cos setting), got {b!r}"
         )
     return value
-
-
-_SQUARES_SLICE = 1 << 20  # elements of x squared at a time, see _sum_of_squares
-_Pair = tuple[int, int]
-
-
-def _example_slices(tensor: Tensor) -> list[slice]:
-    """Slices along the batch of about ``_SQUARES_SLICE`` elements each, at least one example.
-
-    Elementwise passes over one slice at a time keep their temporaries in cache and reuse
-    their memory, where passes over the whole tensor stream it from memory every time.
-    """
-    if torch.compiler.is_compiling():
-        return [slice(None)]  # the compiler fuses the passes itself
-    size = tensor.shape[0]
-    step = max(1, _SQUARES_SLICE // max(1, tensor[0].numel()))
-    return [slice(start, min(start + step, size)) for start in range(0, size, step)]
-
-
-def _by_group(tensor: Tensor, groups: int) -> Tensor:
-    """View ``(N, C, H, W)`` as ``(N, G, C / G, H, W)``.
-
-    A ``view`` rather than ``unflatten``: it also works on the batched gradients of
-    ``torch.autograd.functional.jacobian(..., vectorize=True)``.
-    """
-    return tensor.view(tensor.shape[0], groups, -1, *tensor.shape[2:])
-
-
-def _receptive_field_norm(
-    x: Tensor,
-    window: Tensor,
-    stride: _Pair,
-    padding: _Pair | str,
-    dilation: _Pair,
-    groups: int,
-    eps: float,
-) -> Tensor:
-    """``sqrt(sum(x^2) + eps)`` over every receptive field, one map per group: ``(N, G, H', W')``.
-
-    The squares are summed over the group's channels first, then over the window by a
-    ones-kernel convolution (``window``, shape ``(G, 1, kh, kw)``) with the layer's geometry.
-    """
-    squares = _sum_of_squares(x, groups)
-    return _window_sum(squares, window, (stride, padding, dilation, groups), eps).sqrt_()
-
-
-def _inverse_norm(x: Tensor, window: Tensor, conv_args: tuple[Any, ...], eps: float) -> Tensor:
-    """``1 / sqrt(sum(x^2) + eps)`` over every receptive field: the fused layer's scale map.
-
-    The reciprocal, because the layer multiplies by it three times (forward, and twice in the
-    backward pass) and a product is cheaper than a division; computed in place.
-    """
-    return _window_sum(_sum_of_squares(x, conv_args[-1]), window, conv_args, eps).rsqrt_()
-
-
-def _window_sum(squares: Tensor, window: Tensor, conv_args: tuple[Any, ...], eps: float) -> Tensor:
-    """``eps`` plus the window sum of ``squares`` (``(N, G, H, W)``): a fresh tensor.
-
-    ``eps`` is the bias of the ones-kernel convolution, so adding it costs no pass of its own.
-    """
-    stride, padding, dilation, groups = conv_args
-    if _pointwise(window, padding):
-        # a 1 x 1 window is a strided view: a ones-kernel 1 x 1 convolution with one channel
-        # per group is pathologically slow on CPU (measured 6 ms for 32 x 1 x 56 x 56)
-        return squares[..., :: stride[0], :: stride[1]] + eps
-    bias = window.new_full((groups,), eps)
-    return F.conv2d(squares, window, bias, stride, padding, dilation, groups)
-
-
-def _sum_of_squares(x: Tensor, groups: int) -> Tensor:
-    """``x^2`` summed over each group's channels, ``(N, G, H, W)``, a few channels at a time.
-
-    Slices of about a million elements keep the temporary ``x * x`` small, so that it stays in
-    cache and its memory is reused; an input-sized temporary needs fresh memory, whose page
-    faults on CPU cost more than the arithmetic (measured 5.6 ms against 36 ms for a
-    32 x 256 x 56 x 56 input, and never slower on the ResNet-50 shapes). A depthwise layer
-    (one channel per group) has nothing to sum: its squares are the map.
-    """
-    if x.shape[1] == groups:
-        return x * x
-    grouped = _by_group(x, groups)
-    channel_size = grouped.numel() // max(1, grouped.shape[2])
-    step = max(1, _SQUARES_SLICE // max(1, channel_size))
-    first, *rest = grouped.split(step, dim=2)
-    total = (first * first).sum(2)
-    for part in rest:
-        total = total + (part * part).sum(2)
-    return total
-
-
-def _sum_over_group(tensor: Tensor, groups: int) -> Tensor:
-    """``(N, C, H, W)`` summed over each group's channels: ``(N, G, H, W)``.
-
-    A depthwise layer's tensor is returned as it is: a sum over one channel would cost a pass
-    (measured: as much as the layer's squares).
-    """
-    if tensor.shape[1] == groups:
-        return tensor
-    return _by_group(tensor, groups).sum(2)
-
-
-def _pointwise(window: Tensor, padding: _Pair | str) -> bool:
-    """A 1 x 1 window without padding (``'same'`` and ``'valid'`` pad nothing at 1 x 1)."""
-    return window.shape[-2:] == (1, 1) and (isinstance(padding, str) or tuple(padding) == (0, 0))
-
-
-def _window_sum_backward(
-    grad: Tensor, window: Tensor, input_size: Sequence[int], conv_args: tuple[Any, ...]
-) -> Tensor:
-    """Gradient of the ones-kernel window sum of :func:`_receptive_field_norm` for its input.
-
-    At stride 1 the adjoint of a ones-kernel correlation is the same correlation with the
-    complementary padding ``dilation * (k - 1) - padding`` (the kernel is its own flip). On CPU
-    that is much faster than the generic transposed convolution with one channel per group
-    (measured 0.3 ms against 7 ms for 32 x 1 x 56 x 56), so it is used wherever it applies.
-    Otherwise a transposed convolution, which beats ``conv2d_input`` (the convolution's own
-    backward) with many groups (measured 3.4 ms against 4.0 ms, and 0.7 against 1.1 ms, for
-    depthwise 3 x 3 and 5 x 5 layers at stride 2).
-    """
-    stride, padding, dilation, groups = conv_args
-    if stride == (1, 1) and _pointwise(window, padding):
-        return grad
-    kernel = window.shape[-2:]
-    flipped = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding, strict=True))
-    if stride == (1, 1) and min(flipped) >= 0:
-        return F.conv2d(grad, window, None, 1, flipped, dilation, groups)
-    extra = tuple(
-        size - ((g - 1) * s - 2 * p + d * (k - 1) + 1)
-        for size, g, s, p, d, k in zip(
-            input_size[-2:], grad.shape[-2:], stride, padding, dilation, kernel, strict=True
-        )
-    )
-    return F.conv_transpose2d(grad, window, None, stride, padding, extra, groups, dilation)
-
-
-def _scaled_gradient(
-    grad: Tensor, out: Tensor, scale: Tensor, inverse_norm: Tensor | None, groups: int
-) -> tuple[Tensor, Tensor | None]:
-    """``grad * |out| * scale`` written over ``out``, and the gradient through ``1 / ||x||``.
-
-    The gradient for the convolution goes into ``out``'s memory, which nothing needs after the
-    backward pass: a fresh output-sized tensor costs page faults on CPU (measured: as much as
-    the rest of the layer's extra work on ResNet-50's 56 x 56 layers). The passes run one
-    slice of the batch at a time (:func:`_example_slices`), so that a depthwise layer's
-    output-sized ``r^3`` factor is applied in cache too.
-
-    The second tensor, ``sum(grad * out * |out|) * r^3`` per group with ``r`` the
-    ``inverse_norm`` (``(N, G, H', W')``), is what reaches the window sum of squares, up to
-    the factor ``-1/2``; None when ``inverse_norm`` is None (the scale is a constant).
-    """
-    summed = None if inverse_norm is None else inverse_norm.new_empty(inverse_norm.shape)
-    for part in _example_slices(out):
-        out_part = out[part]
-        product = out_part.abs().mul_(grad[part])
-        if inverse_norm is not None and summed is not None:  # both or neither
-            r = inverse_norm[part]
-            squared = _sum_over_group(product * out_part, groups)
-            torch.mul(squared, r, out=summed[part]).mul_(r).mul_(r)
-        torch.mul(
-            _by_group(product, groups), scale[part].unsqueeze(2), out=_by_group(out_part, groups)
-        )
-    return out, summed
-
-
-def _plain_scaled_gradient(
-    grad: Tensor, out: Tensor, scale: Tensor, inverse_norm: Tensor | None, groups: int
-) -> tuple[Tensor, Tensor | None]:
-    """What :func:`_scaled_gradient` computes, in fresh tensors and without slices."""
-    grad_out = grad * out.abs()
-    summed = None
-    if inverse_norm is not None:
-        summed = _sum_over_group(grad_out * out, groups) * inverse_norm.pow(3)
-    _by_group(grad_out, groups).mul_(scale.unsqueeze(2))
-    return grad_out, summed
-
-
-class _BcosConv2dB2(torch.autograd.Function):
-    """``y = out * |out| / ||x||`` with ``out = conv(x, w)``: the B = 2 convolution, fused.
-
-    Autograd through ``abs``, the division and the product keeps three output-sized tensors
-    for the backward pass and spends most of the layer's extra time in elementwise passes and
-    in a slow one-channel transposed convolution. This function keeps only ``out`` and the
-    small map ``r = 1 / ||x||``, and computes the backward by hand with in-place passes:
-
-    - ``dy/dout = 2 |out| r`` (``|out| r`` in explanation mode, where the scale is a constant
-      and ``||x||`` gets no gradient);
-    - ``dy/d||x|| = -y r``, summed over the group's output channels, then through the square
-      root and the window sum to ``2 x`` times the window-summed gradient.
-
-    Every elementwise pass over an output- or input-sized tensor costs about as much as the
-    arithmetic of a depthwise convolution, and every fresh output-sized tensor costs page
-    faults on CPU, so both are counted. The forward makes one fresh tensor (``y``) in three
-    passes (``|out|``, ``* r``, ``* out``); the backward makes none beyond the convolution's own
-    gradients: it writes the gradient for the convolution over ``out`` (see
-    :func:`_scaled_gradient`), and a second backward through a retained graph recomputes
-    ``out`` from the saved input and weight. Under ``torch.compile`` the compiler fuses the
-    passes and plans the memory, so the plain formulas run there.
-
-    When the backward is itself differentiated (``create_graph=True``, ``torch.func``), the same
-    formulas run without in-place passes (:meth:`_differentiable_backward`).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        x: Tensor,
-        weight: Tensor,
-        window: Tensor,
-        conv_args: tuple[Any, ...],
-        eps: float,
-        detach_scale: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        groups = conv_args[-1]
-        inverse_norm = _inverse_norm(x, window, conv_args, eps)
-        out = F.conv2d(x, weight, None, *conv_args)
-        # three whole-tensor passes: one slice at a time was slower here (measured 1.37x
-        # against 1.30x the original's ResNet-50 forward)
-        y = out.abs()
-        _by_group(y, groups).mul_(inverse_norm.unsqueeze(2))
-        y.mul_(out)
-        # out and the inverse norm are returned only to be saved for backward (setup_context)
-        return y, out, inverse_norm
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, weight, window, conv_args, eps, detach_scale = inputs
-        _, out, inverse_norm = output
-        ctx.mark_non_differentiable(out, inverse_norm)
-        # no zero-filled gradients for the auxiliary outputs
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, window, out, inverse_norm)
-        ctx.conv_args = conv_args
-        ctx.eps = eps
-        ctx.detach_scale = detach_scale
-        ctx.out_spent = False
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        none = (None,) * 4
-        need_x, need_weight = ctx.needs_input_grad[:2]
-        if grad is None or not (need_x or need_weight):
-            return (None, None, *none)
-        if torch.is_grad_enabled():
-            return (*_BcosConv2dB2._differentiable_backward(ctx, grad), *none)
-        x, weight, window, out, inverse_norm = ctx.saved_tensors
-        conv_args, detach_scale = ctx.conv_args, ctx.detach_scale
-        stride, padding, dilation, groups = conv_args
-        if ctx.out_spent:
-            # a second backward through a retained graph: the first one wrote over out
-            out = F.conv2d(x, weight, None, *conv_args)
-        ctx.out_spent = True
-        # d y / d out = 2 |out| r (the constant scale |out| r when explaining). The factor 2
-        # goes onto the smaller of r and the weight (the convolution's backward is linear in
-        # both): a fresh map the size of a depthwise layer's output costs a pass and page faults
-        double_weight = not detach_scale and inverse_norm.numel() > weight.numel()
-        scale = inverse_norm if detach_scale or double_weight else inverse_norm * 2.0
-        # the scale's own gradient, unless it is a constant
-        norm = inverse_norm if need_x and not detach_scale else None
-        if torch.compiler.is_compiling():
-            # the compiler fuses the passes and plans the memory itself
-            grad_out, norm_grad = _plain_scaled_gradient(grad, out, scale, norm, groups)
-        else:
-            try:
-                grad_out, norm_grad = _scaled_gradient(grad, out.data, scale, norm, groups)
-            except RuntimeError:
-                # batched gradients (jacobian(..., vectorize=True)) cannot be written into out
-                out = F.conv2d(x, weight, None, *conv_args)
-                grad_out, norm_grad = _plain_scaled_gradient(grad, out, scale, norm, groups)
-        mask = (need_x, need_weight, False)
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad_out,
-            x,
-            weight * 2.0 if double_weight else weight,  # the weight gradient ignores its values
-            None,
-            stride,
-            padding,
-            dilation,
-            False,
-            (0, 0),
-            groups,
-            mask,
-        )
-        if double_weight and grad_weight is not None:
-            grad_weight.mul_(2.0)
-        if norm_grad is not None:
-            # d y / d r = out |out| and d r / d(window sum) = -r^3 / 2 (norm_grad holds the
-            # r^3), and the window sum's gradient reaches x times 2 x
-            grad_squares = _window_sum_backward(
-                norm_grad, window, (x.shape[0], groups, *x.shape[2:]), conv_args
-            )
-            _by_group(grad_x, groups).addcmul_(
-                _by_group(x, groups), grad_squares.unsqueeze(2), value=-1.0
-            )
-        return (grad_x, grad_weight, *none)
-
-    @staticmethod
-    def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """The same backward with out-of-place operations on a recomputed ``out`` and norm.
-
-        Used when the backward itself is differentiated (``create_graph=True``, ``torch.func``
-        transforms): the saved ``out`` and norm carry no graph, and in-place passes would
-        hide operations from autograd.
-        """
-        x, weight, window, _, _ = ctx.saved_tensors
-        need_x, need_weight = ctx.needs_input_grad[:2]
-        stride, padding, dilation, groups = conv_args = ctx.conv_args
-        out = F.conv2d(x, weight, None, *conv_args)
-        norm = _receptive_field_norm(x, window, *conv_args, ctx.eps)
-        # |out| / ||x||, with each group's norm broadcast over that group's output channels
-        scale = (_by_group(out.abs(), groups) / norm.unsqueeze(2)).flatten(1, 2)
-        grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
-        grad_x = grad_weight = None
-        if need_weight:
-            grad_weight = torch.nn.grad.conv2d_weight(
-                x, weight.shape, grad_out, stride, padding, dilation, groups
-            )
-        if need_x:
-            grad_x = torch.nn.grad.conv2d_input(
-                x.shape, weight, grad_out, stride, padding, dilation, groups
-            )
-            if not ctx.detach_scale:
-                grad_y_times_y = _by_group(grad * out * scale, groups).sum(2)
-                grad_window = -grad_y_times_y / (2.0 * norm.square())
-                size = (x.shape[0], groups, *x.shape[2:])
-                grad_squares = _window_sum_backward(grad_window, window, size, conv_args)
-                grad_x_norm = 2.0 * _by_group(x, groups) * grad_squares.unsqueeze(2)
-                grad_x = grad_x + grad_x_norm.flatten(1, 2)
-        return grad_x, grad_weight
-
-
-class _BcosLinearB2(torch.autograd.Function):
-    """``y = out * |out| / ||x||`` with ``out = x W^T``: the B = 2 linear layer, fused.
-
-    Autograd through ``abs``, the division and the product runs about a dozen elementwise
-    passes over the output in the backward pass (measured: 4 s of the 8.7 s of two training
-    steps of torchvision's ConvNeXt-T, whose MLPs are linear layers over 56 x 56 maps). This
-    function keeps ``out`` and ``r = 1 / ||x||`` (one value per row) and computes, with
-    ``G = 2 |out| r grad`` (``|out| r grad`` when explaining):
-
-    - ``dx = G W - x r^3 sum(grad * out * |out|)``, the second term only outside explanation
-      mode, where ``||x||`` gets a gradient;
-    - ``dW = G^T x``.
-
-    When the backward is itself differentiated (``create_graph=True``, ``torch.func``), the same
-    formulas run on a recomputed ``out`` with out-of-place operations.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        x: Tensor, weight: Tensor, eps: float, detach_scale: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        inverse_norm = (x * x).sum(-1, keepdim=True).add_(eps).rsqrt_()
-        out = F.linear(x, weight)
-        y = out.abs()
-        y.mul_(inverse_norm).mul_(out)
-        # out and the inverse norm are returned only to be saved for backward (setup_context)
-        return y, out, inverse_norm
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, weight, eps, detach_scale = inputs
-        _, out, inverse_norm = output
-        ctx.mark_non_differentiable(out, inverse_norm)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, out, inverse_norm)
-        ctx.eps = eps
-        ctx.detach_scale = detach_scale
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        need_x, need_weight = ctx.needs_input_grad[:2]
-        if grad is None or not (need_x or need_weight):
-            return None, None, None, None
-        x, weight, out, inverse_norm = ctx.saved_tensors
-        norm = need_x and not ctx.detach_scale  # the scale's own gradient, unless a constant
-        differentiated = torch.is_grad_enabled()
-        norm_grad = None
-        if differentiated:
-            # the backward is differentiated: out and the norm must be functions of x here
-            out = F.linear(x, weight)
-            inverse_norm = (x * x).sum(-1, keepdim=True).add(ctx.eps).rsqrt()
-            abs_out = out.abs()
-            scale = abs_out * inverse_norm
-            grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
-            if norm:
-                norm_grad = (grad * out * abs_out).sum(-1, keepdim=True) * inverse_norm.pow(3)
-        else:
-            grad_out = grad * out.abs()  # fresh: batched gradients (vmap) stay batched
-            if norm:
-                norm_grad = (grad_out * out).sum(-1, keepdim=True)
-                norm_grad.mul_(inverse_norm).mul_(inverse_norm).mul_(inverse_norm)
-            grad_out.mul_(inverse_norm if ctx.detach_scale else inverse_norm * 2.0)
-        grad_x = grad_weight = None
-        if need_weight:
-            rows = grad_out.reshape(-1, grad_out.shape[-1])
-            grad_weight = rows.t() @ x.reshape(-1, x.shape[-1])
-        if need_x:
-            grad_x = grad_out @ weight
-            if norm and differentiated:
-                grad_x = grad_x - x * norm_grad
-            elif norm:
-                grad_x.addcmul_(x, norm_grad, value=-1.0)
-        return grad_x, grad_weight, None, None
 
 
 class _BcosUnit(ExplanationAware):
@@ -517,7 +111,7 @@ class _BcosUnit(ExplanationAware):
         return out * self.detach_if_explaining(scale)
 
     def _fused(self, x: Tensor) -> bool:
-        """Whether the fused B = 2 function (:class:`_BcosConv2dB2`, :class:`_BcosLinearB2`)
+        """Whether the fused B = 2 function (:class:`FusedBcosConv2d`, :class:`FusedBcosLinear`)
         computes this call.
 
         Under autocast the plain autograd path runs instead: it lets autocast pick each
@@ -640,7 +234,7 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
             if isinstance(padding, str):
                 x, padding = self._explicit_padding(x)
             conv_args = (self.stride, padding, self.dilation, self.groups)
-            y, _, _ = _BcosConv2dB2.apply(
+            y, _, _ = FusedBcosConv2d.apply(
                 x, weight, self._window, conv_args, self.eps, self.explaining
             )
             return y
@@ -648,7 +242,7 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
         norm = None if self.b == 1.0 else self._input_norm(x, padding)
         return self._bcos(out, norm, unit_dim=1)
 
-    def _explicit_padding(self, x: Tensor) -> tuple[Tensor, _Pair]:
+    def _explicit_padding(self, x: Tensor) -> tuple[Tensor, Pair]:
         """Numbers for ``padding='valid'`` / ``'same'`` (the fused path needs them).
 
         An odd total 'same' padding is uneven; the input is then zero-padded explicitly, as
@@ -664,7 +258,7 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
     def _input_norm(self, x: Tensor, padding: Any) -> Tensor:
         """||x|| of every receptive field, shaped to broadcast against the output units."""
         groups = self.groups
-        norm = _receptive_field_norm(
+        norm = receptive_field_norm(
             x, self._window, self.stride, padding, self.dilation, groups, self.eps
         )
         if groups == 1:
@@ -741,7 +335,7 @@ class BcosLinear(_BcosUnit, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fused(x):
-            y, _, _ = _BcosLinearB2.apply(x, self._weight(), self.eps, self.explaining)
+            y, _, _ = FusedBcosLinear.apply(x, self._weight(), self.eps, self.explaining)
             return y
         out = F.linear(x, self._weight())
         norm = None if self.b == 1.0 else ((x * x).sum(-1, keepdim=True) + self.eps).sqrt()
