@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -11,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from commands import run_cli
 from PIL import Image
 
 import bcosify
@@ -45,16 +44,6 @@ def test_python_dash_m_and_help():
 TRAIN = ["train", "--model", "bcosify:small_cnn", "--data", "synthetic", "--recipe", "standard"]
 TRAIN += ["--image-size", "16", "--batch-size", "8", "--num-train", "16", "--num-val", "8"]
 TRAIN += ["--no-progress"]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(argv))
-        except SystemExit as exit:  # argparse
-            status = exit.code
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

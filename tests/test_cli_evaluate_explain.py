@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+from commands import run_cli
 from PIL import Image
-from test_cli import run_cli
 
 import bcosify
 from bcosify.cli import explain as explain_command

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_cli import run_cli
+from commands import run_cli
 
 import bcosify
 from bcosify.data.text import SyntheticTexts
