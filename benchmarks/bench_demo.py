@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from common import command_line, load_average, machine, publish
 
-from bcosify.cli.demo import PRESETS, run_demo
+from bcosify.demo import PRESETS, run_demo
 from bcosify.device import idle_cores
 
 SECTION = "bench_demo"

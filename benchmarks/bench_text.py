@@ -4,7 +4,7 @@ Run it as::
 
     .venv/bin/python benchmarks/bench_text.py --write docs/benchmarks.md
 
-It runs the text demo (:func:`bcosify.cli.demo_text.run_text_demo`, the same as ``bcosify demo
+It runs the text demo (:func:`bcosify.demo.text.run_text_demo`, the same as ``bcosify demo
 --text``): on :class:`bcosify.data.text.SyntheticTexts` (4 topics; a topic's keywords planted
 among filler words and negated keywords, with the word-level tokenizer) a small BERT trained
 with the ``standard`` recipe is the original; it is B-cosified and fine-tuned (``bcosify-lm``),
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from common import command_line, load_average, machine, publish
 
-from bcosify.cli.demo_text import (
+from bcosify.demo.text import (
     EXPLANATION_HEADER,
     TEXT_PRESETS,
     TextDemoSettings,

@@ -12,7 +12,8 @@ from browser import CHROMIUM, measure_page
 from commands import run_cli
 
 from bcosify.cli import main
-from bcosify.cli.demo import PRESETS, _datasets, _original, _Trainer
+from bcosify.demo import PRESETS
+from bcosify.demo.training import Trainer, datasets, train_original
 from bcosify.evaluate import EXPLAINER_NAMES
 from bcosify.report import Figure, Report, Table
 
@@ -110,26 +111,26 @@ def test_report_refuses_to_reference_missing_images(tmp_path):
 def test_the_trained_original_is_cached_by_its_settings(demo_run, tmp_path, capsys):
     settings = PRESETS["test"]
     cache = demo_run[1] / "cache"
-    trainer = _Trainer(settings, _datasets(settings), tmp_path, progress=False)
-    _, _, run = _original(settings, trainer, cache)
+    trainer = Trainer(settings, datasets(settings), tmp_path, progress=False)
+    _, _, run = train_original(settings, trainer, cache)
     assert run["cached"] and "from the cache" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()  # nothing trained
     first = json.loads((demo_run[1] / "metrics.json").read_text())["original_training"]
     assert run["key"] == first["key"] and run["cycle_gains"] == first["cycle_gains"]
     # settings the original depends on change the key; those it does not, do not
     evaluation_only = replace(settings, grids=7, lime_samples=3)
-    same = _Trainer(evaluation_only, trainer.data, tmp_path, progress=False)
-    assert _original(evaluation_only, same, cache)[2]["cached"]
+    same = Trainer(evaluation_only, trainer.data, tmp_path, progress=False)
+    assert train_original(evaluation_only, same, cache)[2]["cached"]
     changed = replace(settings, lr_standard=1e-2)
-    other = _Trainer(changed, trainer.data, tmp_path, progress=False)
-    _, _, fresh = _original(changed, other, cache)
+    other = Trainer(changed, trainer.data, tmp_path, progress=False)
+    _, _, fresh = train_original(changed, other, cache)
     assert not fresh["cached"] and fresh["key"] != run["key"]
     # an unreadable entry is trained again, not an error, and what is stored loads exactly
     entry = cache / f"original-{fresh['key']}"
     (entry / "run.json").write_text("{not json")
-    trained, control, again = _original(changed, other, cache)
+    trained, control, again = train_original(changed, other, cache)
     assert not again["cached"] and json.loads((entry / "run.json").read_text())["key"]
-    loaded, loaded_control, reloaded = _original(changed, other, cache)
+    loaded, loaded_control, reloaded = train_original(changed, other, cache)
     assert reloaded["cached"] and reloaded["control_curve"] == again["control_curve"]
     for a, b in ((loaded, trained), (loaded_control, control)):
         for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):

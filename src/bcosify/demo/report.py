@@ -1,6 +1,6 @@
 """The demo's report: its measurements as tables, plots and a gallery a person reads.
 
-:func:`write_demo_report` takes the metrics of :func:`bcosify.cli.demo.run_demo` (plain data,
+:func:`write_demo_report` takes the metrics of :func:`bcosify.demo.run_demo` (plain data,
 as written to ``metrics.json``), the B-cosified model and the attributions of the first test
 images, and writes ``report.html`` with its pictures.
 """
@@ -17,8 +17,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..explain import colour_explanation, contribution_map_image, explain, save_image
-from .html import Figure, GalleryColumn, GalleryRow, Report, Table
-from .plots import interval_chart, line_chart
+from ..report.html import Figure, GalleryColumn, GalleryRow, Report, Table
+from ..report.plots import interval_chart, line_chart
 
 __all__ = ["DemoExamples", "colour_smoothing", "write_demo_report"]
 
