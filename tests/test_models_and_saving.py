@@ -13,7 +13,7 @@ from torch import nn
 import bcosify
 from bcosify import CheckpointError
 from bcosify.cli import main
-from bcosify.errors import ModelSourceError
+from bcosify.errors import ModelSourceError, StorageError
 from bcosify.models import create, load_weights, source_info
 
 
@@ -153,6 +153,29 @@ def test_cli_convert_saves_a_loadable_model(tmp_path, capsys):
     assert bcosify.load(out)(torch.rand(1, 3, 32, 32)).shape == (1, 6)
     assert main(["convert", "--model", "nope:x", "--out", str(out)]) == 2
     assert "unknown model source" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_leaves_what_was_saved(small_disk, capsys):
+    convert = ["convert", "--model", "bcosify:small_cnn", "--num-classes", "3", "--out"]
+    saved = small_disk.path / "saved"
+    assert main([*convert, str(saved)]) == 0
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    capsys.readouterr()
+    small_disk.fill()
+    # the command line: safetensors' error is no OSError, yet it is one line and exit 1
+    out = small_disk.path / "converted"
+    assert main([*convert, str(out)]) == 1
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error, error
+    assert "No space left on device" in error and "nothing was written" in error
+    assert not out.exists() or not list(out.iterdir())
+    # save_pretrained over a saved model: a StorageError, and the saved files as they were
+    model = bcosify.load(saved)
+    with pytest.raises(StorageError, match=r"No space left on device.*previous version is intact"):
+        model.save_pretrained(saved)
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # no temporaries either
+    small_disk.empty()
+    assert model.save_pretrained(saved) == saved
 
 
 def test_an_ordinary_model_without_a_source_loads_into_its_architecture(tmp_path):
