@@ -211,10 +211,17 @@ def hf_clip_folder(tmp_path):
     return folder
 
 
-def test_hf_clip_vision_models_are_equivalent_and_explained(tmp_path):
-    model = create(f"hf:{hf_clip_folder(tmp_path)}")
-    from transformers import CLIPVisionModel
+HF_CLIP = ("CLIPModel", "CLIPVisionModel")
+"""The transformers classes that test_hf_clip_vision_models_are_equivalent_and_explained
+converts: a dual model (its image tower) and a vision model (test_families reads them)."""
 
+
+def test_hf_clip_vision_models_are_equivalent_and_explained(tmp_path):
+    import transformers
+
+    model = create(f"hf:{hf_clip_folder(tmp_path)}")
+    dual, vision_class = HF_CLIP
+    assert type(model).__name__ == dual
     x = images(32)
     with torch.no_grad():
         features = model.get_image_features(pixel_values=normalised(x, model))
@@ -222,7 +229,7 @@ def test_hf_clip_vision_models_are_equivalent_and_explained(tmp_path):
         same, report = bcosify.convert(model, b=1.0, keep_bias=True)
         tolerance_check(same(x), reference)
         # the vision model on its own: its pooler_output
-        vision = CLIPVisionModel(model.config.vision_config)
+        vision = getattr(transformers, vision_class)(model.config.vision_config)
         vision.load_state_dict(model.vision_model.state_dict())
         mean, std = model.bcosify_source.input_mean, model.bcosify_source.input_std
         same_vision, _ = bcosify.convert(
