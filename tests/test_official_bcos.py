@@ -12,6 +12,7 @@ from nets import (
     assert_signal,
     keep_signal_alive,
     reversed_channels,
+    spread,
 )
 
 from bcosify.nn import BcosConv2d, BcosLinear, explanation_mode
@@ -118,9 +119,13 @@ def test_official_checkpoints_load_into_bcosify_modules(arch, tmp_path):
     official = _official_zoo_model(arch, seed=len(arch))
     images = torch.rand(2, 3, 64, 64)
     encoded = bcos.data.transforms.AddInverse()(images)
-    # a random zoo model outputs its logit bias alone: rescaled norms make every weight count
-    # (features of RMS 30 give the weight-normalised head logits of about one)
-    keep_signal_alive(official, encoded, norms=True, rms=30.0)
+    # a random zoo model outputs its logit bias alone: rescaled norms make every weight count.
+    # After the first norm every layer is homogeneous in the norms' scale (weight-normalised
+    # convolutions, pools, sums), so the logits less the bias grow with it: VGG's three
+    # classifier layers without norms need a far larger scale than a ResNet's one
+    keep_signal_alive(official, encoded, norms=True)
+    with torch.no_grad():
+        keep_signal_alive(official, encoded, norms=True, rms=10 / spread(official(encoded)))
     checkpoint = tmp_path / f"{arch}.pth"
     torch.save(official.state_dict(), checkpoint)  # a torch.hub state dict, like the zoo's
     model = bcosify.models.create(f"bcos:{arch}", weights=checkpoint).eval()
