@@ -187,14 +187,20 @@ def assert_differs(a: torch.Tensor, b: torch.Tensor, rtol: float = 0.0, atol: fl
 
 
 def assert_same_function(
-    model: nn.Module, x: torch.Tensor, *copies: nn.Module, rtol: float = 0.0, atol: float = 0.0
+    model: nn.Module,
+    x: torch.Tensor | tuple,
+    *copies: nn.Module,
+    rtol: float = 0.0,
+    atol: float = 0.0,
 ) -> None:
-    """Every one of ``copies`` computes ``model(x)`` (exactly by default), on outputs that carry
-    signal (:func:`assert_signal`), and the same comparison fails for ``model`` with its
-    weights' output channels reversed: a copy, save or load that scrambled the weights fails."""
+    """Every one of ``copies`` computes ``model(x)`` (exactly by default; ``x`` a tuple for
+    several arguments), on outputs that carry signal (:func:`assert_signal`), and the same
+    comparison fails for ``model`` with its weights' output channels reversed: a copy, save or
+    load that scrambled the weights fails."""
+    arguments = x if isinstance(x, tuple) else (x,)
     with torch.no_grad():
-        expected = model(x)
+        expected = model(*arguments)
         assert_signal(expected)
         for copied in copies:
-            torch.testing.assert_close(copied(x), expected, rtol=rtol, atol=atol)
-        assert_differs(reversed_channels(model)(x), expected, rtol=rtol, atol=atol)
+            torch.testing.assert_close(copied(*arguments), expected, rtol=rtol, atol=atol)
+        assert_differs(reversed_channels(model)(*arguments), expected, rtol=rtol, atol=atol)
