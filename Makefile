@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
+.PHONY: setup demo test test-slow lint bench bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest --doctest-modules src tests
+
+# the tests marked slow, which `make test` skips; CI runs them after it
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests
 
 # The official `bcos` package is installed beside the project, for this benchmark only.
 .bench/official: $(STAMP)
