@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
+.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: lint
 # the documentation site, into site/; --strict: a broken link or docstring fails the build
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# the tests marked slow, which `make test` skips; CI runs them after it
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow tests
 
 # The official `bcos` package is installed beside the project, for this benchmark only.
 .bench/official: $(STAMP)

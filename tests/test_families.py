@@ -38,14 +38,13 @@ def architectures_under_test() -> set[tuple[str, str]]:
     for source, kwargs, _, _ in VITS.values():
         family, _, arch = source.partition(":")
         found.add((family, arch + (" (avg pool)" if kwargs.get("global_pool") == "avg" else "")))
-    found |= {
-        ("open_clip", "RN50 (image tower)"),  # tests/test_clip.py: OPEN_CLIP
-        ("open_clip", "ViT-B-32 (image tower)"),
-        ("transformers", "CLIPModel (image tower)"),  # test_hf_clip_vision_models_...
-        ("transformers", "CLIPVisionModel"),
-        ("transformers", "SiglipModel (image tower)"),  # test_siglip_... below
-        ("transformers", "SiglipVisionModel"),
-    }
+    from test_clip import HF_CLIP, OPEN_CLIP  # (skips without open_clip)
+
+    for source, _, _ in OPEN_CLIP.values():  # dual models: their image towers are converted
+        family, _, arch = source.partition(":")
+        found.add((family, f"{arch} (image tower)"))
+    for dual, vision in (HF_CLIP, SIGLIP):
+        found |= {("transformers", f"{dual} (image tower)"), ("transformers", vision)}
     found |= {("transformers", name) for name, _ in TEXT_CONFIGS.values()}  # test_text_convert
     return found
 
@@ -144,6 +143,11 @@ def test_gated_products_detach_their_gate_and_stay_exact():
         bcosify.convert(GatedNet(ungated=True), **stats)
 
 
+SIGLIP = ("SiglipModel", "SiglipVisionModel")
+"""The transformers classes test_siglip_towers_are_equivalent_explained_and_zero_shot converts:
+a dual model (its image tower) and its vision model."""
+
+
 def tiny_siglip(transformers, vocab_size: int = 60):
     tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
     tower["num_attention_heads"] = 2
@@ -161,6 +165,7 @@ def test_siglip_towers_are_equivalent_explained_and_zero_shot(tmp_path):
 
     tokenizer, vocab = character_tokenizer(tmp_path)
     model = tiny_siglip(transformers, len(vocab))
+    assert (type(model).__name__, type(model.vision_model).__name__) == SIGLIP
     stats = {"input_mean": (0.5,) * 3, "input_std": (0.5,) * 3}
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

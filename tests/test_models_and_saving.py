@@ -7,13 +7,14 @@ import pickle
 
 import pytest
 import torch
+from nets import assert_same_function, keep_signal_alive
 from safetensors.torch import save_file
 from torch import nn
 
 import bcosify
 from bcosify import CheckpointError
 from bcosify.cli import main
-from bcosify.errors import ModelSourceError
+from bcosify.errors import ModelSourceError, StorageError
 from bcosify.models import create, load_weights, source_info
 
 
@@ -97,13 +98,13 @@ def test_weights_files_never_execute_pickled_code(tmp_path, capsys):
 
 def test_save_load_round_trip(tmp_path):
     model, _ = bcosify.convert(create("torchvision:mobilenet_v3_small", num_classes=5))
+    x = torch.rand(2, 3, 48, 48)
+    keep_signal_alive(model, x)  # converted, it outputs its logit bias alone
     directory = model.save_pretrained(tmp_path / "m")
     config = json.loads((directory / "config.json").read_text())
     assert config["source"] == "torchvision:mobilenet_v3_small"
     assert config["options"]["encoding"] == "fold"
-    loaded = bcosify.load(directory)
-    x = torch.rand(2, 3, 48, 48)
-    assert torch.equal(loaded(x), model(x))
+    assert_same_function(model, x, bcosify.load(directory))
     assert not list(directory.glob(".*"))  # no temporary files left
 
 
@@ -112,12 +113,12 @@ def test_save_load_user_model(tmp_path):
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
     )
     model, _ = bcosify.convert(original, input_mean=(0.5,) * 3, input_std=(0.5,) * 3)
+    x = torch.rand(1, 3, 16, 16)
+    keep_signal_alive(model, x)
     model.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="pass its architecture"):
         bcosify.load(tmp_path)
-    loaded = bcosify.load(tmp_path, model=original)
-    x = torch.rand(1, 3, 16, 16)
-    assert torch.equal(loaded(x), model(x))
+    assert_same_function(model, x, bcosify.load(tmp_path, model=original))
 
 
 def test_loading_into_the_wrong_architecture_is_a_clear_error(tmp_path):
@@ -153,6 +154,29 @@ def test_cli_convert_saves_a_loadable_model(tmp_path, capsys):
     assert bcosify.load(out)(torch.rand(1, 3, 32, 32)).shape == (1, 6)
     assert main(["convert", "--model", "nope:x", "--out", str(out)]) == 2
     assert "unknown model source" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_leaves_what_was_saved(small_disk, capsys):
+    convert = ["convert", "--model", "bcosify:small_cnn", "--num-classes", "3", "--out"]
+    saved = small_disk.path / "saved"
+    assert main([*convert, str(saved)]) == 0
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    capsys.readouterr()
+    small_disk.fill()
+    # the command line: safetensors' error is no OSError, yet it is one line and exit 1
+    out = small_disk.path / "converted"
+    assert main([*convert, str(out)]) == 1
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error, error
+    assert "No space left on device" in error and "nothing was written" in error
+    assert not out.exists() or not list(out.iterdir())
+    # save_pretrained over a saved model: a StorageError, and the saved files as they were
+    model = bcosify.load(saved)
+    with pytest.raises(StorageError, match=r"No space left on device.*previous version is intact"):
+        model.save_pretrained(saved)
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before  # no temporaries either
+    small_disk.empty()
+    assert model.save_pretrained(saved) == saved
 
 
 def test_an_ordinary_model_without_a_source_loads_into_its_architecture(tmp_path):

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 import torch
-from nets import keep_signal_alive
+from nets import assert_same_function, keep_signal_alive
 from torch import nn
 
 import bcosify
@@ -208,18 +208,16 @@ def test_saved_and_loaded_it_is_the_same_model(family, tmp_path):
     loaded = bcosify.load(folder)
     assert isinstance(loaded, bcosify.BcosTextModel)
     ids, mask = batch()
-    with torch.no_grad():
-        assert torch.equal(loaded(ids, mask), model(ids, mask))
     assert bcosify.BcosTextModel.from_pretrained(folder).config.architecture == CONFIGS[family][0]
     buffer = io.BytesIO()  # a whole-model pickle, as torch.save(model) writes, and a deep copy
     torch.save(model, buffer)
     buffer.seek(0)
-    for copied in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+    copies = (torch.load(buffer, weights_only=False), copy.deepcopy(model))
+    for copied in copies:
         assert [type(m).__name__ for m in copied.modules()] == [
             type(m).__name__ for m in model.modules()
         ]
-        with torch.no_grad():
-            assert torch.equal(copied(ids, mask), model(ids, mask))
+    assert_same_function(model, (ids, mask), loaded, *copies)
 
 
 def test_image_options_and_wrong_inputs_are_refused():

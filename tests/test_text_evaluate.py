@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nets import assert_signal, keep_signal_alive
 
 import bcosify
 from bcosify.data.text import _NEGATIONS, TOPICS, SyntheticTexts, TextFileDataset
@@ -93,6 +94,7 @@ def test_every_text_explainer_gives_one_value_per_token(texts):
     data, ids, mask, labels = texts
     original = tiny_bert(data.tokenizer.vocab_size)
     converted, _ = bcosify.convert(original)
+    keep_signal_alive(converted, ids)  # converted, its logits are the logit bias alone
     # the post-hoc methods on the original and on the converted model (the benchmark's control)
     runs = [("bcos", converted)] + [
         (name, model) for name in TEXT_EXPLAINER_NAMES[1:] for model in (original, converted)
@@ -107,7 +109,9 @@ def test_every_text_explainer_gives_one_value_per_token(texts):
             assert torch.equal(values[mask == 0], torch.zeros(int((mask == 0).sum()))), name
         assert not any(m.explaining for m in model.modules() if hasattr(m, "explaining"))
     bcos = build_text_explainer("bcos", converted).attribute(ids, mask, labels)
-    assert torch.equal(bcos, explain_tokens(converted, ids, mask, labels).contributions)
+    e = explain_tokens(converted, ids, mask, labels)
+    assert_signal(e)
+    assert torch.equal(bcos, e.contributions)
     with pytest.raises(EvaluationError, match="needs a B-cos model"):
         build_text_explainer("bcos", original)
     with pytest.raises(EvaluationError, match="unknown text explainer 'shap'"):
@@ -183,6 +187,10 @@ def test_text_classifiers_train_with_the_loop(tmp_path):
     ids = data[0][0][None]
     with torch.no_grad():
         assert torch.equal(loaded(ids), result.model.eval()(ids))
+    # after one epoch its logits barely differ from the bias: the weights themselves must match
+    trained = result.model.state_dict()
+    assert loaded.state_dict().keys() == trained.keys()
+    assert all(torch.equal(value, trained[key]) for key, value in loaded.state_dict().items())
 
 
 def test_the_text_benchmark_runs_quick(tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,11 +94,12 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         os.replace(temporary, target)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and not isinstance(error, StorageError):
-            reason = error.strerror or str(error)
+        failure = None if isinstance(error, StorageError) else _write_failure(error)
+        if failure is not None:
+            number, reason = failure
             kept = "the previous version is intact" if target.exists() else "nothing was written"
             raise StorageError(
-                error.errno,
+                number,
                 f"could not write {str(target)!r}: {reason} ({kept}); free space or "
                 "fix the permissions and run the same command again",
             ) from error
@@ -117,6 +119,26 @@ def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return path
+
+
+# safetensors reports a failed write as "Error while serializing: I/O error: <reason> (os error
+# <errno>)" in its own exception type, which is no OSError
+_SAFETENSORS_IO = re.compile(r"I/O error: (?P<reason>.*?)(?: \(os error (?P<errno>\d+)\))?$")
+
+
+def _write_failure(error: BaseException) -> tuple[int | None, str] | None:
+    """The errno and reason of a write that failed for the file system (an ``OSError``, or a
+    safetensors error that wraps one), else None: any other error is not a storage problem."""
+    from safetensors import SafetensorError
+
+    if isinstance(error, OSError):
+        return error.errno, error.strerror or str(error)
+    if isinstance(error, SafetensorError):
+        found = _SAFETENSORS_IO.search(str(error))
+        if found:
+            number = int(found["errno"]) if found["errno"] else None
+            return number, os.strerror(number) if number else found["reason"]
+    return None
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
