@@ -13,7 +13,7 @@ from ..errors import UsageError
 __all__ = ["DISTILLATION_LOSSES", "RECIPES", "Recipe", "RecipeError", "get_recipe"]
 
 # losses of a student's embeddings against a frozen teacher's, run by bcosify.train.distill
-DISTILLATION_LOSSES = ("cosine", "siglip")
+DISTILLATION_LOSSES = ("cosine", "siglip", "kl")
 
 
 class RecipeError(UsageError):
@@ -40,6 +40,14 @@ class Recipe:
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"`` (momentum 0.9).
         lr, weight_decay: learning rate and weight decay.
         epochs, batch_size: the budget; ``batch_size`` is the global batch over all processes.
+        epoch_size: examples per epoch, each drawn at random from the data (with replacement,
+            seeded); 0 is one pass over the data. With a positive size the number of steps does
+            not depend on how many images the data holds.
+        time_budget: seconds of training (steps, validation and the written model) after which
+            the run ends, finished, with its model written; None for no limit (``epochs`` is
+            then the budget, and it stays a cap). The time spent is kept in the checkpoint, so
+            a resumed run spends what is left. The learning-rate schedule then follows the
+            fraction of the budget spent, so such a run is not reproducible step for step.
         warmup_steps: linear warm-up from 0, before the schedule.
         schedule: ``"cosine"`` (to 0 over all steps) or ``"constant"``.
         agc_clip: adaptive gradient clipping factor (unit-wise, relative to the weight norm);
@@ -60,12 +68,22 @@ class Recipe:
             :func:`bcosify.train.train` brings its own transform).
         seed: seeds data order, augmentation and every random operation.
         checkpoint_every: steps between checkpoints (besides every epoch end).
+        checkpoint_minutes: when set, a checkpoint (at ``checkpoint_every`` or an epoch end) is
+            skipped unless this many minutes passed since the last one; the run's end always
+            writes one.
         num_workers: data-loading processes.
         align_paths: for the alignment recipes (:func:`bcosify.train.align`), the module paths
             of the original whose features the student is aligned to, besides the output.
         align_depths: when ``align_paths`` is empty, how many paths :func:`bcosify.train.align`
             picks, spread over the depth of the network (it then records them in
             ``align_paths``); 0 aligns the output only (CLIP distillation).
+        align_features: how the features at ``align_paths`` are compared: ``"cosine"``
+            (``1 - cosine`` along the channels, as ALOE does) or ``"mse"`` (squared error
+            relative to the original's, which keeps their scale).
+        align_forcing: the fraction of the run during which the aligned modules take the
+            original's inputs (teacher forcing, see :class:`bcosify.train.AlignmentConfig`);
+            0 turns it off.
+        temperature: of the ``"kl"`` loss on the logits.
     """
 
     name: str
@@ -76,6 +94,8 @@ class Recipe:
     weight_decay: float = 0.05
     epochs: int = 10
     batch_size: int = 64
+    epoch_size: int = 0
+    time_budget: float | None = None
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
     agc_clip: float | None = None
@@ -89,9 +109,13 @@ class Recipe:
     augment: Literal["standard", "none"] = "standard"
     seed: int = 0
     checkpoint_every: int = 500
+    checkpoint_minutes: float | None = None
     num_workers: int = 0
     align_paths: tuple[str, ...] = ()
     align_depths: int = 0
+    align_features: Literal["cosine", "mse"] = "cosine"
+    align_forcing: float = 0.0
+    temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.align_paths, str) or not all(
@@ -110,6 +134,7 @@ class Recipe:
             "precision": ("fp32", "bf16", "fp16"),
             "augment": ("standard", "none"),
             "activations": ("keep", "identity"),
+            "align_features": ("cosine", "mse"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -132,6 +157,7 @@ class Recipe:
             "num_workers",
             "seed",
             "align_depths",
+            "epoch_size",
         )
         for name in nonnegative:
             if getattr(self, name) < 0:
@@ -140,6 +166,14 @@ class Recipe:
             raise RecipeError(
                 f"agc_clip must be positive (or None to turn it off), got {self.agc_clip}"
             )
+        for name in ("time_budget", "checkpoint_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise RecipeError(f"{name} must be positive (or None for none), got {value}")
+        if not 0.0 <= self.align_forcing <= 1.0:
+            raise RecipeError(f"align_forcing must be in [0, 1], got {self.align_forcing}")
+        if not self.temperature > 0:
+            raise RecipeError(f"temperature must be positive, got {self.temperature}")
         if self.b < 1:
             raise RecipeError(f"b must be >= 1, got {self.b}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
