@@ -173,3 +173,26 @@ def test_norms_fitted_to_the_original_keep_an_exact_conversion_exact_and_help_at
     e = bcosify.explain(model, images[:2])  # the biases are named constants: still exact
     assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
     assert "network.layer1.0.bn1.bias" in e.constants
+
+
+def test_an_alignment_at_b_1_with_biases_and_fitted_frozen_norms_stays_the_original(tmp_path):
+    from test_convert import randomise_statistics
+
+    torch.manual_seed(0)
+    original = randomise_statistics(create("torchvision:resnet18", num_classes=6)).eval()
+    data = bcosify.data.UnlabelledImages(photos(tmp_path / "photos", 8), 32)
+    recipe = get_recipe(
+        "bcosify-align", b=1.0, keep_bias=True, norms="frozen", align_calibration=4,
+        epochs=1, batch_size=4, epoch_size=8, image_size=32, loss="kl", align_features="mse",
+        optimizer="sgd",  # Adam would turn the rounding noise of a zero gradient into steps
+    )  # fmt: skip
+    result = align(original, data, tmp_path / "run", recipe=recipe, val_data=data, progress=False)
+    last = result.train.history[-1]
+    assert last["val_agreement"] == 1.0 and last["val_loss"] < 1e-6, last
+    images = torch.stack([data[i][0] for i in range(4)])
+    normalised = Normalized(original, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(images), normalised(images), atol=1e-4)
+    e = bcosify.explain(result.model, images)
+    assert (e.residual.abs() <= 1e-4 * e.scores.abs().clamp_min(1)).all(), e.residual
+    assert "network.fc.bias" in e.constants

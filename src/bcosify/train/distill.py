@@ -37,7 +37,9 @@ from ..convert.clip import BcosCLIP, convert_clip
 from ..device import device_of
 from ..errors import CheckpointError, ModelSourceError
 from ..models.clip import as_clip
+from ..nn import BcosBatchNorm2d
 from ..serialization import atomic_write
+from .checkpoint import CHECKPOINT_FILE
 from .distributed import Distributed, setup_distributed
 from .loading import build_loader
 from .loop import TrainResult, train
@@ -656,6 +658,9 @@ def align(
     try:
         with hold_run_folder(out, dist):  # the whole run, train's own hold included
             _check_resumable(out, config, train_options.get("resume", True))
+            fresh = not (train_options.get("resume", True) and (out / CHECKPOINT_FILE).is_file())
+            if recipe.align_calibration and clip is None and fresh:
+                _fit_norms_to_the_original(student, roots[1], train_data, recipe)
             if dist.is_main:
                 text = json.dumps(config.to_dict(), indent=2) + "\n"
                 atomic_write(out / CONFIG_FILE, lambda path: path.write_text(text))
@@ -671,6 +676,23 @@ def align(
     if dist.is_main:  # however the run ended, as train writes model/
         clip.save_pretrained(out / CLIP_RUN_DIR)
     return DistillationResult(clip, result, config)
+
+
+def _fit_norms_to_the_original(
+    student: nn.Module, original: nn.Module, data: Dataset, recipe: Recipe
+) -> None:
+    """The closed-form start: the student's batch norms fitted to the original's on
+    ``recipe.align_calibration`` training images (drawn with the run's seed)."""
+    from ..convert.calibrate import calibrate
+
+    generator = torch.Generator().manual_seed(recipe.seed)
+    size = len(data)  # type: ignore[arg-type]
+    indices = torch.randint(size, (recipe.align_calibration,), generator=generator).tolist()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        images = torch.stack([data[i][0] for i in indices]).to(device_of(student))
+    if any(isinstance(m, BcosBatchNorm2d) for m in student.modules()):
+        calibrate(student, images, method="original", original=original)
 
 
 def _student_and_teacher(

@@ -31,6 +31,7 @@ from ..device import device_of
 from ..errors import DataError, DivergenceError
 from ..models.sources import class_names_of
 from ..models.text import TextClassifier
+from ..nn import BcosBatchNorm2d
 from ..nn.compile import compile as compile_model
 from ..serialization import atomic_write
 from .budget import TimeBudget
@@ -460,6 +461,10 @@ def _step(
     """One optimizer step over ``grad_accumulation`` micro-batches; returns (loss, correct)
     (correct is 0 under an objective)."""
     model.train()
+    if recipe.norms == "frozen":  # running statistics, as fitted; scale and bias still train
+        for module in model.modules():
+            if isinstance(module, (nn.modules.batchnorm._BatchNorm, BcosBatchNorm2d)):
+                module.eval()
     total_loss, correct = 0.0, 0
     chunks = list(
         zip(

@@ -53,6 +53,12 @@ class Recipe:
         agc_clip: adaptive gradient clipping factor (unit-wise, relative to the weight norm);
             None turns it off.
         b: the B of the B-cos layers; ``b_ramp_steps > 0`` ramps it linearly from 1.
+        keep_bias: the B-cos recipes keep the original's biases (of its layers and norms);
+            explanations report each as a named constant term, so they stay exact.
+        norms: ``"batch"`` (batch norms train on batch statistics, as usual) or ``"frozen"``
+            (they keep their running statistics while training, as fitted to the original by
+            ``align_calibration``; their scale and bias still train). A converted norm with a
+            kept bias matches the original only with the statistics it was fitted with.
         activations: for the B-cos recipes, keep the model's activations in their dynamic-linear
             forms (``"keep"``, what B-cosification does) or replace them by identities
             (``"identity"``: the B-cos v2 design for models trained from scratch, whose
@@ -84,6 +90,9 @@ class Recipe:
             original's inputs (teacher forcing, see :class:`bcosify.train.AlignmentConfig`);
             0 turns it off.
         temperature: of the ``"kl"`` loss on the logits.
+        align_calibration: for :func:`bcosify.train.align`, how many training images the
+            converted student's batch norms are fitted to the original's on before the first
+            step (:func:`bcosify.calibrate` with ``method="original"``); 0: none.
     """
 
     name: str
@@ -101,6 +110,8 @@ class Recipe:
     agc_clip: float | None = None
     b: float = 2.0
     b_ramp_steps: int = 0
+    keep_bias: bool = False
+    norms: Literal["batch", "frozen"] = "batch"
     activations: Literal["keep", "identity"] = "keep"
     ema_decay: float | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -116,6 +127,7 @@ class Recipe:
     align_features: Literal["cosine", "mse"] = "cosine"
     align_forcing: float = 0.0
     temperature: float = 2.0
+    align_calibration: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.align_paths, str) or not all(
@@ -135,6 +147,7 @@ class Recipe:
             "augment": ("standard", "none"),
             "activations": ("keep", "identity"),
             "align_features": ("cosine", "mse"),
+            "norms": ("batch", "frozen"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -158,6 +171,7 @@ class Recipe:
             "seed",
             "align_depths",
             "epoch_size",
+            "align_calibration",
         )
         for name in nonnegative:
             if getattr(self, name) < 0:
@@ -170,6 +184,8 @@ class Recipe:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise RecipeError(f"{name} must be positive (or None for none), got {value}")
+        if not isinstance(self.keep_bias, bool):
+            raise RecipeError(f"keep_bias must be true or false, got {self.keep_bias!r}")
         if not 0.0 <= self.align_forcing <= 1.0:
             raise RecipeError(f"align_forcing must be in [0, 1], got {self.align_forcing}")
         if not self.temperature > 0:
