@@ -602,13 +602,19 @@ def align(
 
     ``model`` is the original (a classifier, or a CLIP model whose image tower is converted
     with :func:`~bcosify.convert.convert_clip`) or a :class:`BcosCLIP`; it is converted at
-    ``recipe.b`` with ``recipe.activations`` (``recipe.model == "bcos-scratch"``: then
-    re-initialised). The loss sums ``1 - cosine`` between the student's and the original's
-    features at ``recipe.align_paths`` (empty: ``recipe.align_depths`` paths picked by
-    :func:`alignment_paths`, recorded in the run's ``recipe.json``) and the output term
-    (``recipe.loss``, or ``loss``) on the outputs: logits less the logit bias, or embeddings.
-    Writes what :func:`bcosify.train.train` writes (the student in ``model/``; a B-cos CLIP in
-    ``clip/``) and ``distillation.json`` (the loss and paths; a run resumes only with the same).
+    ``recipe.b`` with ``recipe.activations`` and ``recipe.keep_bias``
+    (``recipe.model == "bcos-scratch"``: then re-initialised); with
+    ``recipe.align_calibration`` its batch norms are then fitted to the original's on that many
+    training images (:func:`bcosify.calibrate`, ``method="original"``). The loss sums the
+    feature term (``recipe.align_features``) between the student's and the original's features
+    at ``recipe.align_paths`` (empty: ``recipe.align_depths`` paths picked by
+    :func:`alignment_paths`, recorded in the run's ``recipe.json``), teacher-forced for the
+    first ``recipe.align_forcing`` of the run, and the output term (``recipe.loss``, or
+    ``loss``) on the outputs: logits less the logit bias, or embeddings. Writes what
+    :func:`bcosify.train.train` writes (the student in ``model/`` however the run ends; a B-cos
+    CLIP in ``clip/``) and ``distillation.json`` (the losses and paths; a run resumes only with
+    the same). The validation metrics of a classifier include its agreement with the
+    original's predictions (``val_agreement``, ``val_top5_overlap``).
 
     Args:
         train_data, val_data: datasets whose items start with an image in ``[0, 1]`` (labels,
@@ -622,9 +628,9 @@ def align(
         >>> data = torch.utils.data.TensorDataset(torch.rand(8, 3, 32, 32), torch.zeros(8))
         >>> result = align(create("torchvision:resnet18", num_classes=3), data, tempfile.mkdtemp(),
         ...                recipe=get_recipe("bcosify-align", epochs=1, batch_size=4,
-        ...                                  image_size=32), progress=False)
+        ...                                  epoch_size=8, image_size=32), progress=False)
         >>> result.config.paths, result.train.step
-        (('layer2', 'layer3', 'layer4'), 2)
+        (('layer1', 'layer2', 'layer3', 'layer4'), 2)
     """
     recipe = recipe or get_recipe("bcosify-align")
     if recipe.model not in ("bcosify", "bcos-scratch"):
