@@ -328,18 +328,18 @@ RECIPES: dict[str, Recipe] = {
         align_depths=3,
     ),
     # post-training B-cosification of a classifier (RECIPE 11), measured on a real ImageNet
-    # network (benchmarks/bench_real.py): biases kept as named constants and B = 1.25 (at B = 2,
-    # or without biases, nothing of the original survived a CPU budget); the norms fitted to
-    # the original in closed form and then frozen; every stage teacher-forced for the first
-    # half (block-wise reconstruction in one pass), then free; KL at temperature 2 on the
-    # logits plus the relative squared error of every stage's features. Short steps of random
-    # crops, independent of the folder's size, so that a time budget buys many of them.
+    # network (benchmarks/bench_real.py, docs/post-training.md): biases kept as named constants
+    # and B = 1.25 (at B = 2, or without biases, nothing of the original survived a CPU
+    # budget); the norms fitted to the original in closed form and then frozen; KL at
+    # temperature 2 on the logits plus the relative squared error of every stage's features;
+    # a small learning rate (1e-3, with or without teacher forcing, lost more than it gained).
+    # Short steps of random crops, independent of the folder's size.
     "bcosify-align": Recipe(
         "bcosify-align",
         model="bcosify",
         loss="kl",
         optimizer="adam",
-        lr=1e-3,
+        lr=1e-4,
         weight_decay=0.0,
         epochs=30,
         epoch_size=256,
@@ -350,7 +350,6 @@ RECIPES: dict[str, Recipe] = {
         norms="frozen",
         align_depths=64,
         align_features="mse",
-        align_forcing=0.5,
         align_calibration=32,
         temperature=2.0,
         checkpoint_minutes=3.0,
