@@ -262,12 +262,16 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     setting = Setting(args)
-    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    rows = stored.get("rows", {})
-    for key in args.stages.split(","):
-        if key not in STAGES:
-            raise SystemExit(f"unknown stage {key!r}; stages: {', '.join(STAGES)}")
-        rows[key] = run_stage(key, setting, args)
+    keys = [key for key in args.stages.split(",") if key]
+    unknown = [key for key in keys if key not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
+    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    for key in keys:
+        row = run_stage(key, setting, args)
+        # read again: stages may run in parallel processes, each adding its own row
+        rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else {}
+        rows[key] = row
         stored = {
             "rows": rows,
             "train_photos": len(setting.photos.train),

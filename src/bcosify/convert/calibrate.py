@@ -13,10 +13,11 @@ bias. :func:`calibrate` changes scales only, from a few batches of images (no la
   scales with the ``B``-th power of its weight's scale), for networks without batch norms;
 - ``"auto"``: ``"norms"`` when the network has B-cos batch norms, else ``"lsuv"``;
 - ``"original"`` (with ``original=``, the model it was converted from): per channel, the
-  least-squares fit ``x_s ~ a x_t + c`` of what each B-cos batch norm receives (``x_s``) to what
-  the original's norm at the same path receives on the same images (``x_t``); the norm's
-  statistics become the original's moved by that fit, so that its output matches the
-  original's (``sigma' = a sigma``, and with a kept bias ``mu' = a mu + c``). Unlike ``"norms"``
+  least-squares prediction ``x_t ~ a x_s + c`` of what the original's norm at the same path
+  receives (``x_t``) from what the B-cos batch norm receives (``x_s``) on the same images; the
+  norm's statistics become the original's moved by it, so that its output is the original
+  norm's output on the prediction (``sigma' = sigma / a``, and with a kept bias
+  ``mu' = (mu - c) / a``). Unlike ``"norms"``
   it keeps what the original's statistics know (measured on ImageNet): re-estimating them on a
   few photos changes the function of a real network (exact conversion, B = 1 with biases, from
   100% to 18% top-1 agreement on Lite0 with 32 photos), fitting them to the original does not.
@@ -182,7 +183,7 @@ def _fit_to_original(model: nn.Module, original: nn.Module, batches: list[Tensor
             "method='original' needs batch norms at the same paths in the model and the "
             "original (the converted network keeps the original's module paths)"
         )
-    sums = [torch.zeros(5, norm.running_var.numel(), dtype=torch.float64) for norm, _ in pairs]
+    sums = [torch.zeros(6, norm.running_var.numel(), dtype=torch.float64) for norm, _ in pairs]
     received: dict[int, Tensor] = {}
 
     def keep(index: int) -> Callable[[nn.Module, tuple], None]:
@@ -196,7 +197,8 @@ def _fit_to_original(model: nn.Module, original: nn.Module, batches: list[Tensor
             xs = args[0].double().transpose(0, 1).flatten(1)
             xt = received[index].double().transpose(0, 1).flatten(1)
             moments = [xt.sum(1), xs.sum(1), (xt * xt).sum(1), (xs * xt).sum(1)]
-            sums[index] += torch.stack([*moments, torch.full_like(xt[:, 0], xt.shape[1])])
+            count = torch.full_like(xt[:, 0], xt.shape[1])
+            sums[index] += torch.stack([*moments, count, (xs * xs).sum(1)])
             _set_fitted_statistics(pairs[index][0], pairs[index][1], sums[index])
 
         return hook
@@ -218,24 +220,28 @@ def _fit_to_original(model: nn.Module, original: nn.Module, batches: list[Tensor
 
 
 def _set_fitted_statistics(norm: BcosBatchNorm2d, source: nn.BatchNorm2d, sums: Tensor) -> None:
-    """The original's statistics moved by the per-channel fit ``x_s ~ a x_t + c``."""
-    st, ss, stt, sst, n = sums
+    """The original's statistics moved by the per-channel least-squares prediction of the
+    original's input from the converted one, ``x_t ~ a x_s + c``: the norm then outputs the
+    original norm's output on that prediction. Where the two inputs are weakly correlated the
+    prediction, and so the output, shrinks (the least-squares answer), instead of blowing up."""
+    st, ss, _, sst, n = sums[:5]
     mean_t, mean_s = st / n, ss / n
-    var_t = stt / n - mean_t**2
-    a = (sst / n - mean_s * mean_t) / var_t.clamp_min(1e-30)
-    # a channel the original keeps (nearly) constant, or one the student lost: scale 1
-    usable = (var_t > 1e-6 * var_t.max().clamp_min(1e-30)) & (a.abs() > 1e-3)
+    var_s = sums[5] / n - mean_s**2
+    a = (sst / n - mean_s * mean_t) / var_s.clamp_min(1e-30)
+    # a channel the converted network leaves (nearly) constant: nothing to predict from
+    usable = (var_s > 1e-6 * var_s.max().clamp_min(1e-30)) & (a.abs() > 1e-6)
     a = torch.where(usable, a, torch.ones_like(a))
-    c = mean_s - a * mean_t
+    c = torch.where(usable, mean_t - a * mean_s, torch.zeros_like(a))
     sigma = (source.running_var.double() + source.eps).sqrt()
     dtype = norm.running_var.dtype
-    norm.running_var.copy_(((a * sigma) ** 2 - norm.eps).clamp_min(0).to(dtype))
+    # gamma (a x_s + c - mu) / sigma + beta = gamma' x_s / sigma' + beta'
+    norm.running_var.copy_(((sigma / a.abs()) ** 2 - norm.eps).clamp_min(0).to(dtype))
     gamma = source.weight.double() if source.weight is not None else torch.ones_like(sigma)
     if norm.weight is not None:  # a negative a flips the channel: so does the scale
         norm.weight.copy_((gamma * a.sign()).to(dtype))
     if norm.bias is not None:
         beta = source.bias.double() if source.bias is not None else torch.zeros_like(sigma)
-        norm.bias.copy_((beta - gamma * (source.running_mean.double() + c / a) / sigma).to(dtype))
+        norm.bias.copy_((beta - gamma * (source.running_mean.double() - c) / sigma).to(dtype))
 
 
 def _rescale_layers(model: nn.Module, batches: list[Tensor]) -> int:
