@@ -150,15 +150,16 @@ def agreement(student: Tensor, teacher: Tensor, photos: int) -> dict[str, Any]:
 
 
 def bias_share(model: nn.Module, images: Tensor) -> float | None:
-    """The mean share of the explained logit that the named constant terms carry (the logit
-    bias excluded): |constants| / (|contributions| + |constants|)."""
+    """How much of the explained logit (the top class's) the kept biases carry, as a mean over
+    the images of ``|b| / (|c| + |b|)``, where ``b`` is the sum of the bias terms (the logit
+    bias excluded) and ``c`` the sum of the input's contributions (``b + c`` is the logit)."""
     explanation = bcosify.explain(model, images, target=None)
     constants = [v for k, v in explanation.constants.items() if "logit_bias" not in k]
     if not constants:
         return None
-    constant = torch.stack([c.abs() for c in constants]).sum(0)
+    biases = torch.stack(constants).sum(0).abs()
     contributions = explanation.contributions.flatten(1).sum(1).abs()
-    return float((constant / (contributions + constant + 1e-12)).mean())
+    return float((biases / (contributions + biases + 1e-12)).mean())
 
 
 def figure(
@@ -224,8 +225,9 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if key == "exact":
-        name = "`convert(b=1, keep_bias=True)`"
+        name = "`convert(b=1, keep_bias=True)` (the original, exactly)"
         model, _ = bcosify.convert(original, b=1.0, keep_bias=True)
+        extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
     elif key == "defaults":
         name = "`convert()` defaults (B = 2, no biases)"
         model, _ = bcosify.convert(original)
@@ -280,6 +282,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "image_size": args.image_size,
             "threads": args.threads,
         }
+        RESULTS.write_text(json.dumps(stored, indent=1))
+    if args.shares:  # measured again on the saved models of the label-free stages
+        rows = stored["rows"]
+        for key, row in rows.items():
+            folder = Path(args.runs) / key / "model"
+            if row.get("keep_bias") and folder.is_dir():
+                row["bias_share"] = bias_share(bcosify.load(folder), setting.test[4::5][:16])
         RESULTS.write_text(json.dumps(stored, indent=1))
     if args.figure and (Path(args.runs) / args.figure / "model").is_dir():
         model = bcosify.load(Path(args.runs) / args.figure / "model").eval()
@@ -353,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--figure", default="default", help="the stage whose model the figure shows ('' none)"
     )
     parser.add_argument("--runs", default=str(BENCH / "real-runs"))
+    parser.add_argument(
+        "--shares",
+        action="store_true",
+        help="measure the bias share again on the saved models of the stored label-free stages",
+    )
     args = parser.parse_args(argv)
     start = load_average()
     results = run(args)
