@@ -17,16 +17,15 @@ over photos.
 Stages: the exact conversion (``b=1, keep_bias=True``), the defaults (B = 2, no biases),
 ``bcosify.calibrate`` (norms), and the label-free recipe ``bcosify-align`` and its variants,
 each with the same time budget (the run's own clock: steps, validation and the written model).
-The figure shows, for some held-out photos, the B-cosified model's explanation of the
-original's top class: the B-cos colour explanation and the positive contributions, both
-composited on black.
+The figure shows, for the four held-out photos whose centre crop the original is the most
+confident about, the B-cosified model's explanation of the original's top class: the B-cos
+colour explanation and the positive contributions, both composited on black.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import time
@@ -292,8 +291,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         RESULTS.write_text(json.dumps(stored, indent=1))
     if args.figure and (Path(args.runs) / args.figure / "model").is_dir():
         model = bcosify.load(Path(args.runs) / args.figure / "model").eval()
-        chosen = sorted(random.Random(0).sample(range(setting.count), min(4, setting.count)))
-        crops = setting.test.view(setting.count, 5, *setting.test.shape[1:])[chosen, 4]
+        # the photos whose centre crop the original is the most confident about: those where
+        # it names an object, not the blank corner of a wallpaper
+        centres = setting.test.view(setting.count, 5, *setting.test.shape[1:])[:, 4]
+        confidence = setting.target.view(setting.count, 5, -1)[:, 4].softmax(-1).amax(-1)
+        chosen = sorted(confidence.topk(min(4, setting.count)).indices.tolist())
+        crops = centres[chosen]
         figure(model, logits_of(setting.teacher, crops), crops, setting.names, FIGURE)
     return stored
 
