@@ -12,7 +12,8 @@ import torch
 from ..convert import BcosCLIP, BcosTextModel
 from ..data import ImageFolderDataset, UnlabelledImages, build_dataset, held_out_split
 from ..data.text import TextFileDataset
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, ModelSourceError, UsageError
+from ..models.clip import as_clip
 from ..models.text import TextClassifier, load_tokenizer
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
@@ -216,22 +217,28 @@ def _train_text(args: argparse.Namespace, recipe: Recipe) -> int:
 def _align(args: argparse.Namespace, recipe: Recipe) -> int:
     """A B-cos student aligned to (or, for CLIP, distilled from) the original: labels, if the
     data has any, unused."""
+    model = load_model_argument(args.model, args.weights, None)
     if args.data == "synthetic":
         train_data, val_data = _splits(args, recipe)
     else:
         root = Path(args.data)
         augment = recipe.augment == "standard"
-        if (root / "train").is_dir() and (root / "val").is_dir():
+        has_splits = (root / "train").is_dir()
+        if has_splits and (root / "val").is_dir():
             train_data = UnlabelledImages(root / "train", recipe.image_size, train=augment)
             val_data = UnlabelledImages(root / "val", recipe.image_size, train=False)
+        elif _is_clip(model):  # a CLIP tower distils from every image of the folder
+            train_data = UnlabelledImages(
+                root / "train" if has_splits else root, recipe.image_size, train=augment
+            )
+            val_data = None
         else:  # any folder of images: a part of them held out, to measure the student on
             train_data, val_data = held_out_split(
-                root / "train" if (root / "train").is_dir() else root,
+                root / "train" if has_splits else root,
                 recipe.image_size,
                 seed=recipe.seed,
                 train=augment,
             )
-    model = load_model_argument(args.model, args.weights, None)
     result = align(
         model,
         train_data,
@@ -255,6 +262,14 @@ def _align(args: argparse.Namespace, recipe: Recipe) -> int:
     if result.train.finished and isinstance(result.model, BcosCLIP):
         print(f"the B-cos CLIP is in {args.out}/clip/ (load it with bcosify.load_clip)")
     return status
+
+
+def _is_clip(model: Any) -> bool:
+    try:
+        as_clip(model)
+    except ModelSourceError:
+        return isinstance(model, BcosCLIP)
+    return True
 
 
 def _splits(args: argparse.Namespace, recipe: Recipe) -> tuple[Any, Any]:

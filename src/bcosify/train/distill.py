@@ -287,7 +287,9 @@ class Alignment(nn.Module):
     student's outputs (less its logit bias, ``output_offset``) with the teacher's. An
     :class:`~bcosify.train.loop.Objective` for :func:`bcosify.train.train`.
 
-    With ``config.forcing``, ``student`` (the model the loop trains, taking the images) runs
+    ``classifier``: the outputs are logits, so validation also measures the agreement with the
+    teacher's predictions. With ``config.forcing``, ``student`` (the model the loop trains,
+    taking the images) runs
     the teacher first in training mode, and each student module at ``config.paths`` takes the
     teacher's input to it instead of its own with the probability :meth:`progress` sets.
 
@@ -307,6 +309,7 @@ class Alignment(nn.Module):
         teacher_root: nn.Module | None = None,
         output_offset: float = 0.0,
         student: nn.Module | None = None,
+        classifier: bool = False,
     ) -> None:
         super().__init__()
         if config.paths and (student_root is None or teacher_root is None):
@@ -317,6 +320,7 @@ class Alignment(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.config = config
         self.output_offset = output_offset
+        self.classifier = classifier
         self._student = _Features(student_root, config.paths) if config.paths else None
         self._teacher = _Features(teacher_root, config.paths, forcing) if config.paths else None
         self.forcing_probability = 1.0 if forcing else 0.0
@@ -402,7 +406,6 @@ class Alignment(nn.Module):
         keys = ["loss", "cosine", "agreement", "top5_overlap", *self.config.paths]
         totals = dict.fromkeys(keys, 0.0)
         batches = count = 0.0
-        classifier = False
         loader = build_loader(
             data, batch_size=batch_size, seed=0, epoch=0, rank=dist.rank, world=dist.world,
             train=False,
@@ -418,8 +421,7 @@ class Alignment(nn.Module):
                 student = outputs.float() - self.output_offset
                 totals["loss"] += float(sum(terms.values()))
                 totals["cosine"] += float(F.cosine_similarity(student, target, dim=-1).sum())
-                if target.ndim == 2 and target.shape[1] > 1:
-                    classifier = True
+                if self.classifier:
                     agree, overlap = prediction_agreement(student, target)
                     totals["agreement"] += float(agree.sum())
                     totals["top5_overlap"] += float(overlap.sum())
@@ -436,7 +438,7 @@ class Alignment(nn.Module):
         result = {"val_loss": metrics.pop("loss") / max(batches, 1)}
         for key in ("agreement", "top5_overlap"):
             value = metrics.pop(key)
-            if classifier:
+            if self.classifier:
                 result[f"val_{key}"] = value / max(count, 1)
         result |= {
             f"val_cosine{'_' + k if k != 'cosine' else ''}": v / max(count, 1)
@@ -660,6 +662,7 @@ def align(
         *roots,
         output_offset=float(bias) if bias is not None else 0.0,
         student=student,
+        classifier=clip is None,
     )
     try:
         with hold_run_folder(out, dist):  # the whole run, train's own hold included
