@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled
+.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,4 +46,10 @@ bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text
 bench-compiled: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py --compiled --write docs/benchmarks.md
 
-bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text
+# A real ImageNet network (EfficientNet-Lite0 from PyPI) B-cosified without labels on real
+# photos from Debian packages (installed with apt-get when run as root), about 80 minutes on a
+# 2-core CPU: every label-free variant has a 20-minute budget.
+bench-real: $(STAMP)
+	$(BIN)/python benchmarks/bench_real.py --write docs/benchmarks.md
+
+bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real

@@ -14,7 +14,7 @@ On the synthetic shapes (``bcosify.data.SyntheticShapes``, 10 classes, with obje
    on images of the training split (no labels).
 3. B-cosification with the same budget, from the same converted model: fine-tuning with labels
    (recipe ``bcosify-cnn``) against alignment to the frozen teacher without labels (recipe
-   ``bcosify-align``: features at three depths and the logits). After every epoch: top-1 on
+   ``bcosify-aloe``: features at three depths and the logits). After every epoch: top-1 on
    the test split (runs are resumed epoch by epoch, which is exact). At the end: a linear probe
    of the penultimate features (``bcosify.evaluate.linear_probe``, the teacher's too), the 2x2
    grid pointing game of the model's own explanations and the share of positive contribution
@@ -132,7 +132,7 @@ def epoch_by_epoch(
             )  # fmt: skip
             model = result.model
         else:
-            recipe = student_recipe("bcosify-align", settings, settings.student_epochs)
+            recipe = student_recipe("bcosify-aloe", settings, settings.student_epochs)
             result = align(
                 teacher, data, out, recipe=recipe, max_steps=steps * epoch, progress=False
             ).train

@@ -246,7 +246,7 @@ def distil(
     """Distil (the embeddings only) or, with ``features``, align (features at three depths of
     the tower and the embeddings) a student from the teacher."""
     recipe = get_recipe(
-        "bcosify-align" if features else "bcosify-clip",
+        "bcosify-aloe" if features else "bcosify-clip",
         model="bcos-scratch" if scratch else "bcosify",
         epochs=settings.distill_epochs,
         batch_size=settings.batch_size,
@@ -367,7 +367,7 @@ def report(results: dict[str, Any], settings: Settings, command: str) -> str:
             f"`bcosify.train.distill` (cosine loss, {s.distill_epochs} epochs, AdamW lr "
             f"{s.distill_lr}, cosine schedule, batch {s.batch_size}, no augmentation) from the "
             'teacher\'s weights, and from random weights (`model="bcos-scratch"`); and aligned '
-            "with `bcosify.train.align` (recipe `bcosify-align`: 1 - cosine on the tower's "
+            "with `bcosify.train.align` (recipe `bcosify-aloe`: 1 - cosine on the tower's "
             "features at three depths and on the embeddings) from the teacher's weights, with "
             "the same budget; the same training images, labels unused. *Linear probe*: a "
             "logistic regression on the frozen embeddings (`bcosify.evaluate.linear_probe`, "

@@ -105,7 +105,7 @@ class Images(torch.utils.data.Dataset):
 def test_alignment_trains_without_labels_records_its_paths_and_lowers_its_loss(tmp_path):
     original = randomised("torchvision:resnet18", num_classes=4).eval()
     data = Images(16)
-    recipe = get_recipe("bcosify-align", epochs=3, batch_size=8, lr=1e-3, image_size=32)
+    recipe = get_recipe("bcosify-aloe", epochs=3, batch_size=8, lr=1e-3, image_size=32)
     result = align(original, data, tmp_path / "run", recipe=recipe, val_data=data, progress=False)
     assert result.config.paths == ("layer2", "layer3", "layer4")
     saved = json.loads((tmp_path / "run" / "recipe.json").read_text())
@@ -123,7 +123,7 @@ def test_alignment_trains_without_labels_records_its_paths_and_lowers_its_loss(t
             tmp_path / "run",
             progress=False,
             recipe=get_recipe(
-                "bcosify-align", epochs=2, batch_size=8, image_size=32, align_paths=("layer1",)
+                "bcosify-aloe", epochs=2, batch_size=8, image_size=32, align_paths=("layer1",)
             ),
         )
 
@@ -145,7 +145,7 @@ def test_bcosify_train_aligns_a_saved_ordinary_model(tmp_path, capsys):
     common += ["--num-val", "8", "--no-progress"]
     assert main([*standard, "standard", *common, "--out", str(tmp_path / "std")]) == 0
     argv = ["train", "--model", str(tmp_path / "std" / "model"), "--data", "synthetic"]
-    argv += ["--recipe", "bcosify-align", *common, "--out", str(tmp_path / "align")]
+    argv += ["--recipe", "bcosify-aloe", *common, "--out", str(tmp_path / "align")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "aligned the output and" in out and "finished after 2 steps" in out

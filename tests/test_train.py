@@ -382,7 +382,12 @@ def test_a_diverged_run_saves_nothing_non_finite_and_resumes_with_a_lower_lr(tmp
     assert "holds step 2" in stderr and "--lr" in stderr
     state = load_checkpoint(out)
     assert state["step"] == 2 and all_finite(state["model"])  # the last finite checkpoint
-    assert not (tmp_path / "run" / "model").exists()
+    # the model written when --max-steps stopped the first run, untouched by the diverged one
+    saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert all_finite(saved)
+    weights = {k.removeprefix("model."): v for k, v in state["model"].items()}
+    assert saved.keys() <= weights.keys()
+    assert all(torch.equal(v, weights[k]) for k, v in saved.items())
     again = cli(*run, "--lr", "1e30")  # the same command again does not "finish" either
     assert again[0] == 1 and "finished" not in again[1]
     assert load_checkpoint(out)["step"] == 2

@@ -15,6 +15,7 @@ __all__ = [
     "finite_float",
     "output_file",
     "output_folder",
+    "positive_float",
     "positive_int",
 ]
 
@@ -61,6 +62,25 @@ def finite_float(text: str) -> float:
         value = math.nan
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0.
+
+    Example:
+        >>> positive_float("90")
+        90.0
+        >>> positive_float("0")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: must be a number above 0, got '0'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
     return value
 
 

@@ -11,16 +11,17 @@ import torch
 from torch.utils.data import Subset
 
 from ..convert import BcosCLIP, BcosModel, BcosTextModel, calibrate
-from ..data import ImageFolderDataset, UnlabelledImages, build_dataset
+from ..data import ImageFolderDataset, UnlabelledImages, build_dataset, held_out_split
 from ..data.text import TextFileDataset
 from ..device import check_device
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, ModelSourceError, UsageError
+from ..models.clip import as_clip
 from ..models.text import TextClassifier, load_tokenizer, save_tokenizer
 from ..train import DISTILLATION_LOSSES, Recipe, RecipeError, align, get_recipe, train
 from ..train.checkpoint import CHECKPOINT_FILE
 from ..train.prepare import prepare_model
 from ..train.resume import RESUMABLE_CHANGES
-from .arguments import apart_from_inputs, output_folder, positive_int
+from .arguments import apart_from_inputs, output_folder, positive_float, positive_int
 from .loading import load_model_argument
 
 __all__ = ["add_parser"]
@@ -34,9 +35,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "Train with a recipe (standard, bcosify-cnn, bcosify-vit, bcos-scratch; for text "
             "classifiers bcosify-lm), or distil a "
             "B-cosified CLIP image tower from the original (bcosify-clip: --model is a CLIP "
-            "model, --data any folder of images). Resumes from the checkpoint in --out if there "
-            "is one (with the same recipe and data; " + ", ".join(RESUMABLE_CHANGES[:4]) + " may "
-            "change, e.g. a lower --lr after a divergence). Under torchrun (torchrun "
+            "model, --data any folder of images), or B-cosify a classifier without labels "
+            "(bcosify-align: --data any folder of images, no classes; with --time-budget the run "
+            "ends, its model written, when the time is spent). Resumes from the checkpoint in "
+            "--out if there is one (with the same recipe and data; "
+            + ", ".join(RESUMABLE_CHANGES[:4])
+            + " may change, e.g. a lower --lr after a divergence). Under torchrun (torchrun "
             "--nproc_per_node=N -m bcosify train ...) it trains with DDP. Exits 0 when finished "
             "or stopped by --max-steps, 130 / 143 when stopped by SIGINT / SIGTERM (resume with "
             "the same command), 1 when the run failed, 2 for a bad command line."
@@ -96,7 +100,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "checksums, the default), full (decode every image) or off",
     )
     parser.add_argument(
-        "--max-steps", type=positive_int, help="stop (with a checkpoint) after N steps"
+        "--max-steps",
+        type=positive_int,
+        help="stop after N steps (with a checkpoint, and the model written)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=positive_float,
+        metavar="SECONDS",
+        help="end the run (finished, its model written) when this many seconds of training "
+        "are spent; resuming spends what is left",
     )
     parser.add_argument("--no-resume", action="store_true", help="refuse to resume: fail instead")
     parser.add_argument("--device", help="cpu, cuda (default: cuda if available)")
@@ -120,7 +133,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
-    for name in ("epochs", "batch_size", "lr", "image_size", "seed"):
+    for name in ("epochs", "batch_size", "lr", "image_size", "seed", "time_budget"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     for item in args.set:
@@ -248,23 +261,28 @@ def _train_text(args: argparse.Namespace, recipe: Recipe) -> int:
 def _align(args: argparse.Namespace, recipe: Recipe) -> int:
     """A B-cos student aligned to (or, for CLIP, distilled from) the original: labels, if the
     data has any, unused."""
+    model = load_model_argument(args.model, args.weights, None)
     if args.data == "synthetic":
         train_data, val_data = _splits(args, recipe)
     else:
         root = Path(args.data)
+        augment = recipe.augment == "standard"
         has_splits = (root / "train").is_dir()
-        train_data = UnlabelledImages(
-            root / "train" if has_splits else root,
-            recipe.image_size,
-            train=recipe.augment == "standard",
-        )
-        val_root = root / "val"
-        val_data = (
-            UnlabelledImages(val_root, recipe.image_size, train=False)
-            if has_splits and val_root.is_dir()
-            else None
-        )
-    model = load_model_argument(args.model, args.weights, None)
+        if has_splits and (root / "val").is_dir():
+            train_data = UnlabelledImages(root / "train", recipe.image_size, train=augment)
+            val_data = UnlabelledImages(root / "val", recipe.image_size, train=False)
+        elif _is_clip(model):  # a CLIP tower distils from every image of the folder
+            train_data = UnlabelledImages(
+                root / "train" if has_splits else root, recipe.image_size, train=augment
+            )
+            val_data = None
+        else:  # any folder of images: a part of them held out, to measure the student on
+            train_data, val_data = held_out_split(
+                root / "train" if has_splits else root,
+                recipe.image_size,
+                seed=recipe.seed,
+                train=augment,
+            )
     result = align(
         model,
         train_data,
@@ -277,11 +295,25 @@ def _align(args: argparse.Namespace, recipe: Recipe) -> int:
         tensorboard=args.tensorboard,
     )
     status = _finish(result.train.finished, result.train.step, result.train.signal, args.out)
+    last = result.train.history[-1] if result.train.history else {}
+    if "val_agreement" in last:
+        print(
+            f"agreement with the original on {len(val_data)} held-out images: top-1 "
+            f"{last['val_agreement']:.1%}, top-5 overlap {last['val_top5_overlap']:.1%}"
+        )
     if result.config and result.config.paths:
         print(f"aligned the output and {', '.join(result.config.paths)} to the original")
     if result.train.finished and isinstance(result.model, BcosCLIP):
         print(f"the B-cos CLIP is in {args.out}/clip/ (load it with bcosify.load_clip)")
     return status
+
+
+def _is_clip(model: Any) -> bool:
+    try:
+        as_clip(model)
+    except ModelSourceError:
+        return isinstance(model, BcosCLIP)
+    return True
 
 
 def _splits(args: argparse.Namespace, recipe: Recipe) -> tuple[Any, Any]:

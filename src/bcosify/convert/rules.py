@@ -41,6 +41,7 @@ from ..nn import (
     DynamicAttention,
     PooledLayerNorm,
 )
+from ..nn.trace import traced_constant
 from .dynamic import dynamic_class
 from .options import ConversionOptions
 
@@ -97,7 +98,9 @@ def keep(module: nn.Module, context: RuleContext) -> nn.Module:
 
 
 class Biased(nn.Module):
-    """A B-cos layer plus the original bias: only for equivalence checks (``keep_bias=True``)."""
+    """A B-cos layer plus the original bias (``keep_bias=True``): for equivalence checks, and
+    for models that keep their biases, whose explanations report each as a named constant term
+    (``<module path>.bias``)."""
 
     def __init__(self, layer: nn.Module, bias: Tensor, channel_dim: int) -> None:
         super().__init__()
@@ -109,7 +112,7 @@ class Biased(nn.Module):
         out = self.layer(x)
         shape = [1] * out.ndim
         shape[self.channel_dim] = -1
-        return out + self.bias.view(shape)
+        return out + traced_constant(self, "bias", self.bias.view(shape), out)
 
 
 def _with_bias(layer: nn.Module, bias: Tensor | None, options: ConversionOptions, dim: int):

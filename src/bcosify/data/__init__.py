@@ -17,7 +17,7 @@ from .folder import (
     train_transform,
 )
 from .synthetic import ALL_SHAPES, EXTRA_SHAPES, SHAPES, SPLITS, SyntheticShapes, write_image_folder
-from .unlabelled import UnlabelledImages
+from .unlabelled import UnlabelledImages, held_out_split
 
 __all__ = [
     "ALL_SHAPES",
@@ -33,6 +33,7 @@ __all__ = [
     "build_dataset",
     "check_classes",
     "eval_transform",
+    "held_out_split",
     "list_images",
     "mask_folder_for",
     "read_image",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .folder import IMAGE_EXTENSIONS, eval_transform, list_images, read_image, train_transform
 
-__all__ = ["UnlabelledImages"]
+__all__ = ["UnlabelledImages", "held_out_split"]
 
 
 class UnlabelledImages(Dataset):
@@ -35,14 +37,24 @@ class UnlabelledImages(Dataset):
         (2, torch.Size([3, 16, 16]), 0)
     """
 
-    def __init__(self, root: str | Path, image_size: int = 224, *, train: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 224,
+        *,
+        train: bool = True,
+        files: Sequence[Path] | None = None,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root} is not a folder; pass a folder of images")
-        listing = list_images(self.root)
-        if listing.skipped:
-            warnings.warn(f"{self.root}: {listing.note()}", stacklevel=2)
-        self.files = listing.images
+        if files is not None:
+            self.files = list(files)
+        else:
+            listing = list_images(self.root)
+            if listing.skipped:
+                warnings.warn(f"{self.root}: {listing.note()}", stacklevel=2)
+            self.files = listing.images
         if not self.files:
             raise DataError(
                 f"{self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), in any subfolder"
@@ -57,3 +69,37 @@ class UnlabelledImages(Dataset):
 
     def __repr__(self) -> str:
         return f"UnlabelledImages({str(self.root)!r}, {len(self)} images)"
+
+
+def held_out_split(
+    root: str | Path, image_size: int, *, share: float = 0.1, seed: int = 0, train: bool = True
+) -> tuple[UnlabelledImages, UnlabelledImages]:
+    """The images of a folder split by image into a training part (with the training
+    transform when ``train``) and a held-out part (resize and centre crop) of about ``share``
+    of them, at least one, drawn with ``seed``; a folder of one image cannot be split.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for i in range(20):
+        ...     Image.new("RGB", (24, 24)).save(root / f"{i}.png")
+        >>> fit, held_out = held_out_split(root, 16)
+        >>> len(fit), len(held_out), set(fit.files) & set(held_out.files)
+        (18, 2, set())
+    """
+    files = UnlabelledImages(root, image_size).files
+    if len(files) < 2:
+        raise DataError(
+            f"{root} holds {len(files)} image: a run needs at least two (one to train on, one "
+            "held out to measure it)"
+        )
+    order = list(files)
+    random.Random(seed).shuffle(order)
+    count = min(len(files) - 1, max(1, round(share * len(files))))
+    held = sorted(order[:count])
+    kept = sorted(order[count:])
+    return (
+        UnlabelledImages(root, image_size, train=train, files=kept),
+        UnlabelledImages(root, image_size, train=False, files=held),
+    )

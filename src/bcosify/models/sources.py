@@ -50,6 +50,7 @@ __all__ = [
     "check_source_fields",
     "class_names_of",
     "create",
+    "imagenet_class_names",
     "input_size_of",
     "load_state_dict_strictly",
     "load_weights",
@@ -126,6 +127,25 @@ def input_size_of(model: nn.Module) -> tuple[int, int] | None:
         info = source_info(model)
         size = info.input_size if info else None
     return (int(size[0]), int(size[1])) if size else None
+
+
+def imagenet_class_names(num_classes: int) -> list[str] | None:
+    """ImageNet-1k's class names (torchvision's short, unique ones), for a classifier with
+    1000 outputs; None for any other number.
+
+    Pretrained weights of 1000 classes are ImageNet-1k's, in the standard order of its synsets,
+    whichever library made them, so :func:`create` names the classes of a model loaded with
+    such weights (``class_names_of`` reads them, ``bcosify explain`` and ``evaluate`` show them).
+
+    Example:
+        >>> imagenet_class_names(1000)[916], imagenet_class_names(10)
+        ('web site', None)
+    """
+    if num_classes != 1000:
+        return None
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def create(name: str, weights: Any = None, **kwargs: Any) -> nn.Module:
@@ -258,9 +278,11 @@ def _torchvision(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Mo
     name = f"torchvision:{arch}"
     if weights is None or _is_file(weights):
         model = builder(weights=None, **kwargs)
-        if weights is not None:
-            load_weights(model, weights)
-        return model, SourceInfo(name, dict(kwargs))
+        if weights is None:
+            return model, SourceInfo(name, dict(kwargs))
+        load_weights(model, weights)
+        names = imagenet_class_names(_outputs(model))
+        return model, SourceInfo(name, dict(kwargs), class_names=names)
     enum = _torchvision_weights(arch, weights)
     classes = len(enum.meta["categories"])
     if kwargs.get("num_classes", classes) != classes:
@@ -334,9 +356,15 @@ def _timm(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, S
         dict(kwargs),
         tuple(cfg.get("mean", IMAGENET_MEAN)),
         tuple(cfg.get("std", IMAGENET_STD)),
-        None,
+        None if weights is None else imagenet_class_names(getattr(model, "num_classes", 0)),
         (size[1], size[2]) if size else None,
     )
+
+
+def _outputs(model: nn.Module) -> int:
+    """The number of outputs of a torchvision classifier's last linear layer (0 if none)."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else 0
 
 
 def _builtin(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, SourceInfo]:

@@ -9,7 +9,8 @@
 
 In explanation mode the standard deviation (the variance in batch norm) is detached.
 ``bias=True`` exists so that a converted model can be checked for exact equivalence with the
-original; a model with biases is not dynamic linear.
+original, and for models that keep their biases: an explanation then reports every bias as a
+named constant term (``<module path>.bias``), so that completeness stays exact.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mode import ExplanationAware
+from .trace import traced_constant
 
 __all__ = [
     "BcosBatchNorm2d",
@@ -59,8 +61,8 @@ class _AffineNorm(ExplanationAware, nn.Module):
         shape[channel_dim] = -1
         if self.weight is not None:
             x = x * self.weight.view(shape)
-        if self.bias is not None:
-            x = x + self.bias.view(shape)
+        if self.bias is not None:  # kept: a named constant term of an explanation
+            x = x + traced_constant(self, "bias", self.bias.view(shape), x)
         return x
 
     def _standardise(self, x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
@@ -283,7 +285,9 @@ class BcosBatchNorm2d(_AffineNorm):
             y, var, _, _ = _UncenteredBatchNorm.apply(x, self.weight, self.eps, self.explaining)
             if self.training and self.running_var is not None:
                 self._update_running_var(x, var)
-            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+            if self.bias is None:
+                return y
+            return y + traced_constant(self, "bias", self.bias.view(1, -1, 1, 1), y)
         inv_std = (self.running_var + self.eps).rsqrt()
         return self._affine(x * self.detach_if_explaining(inv_std).view(1, -1, 1, 1), 1)
 

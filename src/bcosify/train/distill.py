@@ -37,7 +37,9 @@ from ..convert.clip import BcosCLIP, convert_clip
 from ..device import device_of
 from ..errors import CheckpointError, ModelSourceError
 from ..models.clip import as_clip
+from ..nn import BcosBatchNorm2d
 from ..serialization import atomic_write
+from .checkpoint import CHECKPOINT_FILE
 from .distributed import Distributed, setup_distributed
 from .loading import build_loader
 from .loop import TrainResult, train
@@ -59,6 +61,9 @@ __all__ = [
     "cosine_distillation_loss",
     "distill",
     "feature_cosine",
+    "kl_distillation_loss",
+    "normalised_mse",
+    "prediction_agreement",
     "siglip_distillation_loss",
 ]
 
@@ -68,7 +73,8 @@ SIGLIP_BIAS = -10.0
 CONFIG_FILE = "distillation.json"
 CLIP_RUN_DIR = "clip"
 
-DistillationLoss = Literal["cosine", "siglip"]
+DistillationLoss = Literal["cosine", "siglip", "kl"]
+FeatureLoss = Literal["cosine", "mse"]
 
 
 def cosine_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
@@ -79,6 +85,38 @@ def cosine_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
         0.0
     """
     return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+
+
+def kl_distillation_loss(student: Tensor, teacher: Tensor, temperature: float = 2.0) -> Tensor:
+    """``KL(softmax(teacher / T) || softmax(student / T)) * T^2``, averaged over the batch: the
+    classic distillation loss on logits (Hinton et al.), which cares about the classes the
+    teacher ranks high, and so about agreeing with its predictions.
+
+    Example:
+        >>> logits = torch.randn(4, 10)
+        >>> float(kl_distillation_loss(logits, logits)) < 1e-6
+        True
+        >>> bool(kl_distillation_loss(logits, logits.flip(1)) > 0.1)
+        True
+    """
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    divergence = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return divergence * temperature**2
+
+
+def normalised_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """``||student - teacher||^2 / ||teacher||^2`` over the batch: a feature loss that keeps
+    the scale of the features (which the next layers' frozen statistics expect), unlike the
+    cosine.
+
+    Example:
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> float(normalised_mse(x, x)), float(normalised_mse(torch.zeros_like(x), x))
+        (0.0, 1.0)
+    """
+    student, teacher = student.float(), teacher.float()
+    return (student - teacher).pow(2).sum() / teacher.pow(2).sum().clamp_min(1e-12)
 
 
 def siglip_distillation_loss(
@@ -105,8 +143,10 @@ class DistillationConfig:
     """The distillation loss, saved with a run as ``distillation.json``.
 
     Attributes:
-        loss: ``"cosine"`` or ``"siglip"``.
+        loss: ``"cosine"``, ``"siglip"`` (embeddings) or ``"kl"`` (a classifier's logits, at
+            ``temperature``).
         siglip_scale, siglip_bias: the fixed scale and bias of the SigLIP loss.
+        temperature: of the ``"kl"`` loss.
 
     Example:
         >>> DistillationConfig("siglip").siglip_bias
@@ -116,16 +156,21 @@ class DistillationConfig:
     loss: DistillationLoss = "cosine"
     siglip_scale: float = SIGLIP_SCALE
     siglip_bias: float = SIGLIP_BIAS
+    temperature: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.loss not in ("cosine", "siglip"):
-            raise RecipeError(f"loss must be 'cosine' or 'siglip', got {self.loss!r}")
+        if self.loss not in ("cosine", "siglip", "kl"):
+            raise RecipeError(f"loss must be 'cosine', 'siglip' or 'kl', got {self.loss!r}")
         if not self.siglip_scale > 0:
             raise RecipeError(f"siglip_scale must be positive, got {self.siglip_scale}")
+        if not self.temperature > 0:
+            raise RecipeError(f"temperature must be positive, got {self.temperature}")
 
     def __call__(self, student: Tensor, teacher: Tensor) -> Tensor:
         if self.loss == "cosine":
             return cosine_distillation_loss(student, teacher)
+        if self.loss == "kl":
+            return kl_distillation_loss(student, teacher, self.temperature)
         return siglip_distillation_loss(
             student, teacher, scale=self.siglip_scale, bias=self.siglip_bias
         )
@@ -153,8 +198,16 @@ class AlignmentConfig:
 
     Attributes:
         paths: module paths of the original (the same in the converted network) whose outputs
-            are compared by ``1 - cosine`` along the channels.
+            are compared.
         output: the loss on the outputs (:class:`DistillationConfig`).
+        features: how the features at ``paths`` are compared: ``"cosine"`` (``1 - cosine``
+            along the channels) or ``"mse"`` (:func:`normalised_mse`).
+        forcing: the fraction of the run during which the student's modules at ``paths`` take
+            the teacher's input to them instead of their own (teacher forcing), each with a
+            probability that falls linearly from 1 to 0 over that fraction. Forced, every
+            module learns to reproduce the teacher's from the teacher's input, independently
+            of the others, as block-wise reconstruction does (BRECQ), all in one pass; then the
+            student runs on its own inputs. 0 turns it off.
 
     Example:
         >>> AlignmentConfig(("layer2", "layer4")).to_dict()["paths"]
@@ -163,9 +216,22 @@ class AlignmentConfig:
 
     paths: tuple[str, ...] = ()
     output: DistillationConfig = DistillationConfig()
+    features: FeatureLoss = "cosine"
+    forcing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.features not in ("cosine", "mse"):
+            raise RecipeError(f"features must be 'cosine' or 'mse', got {self.features!r}")
+        if not 0.0 <= self.forcing <= 1.0:
+            raise RecipeError(f"forcing must be in [0, 1], got {self.forcing}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.output.to_dict(), "paths": list(self.paths)}
+        return {
+            **self.output.to_dict(),
+            "paths": list(self.paths),
+            "features": self.features,
+            "forcing": self.forcing,
+        }
 
 
 def _first_tensor(output: Any) -> Tensor:
@@ -176,17 +242,32 @@ def _first_tensor(output: Any) -> Tensor:
 
 
 class _Features:
-    """Forward hooks that keep the last output of modules, by path."""
+    """Forward hooks that keep the last output (and, with ``inputs``, the first positional
+    input) of modules, by path."""
 
-    def __init__(self, root: nn.Module, paths: tuple[str, ...]) -> None:
+    def __init__(self, root: nn.Module, paths: tuple[str, ...], inputs: bool = False) -> None:
         self.values: dict[str, Tensor] = {}
+        self.inputs: dict[str, Tensor] = {}
+        modules = [(path, root.get_submodule(path)) for path in paths]
         self._handles = [
-            root.get_submodule(path).register_forward_hook(self._keeper(path)) for path in paths
+            module.register_forward_hook(self._keeper(path)) for path, module in modules
         ]
+        if inputs:
+            self._handles += [
+                module.register_forward_pre_hook(self._input_keeper(path))
+                for path, module in modules
+            ]
 
     def _keeper(self, path: str) -> Callable[..., None]:
         def keep(module: nn.Module, args: tuple, output: Any) -> None:
             self.values[path] = _first_tensor(output)
+
+        return keep
+
+    def _input_keeper(self, path: str) -> Callable[..., None]:
+        def keep(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], Tensor):
+                self.inputs[path] = args[0]
 
         return keep
 
@@ -206,6 +287,12 @@ class Alignment(nn.Module):
     student's outputs (less its logit bias, ``output_offset``) with the teacher's. An
     :class:`~bcosify.train.loop.Objective` for :func:`bcosify.train.train`.
 
+    ``classifier``: the outputs are logits, so validation also measures the agreement with the
+    teacher's predictions. With ``config.forcing``, ``student`` (the model the loop trains,
+    taking the images) runs
+    the teacher first in training mode, and each student module at ``config.paths`` takes the
+    teacher's input to it instead of its own with the probability :meth:`progress` sets.
+
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten())
         >>> objective = Alignment(net, AlignmentConfig(("0",)), net, net)
@@ -221,32 +308,85 @@ class Alignment(nn.Module):
         student_root: nn.Module | None = None,
         teacher_root: nn.Module | None = None,
         output_offset: float = 0.0,
+        student: nn.Module | None = None,
+        classifier: bool = False,
     ) -> None:
         super().__init__()
         if config.paths and (student_root is None or teacher_root is None):
             raise RecipeError("aligning features needs the student's and the teacher's modules")
+        forcing = config.forcing > 0 and bool(config.paths)
+        if forcing and student is None:
+            raise RecipeError("teacher forcing needs the student model (student=)")
         self.teacher = teacher.eval().requires_grad_(False)
         self.config = config
         self.output_offset = output_offset
+        self.classifier = classifier
         self._student = _Features(student_root, config.paths) if config.paths else None
-        self._teacher = _Features(teacher_root, config.paths) if config.paths else None
+        self._teacher = _Features(teacher_root, config.paths, forcing) if config.paths else None
+        self.forcing_probability = 1.0 if forcing else 0.0
+        self._target: tuple[Tensor, Tensor] | None = None  # (images, the teacher's output)
+        self._handles = []
+        if forcing and student is not None and student_root is not None:
+            self._handles.append(student.register_forward_pre_hook(self._run_teacher_first))
+            self._handles += [
+                student_root.get_submodule(path).register_forward_pre_hook(self._forcer(path))
+                for path in config.paths
+            ]
 
     def close(self) -> None:
         """Remove the hooks from the student and the teacher."""
         for features in (self._student, self._teacher):
             if features is not None:
                 features.remove()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def progress(self, fraction: float) -> None:
+        """Set the forcing probability for the run's progress (see :class:`AlignmentConfig`)."""
+        if self.config.forcing > 0 and self._handles:
+            self.forcing_probability = max(0.0, 1.0 - fraction / self.config.forcing)
+
+    def _run_teacher_first(self, module: nn.Module, args: tuple) -> None:
+        """Before a training forward pass that forcing may touch: the teacher's inputs."""
+        self._target = None
+        if module.training and self.forcing_probability > 0 and self._teacher is not None:
+            self._teacher.inputs.clear()
+            images = args[0]
+            with torch.no_grad():
+                self._target = (images, self.teacher(images).float())
+
+    def _forcer(self, path: str) -> Callable[..., Any]:
+        def force(module: nn.Module, args: tuple) -> tuple | None:
+            if self._target is None or self._teacher is None or path not in self._teacher.inputs:
+                return None
+            if float(torch.rand(())) >= self.forcing_probability:
+                return None
+            return (self._teacher.inputs[path], *args[1:])
+
+        return force
+
+    def _teacher_output(self, images: Tensor) -> Tensor:
+        """The teacher's output on ``images``: the one computed before a forced forward pass
+        on these very images, else a new one."""
+        if self._target is not None and self._target[0] is images:
+            return self._target[1]
+        with torch.no_grad():
+            return self.teacher(images).float()
 
     def terms(self, outputs: Tensor, images: Tensor) -> dict[str, Tensor]:
-        """``{"output": output loss, path: 1 - cosine, ...}`` of a batch the student has just
+        """``{"output": output loss, path: feature loss, ...}`` of a batch the student has just
         computed ``outputs`` for."""
-        with torch.no_grad():
-            target = self.teacher(images).float()
+        target = self._teacher_output(images)
+        self._target = None
         terms = {"output": self.config.output(outputs.float() - self.output_offset, target)}
         if self._student is not None and self._teacher is not None:
             for path in self.config.paths:
                 student, teacher = self._student.values[path], self._teacher.values[path]
-                terms[path] = 1 - feature_cosine(student, teacher)
+                if self.config.features == "mse":
+                    terms[path] = normalised_mse(student, teacher)
+                else:
+                    terms[path] = 1 - feature_cosine(student, teacher)
         return terms
 
     def forward(self, outputs: Tensor, images: Tensor, labels: Tensor) -> Tensor:
@@ -257,10 +397,13 @@ class Alignment(nn.Module):
         self, model: nn.Module, data: Dataset, *, batch_size: int, dist: Distributed
     ) -> dict[str, Any]:
         """``val_loss`` (the loss per batch, averaged), ``val_cosine`` (the mean cosine of the
-        outputs) and, per aligned path, ``val_cosine_<path>``, over all processes."""
+        outputs), per aligned path ``val_cosine_<path>`` and, for a classifier, the agreement
+        with the original's predictions: ``val_agreement`` (the same top class) and
+        ``val_top5_overlap`` (the share of the original's top 5 among the student's), over all
+        processes."""
         was_training = model.training
         model.eval()
-        keys = ["loss", "cosine", *self.config.paths]
+        keys = ["loss", "cosine", "agreement", "top5_overlap", *self.config.paths]
         totals = dict.fromkeys(keys, 0.0)
         batches = count = 0.0
         loader = build_loader(
@@ -272,13 +415,19 @@ class Alignment(nn.Module):
             for batch in loader:
                 images = batch[0].to(device)
                 outputs = model(images)
-                terms = self.terms(outputs, images)
                 target = self.teacher(images).float()
+                self._target = (images, target)
+                terms = self.terms(outputs, images)
                 student = outputs.float() - self.output_offset
                 totals["loss"] += float(sum(terms.values()))
                 totals["cosine"] += float(F.cosine_similarity(student, target, dim=-1).sum())
+                if self.classifier:
+                    agree, overlap = prediction_agreement(student, target)
+                    totals["agreement"] += float(agree.sum())
+                    totals["top5_overlap"] += float(overlap.sum())
                 for path in self.config.paths:
-                    totals[path] += (1 - float(terms[path])) * len(images)
+                    cosine = feature_cosine(self._student.values[path], self._teacher.values[path])  # type: ignore[union-attr]
+                    totals[path] += float(cosine) * len(images)
                 batches += 1
                 count += len(images)
         finally:
@@ -287,6 +436,10 @@ class Alignment(nn.Module):
         *values, batches, count = reduced
         metrics = dict(zip(keys, values, strict=True))
         result = {"val_loss": metrics.pop("loss") / max(batches, 1)}
+        for key in ("agreement", "top5_overlap"):
+            value = metrics.pop(key)
+            if self.classifier:
+                result[f"val_{key}"] = value / max(count, 1)
         result |= {
             f"val_cosine{'_' + k if k != 'cosine' else ''}": v / max(count, 1)
             for k, v in metrics.items()
@@ -307,6 +460,25 @@ class Distillation(Alignment):
 
     def __init__(self, teacher: nn.Module, config: DistillationConfig) -> None:
         super().__init__(teacher, AlignmentConfig((), config))
+
+
+def prediction_agreement(student: Tensor, teacher: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
+    """Per example: whether the student's top class is the teacher's (1.0 or 0.0), and the
+    share of the teacher's top ``k`` classes among the student's top ``k``.
+
+    Example:
+        >>> teacher = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5]])
+        >>> student = torch.tensor([[5.0, 4, 3, 2, 0, 1], [5.0, 4, 3, 2, 1, 0]])
+        >>> agree, overlap = prediction_agreement(student, teacher)
+        >>> agree.tolist(), overlap.tolist()
+        ([1.0, 0.0], [0.800000011920929, 0.800000011920929])
+    """
+    k = min(k, teacher.shape[-1])
+    agree = (student.argmax(-1) == teacher.argmax(-1)).float()
+    top_student = F.one_hot(student.topk(k, -1).indices, teacher.shape[-1]).sum(-2)
+    top_teacher = F.one_hot(teacher.topk(k, -1).indices, teacher.shape[-1]).sum(-2)
+    overlap = (top_student * top_teacher).sum(-1).float() / k
+    return agree, overlap
 
 
 def alignment_paths(root: nn.Module, run: Callable[[], Any], count: int = 3) -> tuple[str, ...]:
@@ -432,13 +604,19 @@ def align(
 
     ``model`` is the original (a classifier, or a CLIP model whose image tower is converted
     with :func:`~bcosify.convert.convert_clip`) or a :class:`BcosCLIP`; it is converted at
-    ``recipe.b`` with ``recipe.activations`` (``recipe.model == "bcos-scratch"``: then
-    re-initialised). The loss sums ``1 - cosine`` between the student's and the original's
-    features at ``recipe.align_paths`` (empty: ``recipe.align_depths`` paths picked by
-    :func:`alignment_paths`, recorded in the run's ``recipe.json``) and the output term
-    (``recipe.loss``, or ``loss``) on the outputs: logits less the logit bias, or embeddings.
-    Writes what :func:`bcosify.train.train` writes (the student in ``model/``; a B-cos CLIP in
-    ``clip/``) and ``distillation.json`` (the loss and paths; a run resumes only with the same).
+    ``recipe.b`` with ``recipe.activations`` and ``recipe.keep_bias``
+    (``recipe.model == "bcos-scratch"``: then re-initialised); with
+    ``recipe.align_calibration`` its batch norms are then fitted to the original's on that many
+    training images (:func:`bcosify.calibrate`, ``method="original"``). The loss sums the
+    feature term (``recipe.align_features``) between the student's and the original's features
+    at ``recipe.align_paths`` (empty: ``recipe.align_depths`` paths picked by
+    :func:`alignment_paths`, recorded in the run's ``recipe.json``), teacher-forced for the
+    first ``recipe.align_forcing`` of the run, and the output term (``recipe.loss``, or
+    ``loss``) on the outputs: logits less the logit bias, or embeddings. Writes what
+    :func:`bcosify.train.train` writes (the student in ``model/`` however the run ends; a B-cos
+    CLIP in ``clip/``) and ``distillation.json`` (the losses and paths; a run resumes only with
+    the same). The validation metrics of a classifier include its agreement with the
+    original's predictions (``val_agreement``, ``val_top5_overlap``).
 
     Args:
         train_data, val_data: datasets whose items start with an image in ``[0, 1]`` (labels,
@@ -452,9 +630,9 @@ def align(
         >>> data = torch.utils.data.TensorDataset(torch.rand(8, 3, 32, 32), torch.zeros(8))
         >>> result = align(create("torchvision:resnet18", num_classes=3), data, tempfile.mkdtemp(),
         ...                recipe=get_recipe("bcosify-align", epochs=1, batch_size=4,
-        ...                                  image_size=32), progress=False)
+        ...                                  epoch_size=8, image_size=32), progress=False)
         >>> result.config.paths, result.train.step
-        (('layer2', 'layer3', 'layer4'), 2)
+        (('layer1', 'layer2', 'layer3', 'layer4'), 2)
     """
     recipe = recipe or get_recipe("bcosify-align")
     if recipe.model not in ("bcosify", "bcos-scratch"):
@@ -463,7 +641,9 @@ def align(
             f"pretrained weights) or 'bcos-scratch' (from random weights), got {recipe.model!r}"
         )
     output = (
-        loss if isinstance(loss, DistillationConfig) else DistillationConfig(loss or recipe.loss)
+        loss
+        if isinstance(loss, DistillationConfig)
+        else DistillationConfig(loss or recipe.loss, temperature=recipe.temperature)
     )
     out = Path(out_dir)
     dist = setup_distributed(train_options.get("device"))
@@ -474,14 +654,22 @@ def align(
         paths = alignment_paths(roots[1], lambda: teacher(sample), recipe.align_depths)
     # recipe.json records the loss and the paths trained with
     recipe = replace(recipe, loss=output.loss, align_paths=paths)
-    config = AlignmentConfig(paths, output)
+    config = AlignmentConfig(paths, output, recipe.align_features, recipe.align_forcing)
     bias = getattr(student.logit_bias, "bias", None) if hasattr(student, "logit_bias") else None
     objective = Alignment(
-        teacher, config, *roots, output_offset=float(bias) if bias is not None else 0.0
+        teacher,
+        config,
+        *roots,
+        output_offset=float(bias) if bias is not None else 0.0,
+        student=student,
+        classifier=clip is None,
     )
     try:
         with hold_run_folder(out, dist):  # the whole run, train's own hold included
             _check_resumable(out, config, train_options.get("resume", True))
+            fresh = not (train_options.get("resume", True) and (out / CHECKPOINT_FILE).is_file())
+            if recipe.align_calibration and clip is None and fresh:
+                _fit_norms_to_the_original(student, roots[1], train_data, recipe)
             if dist.is_main:
                 text = json.dumps(config.to_dict(), indent=2) + "\n"
                 atomic_write(out / CONFIG_FILE, lambda path: path.write_text(text))
@@ -494,9 +682,26 @@ def align(
     if clip is None:
         return DistillationResult(result.model, result, config)
     clip.visual = result.model
-    if result.finished and dist.is_main:
+    if dist.is_main:  # however the run ended, as train writes model/
         clip.save_pretrained(out / CLIP_RUN_DIR)
     return DistillationResult(clip, result, config)
+
+
+def _fit_norms_to_the_original(
+    student: nn.Module, original: nn.Module, data: Dataset, recipe: Recipe
+) -> None:
+    """The closed-form start: the student's batch norms fitted to the original's on
+    ``recipe.align_calibration`` training images (drawn with the run's seed)."""
+    from ..convert.calibrate import calibrate
+
+    generator = torch.Generator().manual_seed(recipe.seed)
+    size = len(data)  # type: ignore[arg-type]
+    indices = torch.randint(size, (recipe.align_calibration,), generator=generator).tolist()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        images = torch.stack([data[i][0] for i in indices]).to(device_of(student))
+    if any(isinstance(m, BcosBatchNorm2d) for m in student.modules()):
+        calibrate(student, images, method="original", original=original)
 
 
 def _student_and_teacher(

@@ -36,6 +36,10 @@ def mix_seed(*parts: int) -> int:
 class SeededExamples(Dataset):
     """Wraps a dataset so that example ``i`` of epoch ``e`` is drawn with its own seed.
 
+    With ``size``, an epoch has ``size`` examples, each drawn from the dataset at random (with
+    replacement, from ``(seed, epoch, i)``), however many the dataset holds: a run's steps are
+    then independent of the size of its data (a folder of 50 photos or of 50,000).
+
     Example:
         >>> class Noise(Dataset):
         ...     def __len__(self): return 4
@@ -43,19 +47,25 @@ class SeededExamples(Dataset):
         >>> data = SeededExamples(Noise(), seed=0)
         >>> bool(data[2][0] == data[2][0]), bool(data[2][0] == data[3][0])
         (True, False)
+        >>> drawn = SeededExamples(Noise(), seed=0, size=100)
+        >>> len(drawn), {drawn[i][1] for i in range(100)} == {0, 1, 2, 3}
+        (100, True)
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, size: int | None = None) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.size = size
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset) if self.size is None else self.size  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, self.epoch, index))
+            if self.size is not None:  # a draw with replacement, from (seed, epoch, index)
+                index = mix_seed(self.seed, self.epoch, index, 1) % len(self.dataset)  # type: ignore[arg-type]
             return self.dataset[index]
 
 

@@ -32,8 +32,10 @@ from ..errors import DataError, DivergenceError
 from ..liveness import warn_if_constant
 from ..models.sources import class_names_of
 from ..models.text import TextClassifier
+from ..nn import BcosBatchNorm2d
 from ..nn.compile import compile as compile_model
 from ..serialization import atomic_write, non_finite_entries
+from .budget import TimeBudget
 from .checkpoint import CHECKPOINT_FILE, save_checkpoint
 from .distributed import Distributed, setup_distributed
 from .loading import SeededExamples, build_loader, mix_seed
@@ -77,6 +79,10 @@ class Objective(Protocol):
         self, model: nn.Module, data: Dataset, *, batch_size: int, dist: Distributed
     ) -> dict[str, Any]:
         """Validation metrics of ``model`` on ``data``, reduced over the processes."""
+
+    def progress(self, fraction: float) -> None:
+        """Told before every step how far the run is (0 to 1: of its steps, or of its time
+        budget), for objectives with a schedule of their own."""
 
 
 @dataclass
@@ -122,8 +128,10 @@ def train(
 
     Writes to ``out_dir``: ``recipe.json``, ``checkpoint.safetensors`` (every
     ``recipe.checkpoint_every`` steps, at each epoch end, at the end and on SIGINT/SIGTERM),
-    ``metrics.jsonl`` (a JSON line per logged step and per epoch) and, at the end, the trained
-    model in ``model/`` (load it with :func:`bcosify.load` or :func:`bcosify.models.load`).
+    ``metrics.jsonl`` (a JSON line per logged step and per epoch) and, however the run ends
+    (finished, ``max_steps``, ``recipe.time_budget``, SIGINT/SIGTERM), the trained model in
+    ``model/`` (load it with :func:`bcosify.load` or :func:`bcosify.models.load`); a run with an
+    ``objective`` or a time budget that stops between epochs validates once more first.
     Only rank 0 writes. An existing checkpoint in ``out_dir`` is resumed from (``resume``);
     ``lr``, ``warmup_steps``, ``schedule`` and ``agc_clip`` may differ from the checkpoint's
     recipe, every other field must not, and the data must be the same (its size, classes and
@@ -181,11 +189,12 @@ def train(
             f"({dist.world}) times grad_accumulation ({recipe.grad_accumulation})"
         )
     per_process = recipe.batch_size // dist.world
-    steps_per_epoch = len(train_data) // recipe.batch_size  # type: ignore[arg-type]
+    epoch_size = recipe.epoch_size or len(train_data)  # type: ignore[arg-type]
+    steps_per_epoch = epoch_size // recipe.batch_size
     if steps_per_epoch == 0:
         raise RecipeError(
-            f"the training set has {len(train_data)} examples, fewer than one batch of "  # type: ignore[arg-type]
-            f"{recipe.batch_size}: lower batch_size"
+            f"an epoch has {epoch_size} examples, fewer than one batch of "
+            f"{recipe.batch_size}: lower batch_size (or raise epoch_size)"
         )
     if recipe.precision == "fp16" and dist.device.type != "cuda":
         raise RecipeError("fp16 needs a GPU; use precision='bf16' on a CPU")
@@ -206,11 +215,12 @@ def train(
     fingerprint = data_fingerprint(train_data, val_data)
     with contextlib.ExitStack() as run:
         run.enter_context(hold_run_folder(out, dist))
-        step, changes = (
+        step, changes, spent = (
             resume_from_checkpoint(out, recipe, fingerprint, prepared, optimizer, ema, scaler)
             if resume
-            else (0, {})
+            else (0, {}, 0.0)
         )
+        clock = TimeBudget(recipe.time_budget, spent)
         saved_step = step if step else None  # the step of the checkpoint on disk, if any
         if dist.is_main:
             text = json.dumps(recipe.to_dict(), indent=2) + "\n"
@@ -223,13 +233,15 @@ def train(
             log.write({"step": step, "recipe_changes": {k: list(v) for k, v in changes.items()}})
         run.enter_context(synchronised_batch_norms(prepared, dist))
         trained = DistributedDataParallel(prepared) if dist.enabled else prepared
-        seeded = SeededExamples(train_data, recipe.seed)
+        seeded = SeededExamples(train_data, recipe.seed, recipe.epoch_size or None)
         history: list[dict[str, Any]] = []
+        last_checkpoint = time.perf_counter()
 
         def checkpoint() -> None:
-            nonlocal saved_step
+            nonlocal saved_step, last_checkpoint
             state = {
                 "step": step,
+                "elapsed": clock.elapsed(),
                 "recipe": recipe.to_dict(),
                 "data": fingerprint,
                 "model": prepared.state_dict(),
@@ -241,7 +253,20 @@ def train(
             if dist.is_main:
                 save_checkpoint(out, state)
             saved_step = step
+            last_checkpoint = time.perf_counter()
             dist.barrier()
+
+        def validation(epoch: int) -> None:
+            metrics = _evaluate(prepared, ema, val_data, per_process, dist, objective)
+            metrics.update(epoch=epoch, step=step)
+            history.append(metrics)
+            log.write(metrics)
+            bar.write(f"{f'epoch {epoch}' if epoch else f'step {step}'}: {_summary(metrics)}")
+
+        # validation batches: the end of a run with a time budget validates, within the budget
+        end_steps = 1.0 + (len(val_data) / per_process / 2 if val_data is not None else 0.0)  # type: ignore[arg-type]
+        budget_spent = False
+        end_validation = objective is not None or recipe.time_budget is not None
 
         stop_after = total_steps if max_steps is None else min(max_steps, total_steps)
         bar = tqdm(
@@ -256,7 +281,7 @@ def train(
         stopped_by: int | None = None
         input_size: tuple[int, int] | None = None  # of the images trained on
         with _stop_requests() as requests, bar:
-            while step < stop_after and stopped_by is None:
+            while step < stop_after and stopped_by is None and not budget_spent:
                 epoch, start_batch = divmod(step, steps_per_epoch)
                 loader = build_loader(
                     seeded,
@@ -269,11 +294,15 @@ def train(
                     num_workers=recipe.num_workers,
                 )
                 for batch in loader:
+                    step_started = time.perf_counter()
                     images, labels = batch[0].to(dist.device), batch[1].to(dist.device)
                     if images.ndim == 4:
                         input_size = (images.shape[-2], images.shape[-1])
                     torch.manual_seed(mix_seed(recipe.seed, step, dist.rank))
-                    lr = learning_rate_at(recipe, step, total_steps)
+                    fraction = clock.fraction()
+                    lr = learning_rate_at(recipe, step, total_steps, fraction)
+                    if hasattr(objective, "progress"):
+                        objective.progress(step / total_steps if fraction is None else fraction)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     b = b_at(recipe, step)
@@ -292,9 +321,17 @@ def train(
                     bar.update(1)
                     # one reduction: the metrics, and the stop requests of every process, so
                     # that all of them stop at the same step
-                    loss_sum, correct_sum, count, interrupts, terminations = dist.sum(
-                        [loss * len(labels), correct, len(labels), *requests.flags()]
+                    clock.step_took(time.perf_counter() - step_started)
+                    loss_sum, correct_sum, count, interrupts, terminations, spent_flags = dist.sum(
+                        [
+                            loss * len(labels),
+                            correct,
+                            len(labels),
+                            *requests.flags(),
+                            float(clock.exhausted(end_steps)),
+                        ]
                     )
+                    budget_spent = spent_flags > 0
                     stopped_by = (
                         signal.SIGTERM if terminations else signal.SIGINT if interrupts else None
                     )
@@ -315,26 +352,30 @@ def train(
                         raise DivergenceError(
                             _divergence(f"the loss is {loss_sum / count}", step, saved_step, out)
                         )
-                    stop = stopped_by is not None or step >= stop_after
-                    if step % recipe.checkpoint_every == 0 or step % steps_per_epoch == 0 or stop:
-                        if step % steps_per_epoch == 0 and val_data is not None:
-                            metrics = _evaluate(
-                                prepared, ema, val_data, per_process, dist, objective
-                            )
-                            metrics.update(epoch=epoch + 1, step=step)
-                            history.append(metrics)
-                            log.write(metrics)
-                            bar.write(f"epoch {epoch + 1}: {_summary(metrics)}")
+                    stop = stopped_by is not None or step >= stop_after or budget_spent
+                    epoch_end = step % steps_per_epoch == 0
+                    due = step % recipe.checkpoint_every == 0 or epoch_end
+                    if recipe.checkpoint_minutes is not None:
+                        due = due and time.perf_counter() - last_checkpoint >= (
+                            60 * recipe.checkpoint_minutes
+                        )
+                    if due or stop:
+                        # with a time budget, validation is for the end only; a label-free
+                        # run reports its agreement with the original however it ends
+                        if epoch_end and val_data is not None and recipe.time_budget is None:
+                            validation(epoch + 1)
+                        elif stop and val_data is not None and end_validation:
+                            validation(0)
                         checkpoint()
                     if stop:
                         break
-        finished = step >= total_steps
+        finished = step >= total_steps or budget_spent
         if ema:
             prepared.load_state_dict(ema.state)
         network = trained_network(prepared)
         if dist.is_main and objective is None:
             _warn_if_constant(network, val_data or train_data, dist.device)
-        if finished and dist.is_main:  # while the run folder is still held
+        if dist.is_main:  # however the run ended, while the run folder is still held
             _save_model(network, out / MODEL_DIR, classes, input_size)
         dist.barrier()
     return TrainResult(network, step, finished, history, out, None if finished else stopped_by)
@@ -421,6 +462,10 @@ def _step(
     """One optimizer step over ``grad_accumulation`` micro-batches; returns (loss, correct)
     (correct is 0 under an objective)."""
     model.train()
+    if recipe.norms == "frozen":  # running statistics, as fitted; scale and bias still train
+        for module in model.modules():
+            if isinstance(module, (nn.modules.batchnorm._BatchNorm, BcosBatchNorm2d)):
+                module.eval()
     total_loss, correct = 0.0, 0
     chunks = list(
         zip(

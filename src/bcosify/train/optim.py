@@ -38,14 +38,21 @@ def build_optimizer(recipe: Recipe, parameters: Iterable[nn.Parameter]) -> torch
     return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
 
 
-def learning_rate_at(recipe: Recipe, step: int, total_steps: int) -> float:
+def learning_rate_at(
+    recipe: Recipe, step: int, total_steps: int, fraction: float | None = None
+) -> float:
     """Linear warm-up for ``warmup_steps``, then cosine decay to 0 (or constant), per step.
+
+    ``fraction`` (a run with a time budget: the fraction of it spent) replaces the fraction of
+    the steps after the warm-up in the cosine.
 
     Example:
         >>> from bcosify.train import get_recipe
         >>> r = get_recipe("standard", lr=1.0, warmup_steps=10)
         >>> learning_rate_at(r, 4, 110), learning_rate_at(r, 60, 110), learning_rate_at(r, 110, 110)
         (0.5, 0.5, 0.0)
+        >>> learning_rate_at(r, 60, 110, fraction=0.5)
+        0.5
     """
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
@@ -53,6 +60,8 @@ def learning_rate_at(recipe: Recipe, step: int, total_steps: int) -> float:
         return recipe.lr
     decay_steps = max(1, total_steps - recipe.warmup_steps)
     progress = min(1.0, (step - recipe.warmup_steps) / decay_steps)
+    if fraction is not None:
+        progress = fraction
     return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -52,7 +52,8 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
 
     - ``recipe.model == "original"``: an ordinary model, trained on normalised images.
     - ``"bcosify"``: converted with :func:`bcosify.convert` at ``recipe.b`` with
-      ``recipe.activations`` (a model that is a :class:`BcosModel` already is trained as it is).
+      ``recipe.activations`` and ``recipe.keep_bias`` (a model that is a :class:`BcosModel`
+      already is trained as it is).
     - ``"bcos-scratch"``: converted, then every layer re-initialised.
 
     A transformers sequence classifier (or a :class:`~bcosify.models.text.TextClassifier`)
@@ -78,11 +79,18 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
     if isinstance(model, (BcosModel, BcosTextModel)):
         converted = model
     elif is_text_classifier(text):
-        converted = convert(text, b=recipe.b, activations=recipe.activations).model
+        converted = convert(
+            text, b=recipe.b, activations=recipe.activations, keep_bias=recipe.keep_bias
+        ).model
     else:
         mean, std = input_normalization(model)
         converted = convert(
-            model, input_mean=mean, input_std=std, b=recipe.b, activations=recipe.activations
+            model,
+            input_mean=mean,
+            input_std=std,
+            b=recipe.b,
+            activations=recipe.activations,
+            keep_bias=recipe.keep_bias,
         ).model
     if recipe.model == "bcos-scratch":
         for module in converted.modules():

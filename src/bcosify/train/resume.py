@@ -31,6 +31,8 @@ RESUMABLE_CHANGES = (
     "agc_clip",
     "num_workers",
     "checkpoint_every",
+    "checkpoint_minutes",
+    "time_budget",
 )
 
 
@@ -60,13 +62,14 @@ def resume_from_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: ExponentialMovingAverage | None,
     scaler: torch.amp.GradScaler | None,
-) -> tuple[int, dict[str, tuple[Any, Any]]]:
+) -> tuple[int, dict[str, tuple[Any, Any]], float]:
     """Load the checkpoint in ``out`` into the model, optimiser, EMA and scaler, if there is
-    one; return the step it holds (0 without one) and the recipe fields changed since, as
-    ``{field: (before, now)}``. A checkpoint of another recipe, other data or another
-    architecture, or with non-finite values, is a :class:`CheckpointError`."""
+    one; return the step it holds (0 without one), the recipe fields changed since, as
+    ``{field: (before, now)}``, and the seconds of training it records (0 without one). A
+    checkpoint of another recipe, other data or another architecture, or with non-finite
+    values, is a :class:`CheckpointError`."""
     if not (out / CHECKPOINT_FILE).is_file():
-        return 0, {}
+        return 0, {}, 0.0
     state = load_checkpoint(out)
     try:
         saved = Recipe.from_dict(state["recipe"]).to_dict()
@@ -114,4 +117,5 @@ def resume_from_checkpoint(
         ema.state = {k: v.to(current[k].device) for k, v in state["ema"].items()}
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return int(state["step"]), {k: (saved[k], now[k]) for k in differ}
+    changes = {k: (saved[k], now[k]) for k in differ}
+    return int(state["step"]), changes, float(state.get("elapsed") or 0.0)

