@@ -182,14 +182,40 @@ def train(
         raise RecipeError(f"max_steps must be at least 1, got {max_steps}")
     classes = _check_data_classes(model, train_data, val_data) if objective is None else None
     dist = setup_distributed(device)
-    out = Path(out_dir)
+    plan = _plan(recipe, train_data, dist, max_steps)
+    torch.manual_seed(mix_seed(recipe.seed, -1, dist.rank))
+    prepared = prepare_model(model, recipe).to(dist.device)
+    if classes is not None:
+        _check_outputs(prepared, train_data, classes)
+    if isinstance(objective, nn.Module):
+        objective.to(dist.device)
+    with contextlib.ExitStack() as stack:
+        run = _Run(prepared, recipe, Path(out_dir), dist, plan, train_data, val_data, objective)
+        run.open(stack, resume, tensorboard, progress)
+        run.loop(log_every, compile_options)
+        return run.finish(classes)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The shape of a run: examples per process and step, steps per epoch and in all, and the
+    step to stop after (``max_steps``, or the last)."""
+
+    per_process: int
+    steps_per_epoch: int
+    total_steps: int
+    stop_after: int
+
+
+def _plan(recipe: Recipe, data: Dataset, dist: Distributed, max_steps: int | None) -> _Plan:
+    """The run's plan, or a :class:`RecipeError` for a batch the processes cannot share, an
+    epoch shorter than a batch, or fp16 without a GPU."""
     if recipe.batch_size % (dist.world * recipe.grad_accumulation) != 0:
         raise RecipeError(
             f"batch_size {recipe.batch_size} must be divisible by the number of processes "
             f"({dist.world}) times grad_accumulation ({recipe.grad_accumulation})"
         )
-    per_process = recipe.batch_size // dist.world
-    epoch_size = recipe.epoch_size or len(train_data)  # type: ignore[arg-type]
+    epoch_size = recipe.epoch_size or len(data)  # type: ignore[arg-type]
     steps_per_epoch = epoch_size // recipe.batch_size
     if steps_per_epoch == 0:
         raise RecipeError(
@@ -199,93 +225,137 @@ def train(
     if recipe.precision == "fp16" and dist.device.type != "cuda":
         raise RecipeError("fp16 needs a GPU; use precision='bf16' on a CPU")
     total_steps = recipe.epochs * steps_per_epoch
+    return _Plan(
+        recipe.batch_size // dist.world,
+        steps_per_epoch,
+        total_steps,
+        total_steps if max_steps is None else min(max_steps, total_steps),
+    )
 
-    torch.manual_seed(mix_seed(recipe.seed, -1, dist.rank))
-    prepared = prepare_model(model, recipe).to(dist.device)
-    if classes is not None:
-        _check_outputs(prepared, train_data, classes)
-    if isinstance(objective, nn.Module):
-        objective.to(dist.device)
-    is_bcos = isinstance(prepared, (BcosModel, BcosTextModel))
-    b_set: float | None = None  # the B the layers have, once the loop has set it
-    compiled = False
-    optimizer = build_optimizer(recipe, prepared.parameters())
-    ema = ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
-    scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
-    fingerprint = data_fingerprint(train_data, val_data)
-    with contextlib.ExitStack() as run:
-        run.enter_context(hold_run_folder(out, dist))
-        step, changes, spent = (
-            resume_from_checkpoint(out, recipe, fingerprint, prepared, optimizer, ema, scaler)
+
+class _Run:
+    """One training run in progress, in named phases: :meth:`open` the run folder (lock,
+    resumption, recipe, log), :meth:`loop` over the steps (checkpoints and validation as they
+    fall due), :meth:`finish` (the EMA weights, the liveness check, ``model/``)."""
+
+    def __init__(
+        self,
+        prepared: nn.Module,
+        recipe: Recipe,
+        out: Path,
+        dist: Distributed,
+        plan: _Plan,
+        train_data: Dataset,
+        val_data: Dataset | None,
+        objective: Objective | None,
+    ) -> None:
+        self.prepared, self.recipe, self.out, self.dist, self.plan = (
+            prepared,
+            recipe,
+            out,
+            dist,
+            plan,
+        )
+        self.train_data, self.val_data, self.objective = train_data, val_data, objective
+        self.optimizer = build_optimizer(recipe, prepared.parameters())
+        self.ema = (
+            ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16" else None
+        self.fingerprint = data_fingerprint(train_data, val_data)
+        self.is_bcos = isinstance(prepared, (BcosModel, BcosTextModel))
+        self.step = 0
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, if any
+        self.history: list[dict[str, Any]] = []
+        self.stopped_by: int | None = None
+        self.budget_spent = False
+        self.input_size: tuple[int, int] | None = None  # of the images trained on
+
+    def open(
+        self, stack: contextlib.ExitStack, resume: bool, tensorboard: bool, progress: bool
+    ) -> None:
+        """Hold the run folder, resume from its checkpoint, write the recipe, open the log."""
+        recipe, dist, out = self.recipe, self.dist, self.out
+        stack.enter_context(hold_run_folder(out, dist))
+        self.step, changes, spent = (
+            resume_from_checkpoint(
+                out, recipe, self.fingerprint, self.prepared, self.optimizer, self.ema, self.scaler
+            )
             if resume
             else (0, {}, 0.0)
         )
-        clock = TimeBudget(recipe.time_budget, spent)
-        saved_step = step if step else None  # the step of the checkpoint on disk, if any
+        self.clock = TimeBudget(recipe.time_budget, spent)
+        self.saved_step = self.step if self.step else None
         if dist.is_main:
             text = json.dumps(recipe.to_dict(), indent=2) + "\n"
             atomic_write(out / RECIPE_FILE, lambda path: path.write_text(text))
-        log = MetricsLog(out, dist, step, tensorboard)
-        run.callback(log.close)
+        self.log = MetricsLog(out, dist, self.step, tensorboard)
+        stack.callback(self.log.close)
         if changes and dist.is_main:
             described = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-            tqdm.write(f"resuming {out} at step {step} with {described}")
-            log.write({"step": step, "recipe_changes": {k: list(v) for k, v in changes.items()}})
-        run.enter_context(synchronised_batch_norms(prepared, dist))
-        trained = DistributedDataParallel(prepared) if dist.enabled else prepared
-        seeded = SeededExamples(train_data, recipe.seed, recipe.epoch_size or None)
-        history: list[dict[str, Any]] = []
-        last_checkpoint = time.perf_counter()
-
-        def checkpoint() -> None:
-            nonlocal saved_step, last_checkpoint
-            state = {
-                "step": step,
-                "elapsed": clock.elapsed(),
-                "recipe": recipe.to_dict(),
-                "data": fingerprint,
-                "model": prepared.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state if ema else None,
-                "scaler": scaler.state_dict() if scaler else None,
-            }
-            _refuse_non_finite(state, step, saved_step, out, dist)
-            if dist.is_main:
-                save_checkpoint(out, state)
-            saved_step = step
-            last_checkpoint = time.perf_counter()
-            dist.barrier()
-
-        def validation(epoch: int) -> None:
-            metrics = _evaluate(prepared, ema, val_data, per_process, dist, objective)
-            metrics.update(epoch=epoch, step=step)
-            history.append(metrics)
-            log.write(metrics)
-            bar.write(f"{f'epoch {epoch}' if epoch else f'step {step}'}: {_summary(metrics)}")
-
-        # validation batches: the end of a run with a time budget validates, within the budget
-        end_steps = 1.0 + (len(val_data) / per_process / 2 if val_data is not None else 0.0)  # type: ignore[arg-type]
-        budget_spent = False
-        end_validation = objective is not None or recipe.time_budget is not None
-
-        stop_after = total_steps if max_steps is None else min(max_steps, total_steps)
-        bar = tqdm(
-            total=stop_after,
-            initial=step,
+            tqdm.write(f"resuming {out} at step {self.step} with {described}")
+            log_changes = {k: list(v) for k, v in changes.items()}
+            self.log.write({"step": self.step, "recipe_changes": log_changes})
+        stack.enter_context(synchronised_batch_norms(self.prepared, dist))
+        self.trained = DistributedDataParallel(self.prepared) if dist.enabled else self.prepared
+        self.last_checkpoint = time.perf_counter()
+        self.bar = tqdm(
+            total=self.plan.stop_after,
+            initial=self.step,
             disable=not (progress and dist.is_main),
             desc=f"{recipe.name}",
             unit="step",
             dynamic_ncols=True,
         )
+        stack.enter_context(self.bar)
+
+    def checkpoint(self) -> None:
+        """Save the run's state (every process refuses a non-finite one together)."""
+        state = {
+            "step": self.step,
+            "elapsed": self.clock.elapsed(),
+            "recipe": self.recipe.to_dict(),
+            "data": self.fingerprint,
+            "model": self.prepared.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state if self.ema else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
+        _refuse_non_finite(state, self.step, self.saved_step, self.out, self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self.out, state)
+        self.saved_step = self.step
+        self.last_checkpoint = time.perf_counter()
+        self.dist.barrier()
+
+    def validate(self, epoch: int) -> None:
+        """Validation metrics into the history and the log (epoch 0: at a step between
+        epochs)."""
+        metrics = _evaluate(
+            self.prepared, self.ema, self.val_data, self.plan.per_process, self.dist, self.objective
+        )
+        metrics.update(epoch=epoch, step=self.step)
+        self.history.append(metrics)
+        self.log.write(metrics)
+        where = f"epoch {epoch}" if epoch else f"step {self.step}"
+        self.bar.write(f"{where}: {_summary(metrics)}")
+
+    def loop(self, log_every: int, compile_options: dict[str, Any] | None) -> None:
+        """Train until the plan's last step, a stop request or the end of the time budget."""
+        recipe, dist, plan = self.recipe, self.dist, self.plan
+        seeded = SeededExamples(self.train_data, recipe.seed, recipe.epoch_size or None)
+        # validation batches: the end of a run with a time budget validates, within the budget
+        val_batches = len(self.val_data) / plan.per_process / 2 if self.val_data else 0.0  # type: ignore[arg-type]
+        end_steps = 1.0 + val_batches
+        b_set: float | None = None  # the B the layers have, once the loop has set it
+        compiled = False
         started = time.perf_counter()
-        stopped_by: int | None = None
-        input_size: tuple[int, int] | None = None  # of the images trained on
-        with _stop_requests() as requests, bar:
-            while step < stop_after and stopped_by is None and not budget_spent:
-                epoch, start_batch = divmod(step, steps_per_epoch)
+        with _stop_requests() as requests:
+            while self.step < plan.stop_after and self.stopped_by is None and not self.budget_spent:
+                epoch, start_batch = divmod(self.step, plan.steps_per_epoch)
                 loader = build_loader(
                     seeded,
-                    batch_size=per_process,
+                    batch_size=plan.per_process,
                     seed=recipe.seed,
                     epoch=epoch,
                     rank=dist.rank,
@@ -297,88 +367,113 @@ def train(
                     step_started = time.perf_counter()
                     images, labels = batch[0].to(dist.device), batch[1].to(dist.device)
                     if images.ndim == 4:
-                        input_size = (images.shape[-2], images.shape[-1])
-                    torch.manual_seed(mix_seed(recipe.seed, step, dist.rank))
-                    fraction = clock.fraction()
-                    lr = learning_rate_at(recipe, step, total_steps, fraction)
-                    if hasattr(objective, "progress"):
-                        objective.progress(step / total_steps if fraction is None else fraction)
-                    for group in optimizer.param_groups:
+                        self.input_size = (images.shape[-2], images.shape[-1])
+                    torch.manual_seed(mix_seed(recipe.seed, self.step, dist.rank))
+                    fraction = self.clock.fraction()
+                    lr = learning_rate_at(recipe, self.step, plan.total_steps, fraction)
+                    if hasattr(self.objective, "progress"):
+                        done = self.step / plan.total_steps if fraction is None else fraction
+                        self.objective.progress(done)  # type: ignore[union-attr]
+                    for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    b = b_at(recipe, step)
-                    if is_bcos and b != b_set:  # B changes only while it is ramped
-                        set_b_(prepared, b)
+                    b = b_at(recipe, self.step)
+                    if self.is_bcos and b != b_set:  # B changes only while it is ramped
+                        set_b_(self.prepared, b)
                         b_set = b
                     if compile_options is not None and not compiled and b == recipe.b:
-                        compile_model(prepared, **compile_options)
+                        compile_model(self.prepared, **compile_options)
                         compiled = True
                     loss, correct = _step(
-                        trained, optimizer, images, labels, recipe, scaler, objective
+                        self.trained,
+                        self.optimizer,
+                        images,
+                        labels,
+                        recipe,
+                        self.scaler,
+                        self.objective,
                     )
-                    if ema:
-                        ema.update(prepared)
-                    step += 1
-                    bar.update(1)
+                    if self.ema:
+                        self.ema.update(self.prepared)
+                    self.step += 1
+                    self.bar.update(1)
                     # one reduction: the metrics, and the stop requests of every process, so
                     # that all of them stop at the same step
-                    clock.step_took(time.perf_counter() - step_started)
-                    loss_sum, correct_sum, count, interrupts, terminations, spent_flags = dist.sum(
+                    self.clock.step_took(time.perf_counter() - step_started)
+                    loss_sum, correct_sum, count, interrupts, terminations, spent = dist.sum(
                         [
                             loss * len(labels),
                             correct,
                             len(labels),
                             *requests.flags(),
-                            float(clock.exhausted(end_steps)),
+                            float(self.clock.exhausted(end_steps)),
                         ]
                     )
-                    budget_spent = spent_flags > 0
-                    stopped_by = (
+                    self.budget_spent = spent > 0
+                    self.stopped_by = (
                         signal.SIGTERM if terminations else signal.SIGINT if interrupts else None
                     )
-                    bar.set_postfix(loss=f"{loss_sum / count:.4f}", lr=f"{lr:.2e}")
-                    if step % log_every == 0 or step == stop_after:
-                        log.write(
+                    self.bar.set_postfix(loss=f"{loss_sum / count:.4f}", lr=f"{lr:.2e}")
+                    if self.step % log_every == 0 or self.step == plan.stop_after:
+                        self.log.write(
                             {
-                                "step": step,
+                                "step": self.step,
                                 "epoch": epoch,
                                 "loss": loss_sum / count,
                                 "lr": lr,
-                                "accuracy": None if objective else correct_sum / count,
-                                "b": b if is_bcos else None,
+                                "accuracy": None if self.objective else correct_sum / count,
+                                "b": b if self.is_bcos else None,
                                 "time": time.perf_counter() - started,
                             }
                         )
                     if not math.isfinite(loss_sum):
                         raise DivergenceError(
-                            _divergence(f"the loss is {loss_sum / count}", step, saved_step, out)
+                            _divergence(
+                                f"the loss is {loss_sum / count}",
+                                self.step,
+                                self.saved_step,
+                                self.out,
+                            )
                         )
-                    stop = stopped_by is not None or step >= stop_after or budget_spent
-                    epoch_end = step % steps_per_epoch == 0
-                    due = step % recipe.checkpoint_every == 0 or epoch_end
-                    if recipe.checkpoint_minutes is not None:
-                        due = due and time.perf_counter() - last_checkpoint >= (
-                            60 * recipe.checkpoint_minutes
-                        )
-                    if due or stop:
-                        # with a time budget, validation is for the end only; a label-free
-                        # run reports its agreement with the original however it ends
-                        if epoch_end and val_data is not None and recipe.time_budget is None:
-                            validation(epoch + 1)
-                        elif stop and val_data is not None and end_validation:
-                            validation(0)
-                        checkpoint()
+                    stop = self._after_step(epoch)
                     if stop:
                         break
-        finished = step >= total_steps or budget_spent
-        if ema:
-            prepared.load_state_dict(ema.state)
-        network = trained_network(prepared)
-        if dist.is_main and objective is None:
-            _warn_if_constant(network, val_data or train_data, dist.device)
-        if dist.is_main:  # however the run ended, while the run folder is still held
-            _save_model(network, out / MODEL_DIR, classes, input_size)
+
+    def _after_step(self, epoch: int) -> bool:
+        """The checkpoint and validation a step makes due; whether the run stops here."""
+        recipe, step = self.recipe, self.step
+        stop = self.stopped_by is not None or step >= self.plan.stop_after or self.budget_spent
+        epoch_end = step % self.plan.steps_per_epoch == 0
+        due = step % recipe.checkpoint_every == 0 or epoch_end
+        if recipe.checkpoint_minutes is not None:
+            due = due and time.perf_counter() - self.last_checkpoint >= (
+                60 * recipe.checkpoint_minutes
+            )
+        if due or stop:
+            # with a time budget, validation is for the end only; a label-free run reports its
+            # agreement with the original however it ends
+            end_validation = self.objective is not None or recipe.time_budget is not None
+            if epoch_end and self.val_data is not None and recipe.time_budget is None:
+                self.validate(epoch + 1)
+            elif stop and self.val_data is not None and end_validation:
+                self.validate(0)
+            self.checkpoint()
+        return stop
+
+    def finish(self, classes: list[str] | None) -> TrainResult:
+        """The EMA weights in place, the liveness check, and ``model/`` written however the
+        run ended (while the run folder is still held)."""
+        dist = self.dist
+        finished = self.step >= self.plan.total_steps or self.budget_spent
+        if self.ema:
+            self.prepared.load_state_dict(self.ema.state)
+        network = trained_network(self.prepared)
+        if dist.is_main and self.objective is None:
+            _warn_if_constant(network, self.val_data or self.train_data, dist.device)
+        if dist.is_main:
+            _save_model(network, self.out / MODEL_DIR, classes, self.input_size)
         dist.barrier()
-    return TrainResult(network, step, finished, history, out, None if finished else stopped_by)
+        signal_ = None if finished else self.stopped_by
+        return TrainResult(network, self.step, finished, self.history, self.out, signal_)
 
 
 def _check_data_classes(
