@@ -48,6 +48,13 @@ def test_evaluate_records_its_settings_and_shows_progress(official, tmp_path):
     assert "confidence > 0.0" in entry["pointing_game_error"]
     assert "bcos" in stderr and "4/4" in stderr  # the pointing game, ceil(5 / 2) image batches
     assert "accuracy: top-1" in printed
+    # a B-cos model's colour fidelity: measured on the images it gets right, or why not
+    colour = results["colour_fidelity"]
+    if "error" in colour:
+        assert f"colour fidelity: no measure: {colour['error']}" in printed
+    else:
+        assert 0 <= colour["colour_error"] <= 1 and 1 <= colour["images"] <= 5
+        assert f"colour fidelity: error {colour['colour_error']:.3f}" in printed
 
 
 def test_evaluate_fits_a_linear_probe_on_another_split(official, tmp_path):

@@ -73,8 +73,20 @@ def test_save_helpers_write_pngs(tmp_path):
     e = explain(model, torch.rand(2, 3, 16, 16))
     colour = save_colour_explanation(tmp_path / "c.png", e.inputs[0], e.weights[0], upscale=4)
     cmap = save_contribution_map(tmp_path / "sub" / "m.png", e.contribution_map[1])
-    with Image.open(colour) as image:
-        assert image.mode == "RGBA" and image.size == (64, 64)
+    rgba = colour_explanation(e.inputs[0], e.weights[0])
+    with Image.open(colour) as image:  # composited on black: every viewer shows the same
+        assert image.mode == "RGB" and image.size == (64, 64)
+        pixels = torch.from_numpy(np.asarray(image)[::4, ::4].copy()).float() / 255
+    assert torch.allclose(pixels, rgba[..., :3] * rgba[..., 3:], atol=1 / 255)
+    for background, mode in (("white", "RGB"), (None, "RGBA")):
+        path = tmp_path / f"{background}.png"
+        save_colour_explanation(path, e.inputs[0], e.weights[0], background=background)
+        with Image.open(path) as image:
+            assert image.mode == mode
+            if background == "white":  # transparent where there is no evidence: white
+                shown = torch.from_numpy(np.asarray(image).copy()).float() / 255
+                blank = rgba[..., 3] == 0
+                assert blank.any() and torch.allclose(shown[blank], torch.ones(3))
     with Image.open(cmap) as image:
         assert image.size == (16, 16)
         assert np.asarray(image).shape == (16, 16, 4)

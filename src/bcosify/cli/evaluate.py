@@ -24,6 +24,7 @@ from ..evaluate import (
     accuracy,
     build_explainer,
     class_embeddings,
+    colour_fidelity,
     deletion_auc,
     grid_pointing_game,
     linear_probe,
@@ -182,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             entry["mask_localisation"] = float(mask_localisation(attributions, masks).mean())
         results.setdefault("explanations", {})[name] = entry
         rows.append((name, entry))
+    if is_bcos:
+        results["colour_fidelity"] = _colour(model, images, labels, masks, args.batch_size)
     top = results["accuracy"]
     print(f"accuracy: top-1 {top['top1']:.2%}, top-5 {top['top5']:.2%}")
     print(f"{'explainer':<22}{'pointing 2x2':>14}{'in mask':>10}{'deletion':>10}{'ms/img':>9}")
@@ -195,8 +198,52 @@ def run(args: argparse.Namespace) -> int:
     for name, entry in rows:
         if entry.get("pointing_game_error"):
             print(f"{name}: no pointing game: {entry['pointing_game_error']}")
+    if is_bcos:
+        colour = results["colour_fidelity"]
+        print(
+            f"colour fidelity: no measure: {colour['error']}"
+            if "error" in colour
+            else f"colour fidelity: error {colour['colour_error']:.3f} (colours shuffled between "
+            f"images: {colour['shuffled_control']:.3f}; 0 is the pixels' own colours) over "
+            f"{colour['images']} correctly classified images"
+            + (", inside their masks" if masks is not None else "")
+        )
     _write(results, args.out)
     return 0
+
+
+def _colour(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Colour fidelity of a B-cos model's explanations on the images it classifies correctly,
+    a batch at a time (the control shuffles colours within each batch)."""
+    device = device_of(model)
+    errors, shuffled = [], []
+    for start in range(0, len(images), batch_size):
+        batch = slice(start, start + batch_size)
+        x, y = images[batch].to(device), labels[batch].to(device)
+        with torch.no_grad():
+            right = model(x).argmax(1) == y
+        if not bool(right.any()):
+            continue
+        chosen = masks[batch][right.cpu()] if masks is not None else None
+        try:
+            fidelity = colour_fidelity(explain(model, x[right], y[right]), x[right].cpu(), chosen)
+        except EvaluationError as error:
+            return {"error": str(error)}
+        errors.append(fidelity.error)
+        shuffled.append(fidelity.shuffled)
+    if not errors:
+        return {"error": "no image is classified correctly"}
+    return {
+        "colour_error": float(torch.cat(errors).mean()),
+        "shuffled_control": float(torch.cat(shuffled).mean()),
+        "images": sum(len(e) for e in errors),
+    }
 
 
 def _probability(text: str) -> float:

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         save_contribution_map(
             out / f"{i}_contributions.png", explanation.contribution_map[i], upscale=scale
         )
-        save_figure(explanation_figure(explanation, i), out / f"{i}_figure.png", dpi=80)
+        figure = explanation_figure(explanation, i, class_names=SHAPES)
+        save_figure(figure, out / f"{i}_figure.png", dpi=80)
     print(f"wrote colour explanations, contribution maps and figures to {out}/")
     return 0

@@ -66,6 +66,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--smooth", type=at_least(0), default=0, help="alpha smoothing (15 at 224 px)"
     )
     parser.add_argument(
+        "--background",
+        choices=("black", "white", "none"),
+        default="black",
+        help="what the colour explanations are laid over (black); none: RGBA PNGs",
+    )
+    parser.add_argument(
         "--batch-size", type=positive_int, default=16, help="images explained together (16)"
     )
     parser.add_argument(
@@ -173,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
                     e.weights[index],
                     smooth=args.smooth,
                     upscale=scale,
+                    background=None if args.background == "none" else args.background,
                 )
                 save_contribution_map(
                     f"{stem}_contributions.png", e.contribution_map[index], upscale=scale

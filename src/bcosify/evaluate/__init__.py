@@ -6,6 +6,7 @@ B-cos explanation and post-hoc baselines behind one interface; the metrics take 
 Nothing else in bcosify imports this package except the command line.
 """
 
+from .colour import ColourFidelity, colour_fidelity
 from .explainers import (
     EXPLAINER_NAMES,
     TEXT_EXPLAINER_NAMES,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "EXPLAINER_NAMES",
     "TEXT_EXPLAINER_NAMES",
+    "ColourFidelity",
     "Explainer",
     "Interval",
     "LinearProbeResult",
@@ -52,6 +54,7 @@ __all__ = [
     "build_explainer",
     "build_text_explainer",
     "class_embeddings",
+    "colour_fidelity",
     "correct",
     "deletion_auc",
     "deletion_curves",

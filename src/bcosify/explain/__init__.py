@@ -10,7 +10,9 @@ from .targets import cosine_similarity_target
 from .text import TextExplanation, TokenExplanation, explain_text, explain_tokens, token_html
 from .visualize import (
     colour_explanation,
+    composite,
     contribution_map_image,
+    explanation_colours,
     explanation_figure,
     save_colour_explanation,
     save_contribution_map,
@@ -25,11 +27,13 @@ __all__ = [
     "TextExplanation",
     "TokenExplanation",
     "colour_explanation",
+    "composite",
     "contribution_map_image",
     "cosine_similarity_target",
     "explain",
     "explain_text",
     "explain_tokens",
+    "explanation_colours",
     "explanation_figure",
     "save_colour_explanation",
     "save_contribution_map",

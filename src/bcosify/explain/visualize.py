@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -19,9 +19,14 @@ from .core import Explanation
 if TYPE_CHECKING:  # matplotlib is imported where a picture is drawn: import bcosify stays fast
     from matplotlib.figure import Figure
 
+# what a colour explanation is laid over when it is saved; None: kept RGBA
+Background = Literal["black", "white"] | None
+
 __all__ = [
     "colour_explanation",
+    "composite",
     "contribution_map_image",
+    "explanation_colours",
     "explanation_figure",
     "save_colour_explanation",
     "save_contribution_map",
@@ -66,8 +71,7 @@ def colour_explanation(
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
     inputs, weights = inputs.detach().float(), weights.detach().float()
     contribution = (inputs * weights).sum(1, keepdim=True)
-    scaled = (weights / (weights.abs().amax(1, keepdim=True) + 1e-12)).clamp_min(0)
-    rgb = scaled[:, :3] / (scaled[:, :3] + scaled[:, 3:] + 1e-12)
+    rgb = explanation_colours(weights)
     alpha = weights.norm(p=2, dim=1, keepdim=True)
     alpha = torch.where(contribution < 0, torch.zeros_like(alpha), alpha)
     if smooth > 1:
@@ -76,6 +80,24 @@ def colour_explanation(
     alpha = (alpha / top.view(-1, 1, 1, 1)).clamp(0, 1)
     rgba = torch.cat([rgb, alpha], 1).permute(0, 2, 3, 1)
     return rgba[0] if single else rgba
+
+
+def explanation_colours(weights: Tensor) -> Tensor:
+    """The colour each pixel's weights point to, ``(N, 3, H, W)`` in ``[0, 1]``.
+
+    Steps 2 and 3 of :func:`colour_explanation`: ``W`` divided per pixel by its largest absolute
+    value over the six channels and clamped at 0, then ``W_k / (W_k + W_{k+3})``. Weights aligned
+    with the encoded input ``[x, 1 - x]`` give back ``x``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(1, 3, 4, 4)
+        >>> torch.allclose(explanation_colours(torch.cat([x, 1 - x], 1) * 5.0), x, atol=1e-5)
+        True
+    """
+    weights = weights.detach().float()
+    scaled = (weights / (weights.abs().amax(1, keepdim=True) + 1e-12)).clamp_min(0)
+    return scaled[:, :3] / (scaled[:, :3] + scaled[:, 3:] + 1e-12)
 
 
 def contribution_map_image(
@@ -156,10 +178,14 @@ def save_colour_explanation(
     smooth: int = 0,
     percentile: float = 99.5,
     upscale: int = 1,
+    background: Background = "black",
 ) -> Path:
-    """Write the colour explanation of one image (``(6, H, W)`` tensors) as an RGBA PNG.
+    """Write the colour explanation of one image (``(6, H, W)`` tensors) as a PNG.
 
     ``upscale`` enlarges small images (nearest neighbour) so that they are easy to look at.
+    The explanation is composited on ``background`` (black, as the B-cos papers show it, or
+    white) and written as RGB, so that every viewer shows the same picture; ``None`` writes the
+    RGBA image itself, whose look then depends on what the viewer puts behind it.
 
     Example:
         >>> import torch, tempfile, pathlib
@@ -169,7 +195,23 @@ def save_colour_explanation(
         True
     """
     rgba = colour_explanation(inputs, weights, smooth=smooth, percentile=percentile)
-    return save_image(path, _upscale(rgba, upscale))
+    image = rgba if background is None else composite(rgba, background)
+    return save_image(path, _upscale(image, upscale))
+
+
+def composite(rgba: Tensor, background: Literal["black", "white"] = "black") -> Tensor:
+    """An ``(..., H, W, 4)`` RGBA image laid over a black or white background, as RGB.
+
+    Example:
+        >>> import torch
+        >>> composite(torch.tensor([[[1.0, 0.5, 0.0, 0.5]]])).tolist()
+        [[[0.5, 0.25, 0.0]]]
+    """
+    if background not in ("black", "white"):
+        raise ValueError(f"background must be 'black' or 'white', got {background!r}")
+    alpha = rgba[..., 3:]
+    under = 0.0 if background == "black" else 1.0
+    return rgba[..., :3] * alpha + under * (1 - alpha)
 
 
 def save_contribution_map(
@@ -229,7 +271,8 @@ def explanation_figure(
     if inputs.shape[0] == 6:
         axes[0].imshow(inputs[:3].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
         rgba = colour_explanation(inputs, weights, smooth=smooth, percentile=percentile)
-        axes[1].imshow(rgba.cpu().numpy())
+        # on black, as the B-cos papers show it and as every saved picture is composited
+        axes[1].imshow(composite(rgba).cpu().numpy())
     else:
         axes[1].text(0.5, 0.5, "needs an [x, 1 - x] input", ha="center", va="center")
     shown = axes[2].imshow(

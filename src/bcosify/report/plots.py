@@ -20,9 +20,11 @@ def line_chart(
     xlabel: str,
     ylabel: str,
     references: Mapping[str, float] | None = None,
+    colours: Mapping[str, str] | None = None,
 ) -> Path:
     """Lines ``name -> (x, y)`` in one plot, saved as a PNG; ``references`` are horizontal
-    dashed lines ``label -> y``.
+    dashed lines ``label -> y``; ``colours`` fixes a line's colour by name (so that one model
+    has one colour in every plot). The legend sits below the axes, where it covers no line.
 
     Example:
         >>> import tempfile, pathlib
@@ -32,15 +34,16 @@ def line_chart(
     """
     from matplotlib.figure import Figure  # here: importing the report stays fast
 
-    fig = Figure(figsize=(5.6, 3.6), layout="constrained")
+    entries = len(series) + len(references or {})
+    fig = Figure(figsize=(5.6, 3.4 + 0.22 * ((entries + 1) // 2)), layout="constrained")
     ax = fig.subplots()
     for name, (x, y) in series.items():
-        ax.plot(x, y, marker="o", markersize=3.5, label=name)
+        ax.plot(x, y, marker="o", markersize=3.5, label=name, color=(colours or {}).get(name))
     for (label, y), colour in zip((references or {}).items(), _REFERENCE_COLOURS, strict=False):
         ax.axhline(y, color=colour, linestyle="--", linewidth=1, label=label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     save_figure(fig, path)
     return path
 
