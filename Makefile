@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real
+.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,4 +52,7 @@ bench-compiled: $(STAMP)
 bench-real: $(STAMP)
 	$(BIN)/python benchmarks/bench_real.py --write docs/benchmarks.md
 
-bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real
+bench-colour: $(STAMP)
+	$(BIN)/python benchmarks/bench_colour.py --write docs/benchmarks.md
+
+bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real bench-colour

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -88,7 +89,7 @@ def write_section(path: str | Path, name: str, text: str) -> None:
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """How ``benchmarks/<script>`` was run, for the report (``argv`` None: the real one)."""
     given = sys.argv[1:] if argv is None else list(argv)
-    return " ".join([".venv/bin/python", f"benchmarks/{script}", *given])
+    return shlex.join([".venv/bin/python", f"benchmarks/{script}", *given])
 
 
 def publish(text: str, name: str, write: str | Path | None) -> int:

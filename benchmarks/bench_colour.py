@@ -1,0 +1,218 @@
+"""What makes B-cosified explanations show objects in their own colours: levers, over seeds.
+
+On the demo's task (``bcosify demo``'s default preset), the original is trained once per seed
+(cached in ``.bench/colour``), then B-cosified and fine-tuned once per lever: B, fine-tuning
+length, the learning rate, weight decay, the activations, a wider network, a first layer made of
+colour templates, and the same B-cos architecture from scratch. For each: test accuracy, colour
+fidelity (:func:`bcosify.evaluate.colour_fidelity`, inside the object masks, with its shuffled
+control) and the 2x2 pointing game of the B-cos explanation against occlusion (the strongest
+post-hoc method of the demo) on the same model. Also reported: how much of the first layer's
+weight lies in the directions ``[d, -d]`` of the encoded input ``[x, 1 - x]`` (the colour read
+out of those is 0 or 1 per channel, whatever the pixel).
+
+    .venv/bin/python benchmarks/bench_colour.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import command_line, load_average, machine, publish
+from torch import nn
+
+from bcosify import explain
+from bcosify.demo import PRESETS
+from bcosify.demo.evaluation import Evaluation
+from bcosify.demo.settings import DemoSettings
+from bcosify.demo.training import Trainer, datasets, train_original
+from bcosify.evaluate import colour_fidelity, correct
+from bcosify.train import get_recipe, prepare_model, train
+
+SECTION = "bench_colour"
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One way of making the B-cosified model: recipe fields, demo settings (a wider network
+    trains its own original), a fresh B-cos model instead of the original's weights, or the
+    first layer turned into colour templates before fine-tuning."""
+
+    recipe: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    scratch: bool = False
+    templates: bool = False
+
+
+LEVERS = {
+    "demo defaults (B = 2, 5 epochs, lr 3e-3)": Lever(),
+    "B = 3": Lever({"b": 3.0}),
+    "B = 5": Lever({"b": 5.0}),
+    "15 epochs": Lever({"epochs": 15}),
+    "lr 1e-2": Lever({"lr": 1e-2}),
+    "weight decay 0.05": Lever({"weight_decay": 0.05}),
+    "no activations (B-cos v2 design)": Lever({"activations": "identity"}),
+    "first layer as colour templates": Lever(templates=True),
+    "wider: widths 32, 32, 64, 64": Lever(settings={"widths": (32, 32, 64, 64)}),
+    "B-cos from scratch (8 epochs, lr 1e-3)": Lever({"epochs": 8, "lr": 1e-3}, scratch=True),
+}
+
+
+def first_conv(model: nn.Module) -> nn.Module:
+    return next(m for m in model.modules() if getattr(m, "weight", None) is not None)
+
+
+def antisymmetric_share(model: nn.Module) -> float:
+    """The share of the first layer's squared weight in the directions ``[d, -d]``."""
+    weight = first_conv(model).weight.detach()
+    half = (weight[:, :3] - weight[:, 3:]) / 2
+    return float(2 * half.pow(2).sum() / weight.pow(2).sum())
+
+
+def as_colour_templates(model: nn.Module) -> None:
+    """Give every tap of the first layer the symmetric part that makes both of its halves
+    non-negative: ``[d + l, l - d]`` with ``l = max |d|`` over the colours, so that the tap reads
+    as the colour ``0.5 + d / 2l``. The input-independent part this adds changes the function."""
+    conv = first_conv(model)
+    with torch.no_grad():
+        half = (conv.weight[:, :3] - conv.weight[:, 3:]) / 2
+        level = half.abs().amax(1, keepdim=True)
+        conv.weight.copy_(torch.cat([half + level, level - half], 1))
+
+
+def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[str, Any]:
+    model.eval()
+    items = [test[i] for i in range(images)]
+    x = torch.stack([item[0] for item in items])
+    y = torch.tensor([item[1] for item in items])
+    masks = torch.stack([item[2] for item in items])
+    with torch.no_grad():
+        right = model(x).argmax(1) == y
+    fidelity = colour_fidelity(explain(model, x[right], y[right]), x[right], masks[right])
+    evaluation = Evaluation(s, test)
+    games = {
+        method: evaluation.run(model, "B-cosified", method, {})["pointing_game"]["2x2"].get("mean")
+        for method in ("bcos", "occlusion")
+    }
+    return {
+        "accuracy": float(correct(model, test, batch_size=s.batch_size).float().mean()),
+        "colour_error": fidelity.mean,
+        "shuffled": float(fidelity.shuffled.mean()),
+        "antisymmetric": antisymmetric_share(model),
+        "pointing_bcos": games["bcos"],
+        "pointing_occlusion": games["occlusion"],
+    }
+
+
+def run_lever(lever: Lever, seed: int, work: Path, images: int) -> dict[str, Any]:
+    s = replace(PRESETS["default"], seed=seed, grids=50, grid_sizes=(2,), **lever.settings)
+    data = datasets(s)
+    trainer = Trainer(s, data, work, progress=False)
+    original, _, _ = train_original(s, trainer, Path(".bench/colour"))
+    fields = {"epochs": s.finetune_epochs, "lr": s.lr_finetune, **lever.recipe}
+    recipe = get_recipe(
+        "bcos-scratch" if lever.scratch else "bcosify-cnn",
+        batch_size=s.batch_size,
+        image_size=s.image_size,
+        seed=seed,
+        checkpoint_every=10**9,
+        **fields,
+    )
+    start = trainer.architecture() if lever.scratch else copy.deepcopy(original)
+    if lever.templates:
+        start = prepare_model(start, recipe)
+        as_colour_templates(start)
+    result = train(
+        start,
+        data["train"],
+        recipe,
+        work / f"seed-{seed}",
+        val_data=data["val"],
+        progress=False,
+        resume=False,
+        log_every=10**9,
+    )
+    return measure(s, result.model, data["test"], images)
+
+
+def spread(values: Sequence[float | None], digits: int = 3, percent: bool = False) -> str:
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return "n/a"
+
+    def form(value: float) -> str:
+        return f"{value:.1%}" if percent else f"{value:.{digits}f}"
+
+    text = form(statistics.fmean(kept))
+    return text + (f" ({form(min(kept))} to {form(max(kept))})" if len(kept) > 1 else "")
+
+
+def report(
+    results: dict[str, list[dict[str, Any]]], seeds: Sequence[int], command: str, loads: tuple
+) -> str:
+    lines = [
+        f"## Colour of B-cosified explanations: levers (`bench_colour.py`, seeds "
+        f"{', '.join(map(str, seeds))})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine()}; 1-minute load average {loads[0]} before and {loads[1]} after.",
+        "",
+        "The demo's task and network (default preset), one original per seed; each lever "
+        "B-cosifies and fine-tunes it (or trains from scratch). Colour error: the mean "
+        "|explanation colour - pixel colour| over each correctly classified test image's "
+        "strongest fifth of positive evidence inside the object (0: the object in its own "
+        "colours; the goal is 0.10), and the same with colours shuffled between images. "
+        "Pointing game: 50 2x2 grids, the B-cos explanation and occlusion on the same model. "
+        "[d, -d] share: how much of the first layer's weight lies in directions whose colour "
+        "reads as 0 or 1 per channel. Each cell: the mean over the seeds (lowest to highest).",
+        "",
+        "| lever | top-1 | colour error | shuffled | [d, -d] share | pointing 2x2: B-cos | "
+        "occlusion |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, runs in results.items():
+
+        def column(key: str, runs: list[dict[str, Any]] = runs) -> list[float | None]:
+            return [r[key] for r in runs]
+
+        lines.append(
+            f"| {name} | {spread(column('accuracy'), percent=True)} | "
+            f"{spread(column('colour_error'))} | {spread(column('shuffled'))} | "
+            f"{spread(column('antisymmetric'))} | {spread(column('pointing_bcos'))} | "
+            f"{spread(column('pointing_occlusion'))} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--levers", nargs="+", choices=tuple(LEVERS), default=tuple(LEVERS))
+    parser.add_argument("--images", type=int, default=200, help="test images for the colours")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
+    parser.add_argument("--write", help="markdown file whose section to (re)write")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    before = load_average()
+    work = Path(tempfile.mkdtemp(prefix="bcosify-colour-"))
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in args.levers:
+        for seed in args.seeds:
+            result = run_lever(LEVERS[name], seed, work / name.replace(" ", "_"), args.images)
+            results.setdefault(name, []).append(result)
+            print(f"{name}, seed {seed}: {result}", flush=True)
+    command = command_line("bench_colour.py", argv)
+    text = report(results, args.seeds, command, (before, load_average()))
+    return publish(text, SECTION, args.write)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
