@@ -50,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".bench" / "coverage"
 SIZE = 64  # image side of the small input (models with a fixed size are built at it)
 TIMEOUT = 300  # seconds a case may take
-MAX_PARAMETERS = 20_000_000  # a text model larger than this after shrinking is not "small"
+# larger models are not "small": a timm family's smallest model, a text model after shrinking
+MAX_IMAGE_PARAMETERS, MAX_TEXT_PARAMETERS = 150_000_000, 20_000_000
 TOLERANCE = 1e-4
 LIVE = 1e-2
 # the targets of the coverage issue
@@ -88,6 +89,12 @@ SMALL_TEXT = {
     "n_routed_experts": 4,
     "num_experts_per_tok": 2,
     "max_position_embeddings": 64,
+    "rotary_dim": 8,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 8,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 16,
     "num_labels": 3,
     "pad_token_id": 0,
 }
@@ -214,6 +221,9 @@ def build_timm(name: str, size: int) -> tuple[nn.Module, torch.Tensor, dict[str,
     std = tuple(getattr(cfg, "std", None) or (0.229, 0.224, 0.225))
     if len(mean) != default[0]:
         mean, std = mean[:1] * default[0], std[:1] * default[0]
+    count = meta_parameters(lambda: timm.create_model(name, num_classes=5))
+    if count > MAX_IMAGE_PARAMETERS:
+        raise NotBuildable(f"its smallest model has {count / 1e6:.0f}M parameters")
     problems = []
     for side, kwargs in (
         (size, {"img_size": size}),
@@ -268,12 +278,18 @@ def build_text(case: Case) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
         config = small_config(CONFIG_MAPPING[case.family])
         model_class = getattr(transformers, case.architecture)
         count = meta_parameters(lambda: model_class(config))
-        if count > MAX_PARAMETERS:
+        if count > MAX_TEXT_PARAMETERS:
             raise NotBuildable(f"{count / 1e6:.1f}M parameters after shrinking its config")
         torch.manual_seed(0)
         model = randomise(model_class(config))
         vocab = int(getattr(config, "vocab_size", None) or SMALL_TEXT["vocab_size"])
         ids = torch.randint(1, min(vocab, SMALL_TEXT["vocab_size"]), (2, 8))
+        eos = getattr(config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+        if isinstance(eos, int) and 0 <= eos < vocab:
+            # encoder-decoder classifiers read the last <eos>: one per text, at its end
+            ids[ids == eos] = 1 if eos != 1 else 2
+            ids[:, -1] = eos
         with torch.no_grad():
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     except NotBuildable:
