@@ -11,6 +11,7 @@ from .activation import (
     BcosQuickGELU,
     BcosReLU6,
     BcosSiLU,
+    BcosSquaredReLU,
     GatedActivation,
 )
 from .attention import (
@@ -57,6 +58,7 @@ __all__ = [
     "BcosRMSNorm",
     "BcosReLU6",
     "BcosSiLU",
+    "BcosSquaredReLU",
     "BcosTokenEmbedding",
     "BcosWindowAttention",
     "ConstantTerms",

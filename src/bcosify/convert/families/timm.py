@@ -10,16 +10,21 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...errors import ConversionError
-from ...nn import BcosBatchNorm2d, BcosGlobalResponseNorm
+from ...nn import BcosBatchNorm2d, BcosGlobalResponseNorm, BcosSquaredReLU
 from ..options import ConversionOptions
 from ..rules import (
     Rule,
     RuleContext,
     UnsupportedModule,
+    converted_children,
+    groupnorm,
     keep,
     layernorm,
     layernorm2d,
+    linear,
+    plain_conv2d,
     squeeze_excitation,
+    with_bias,
 )
 from . import Family, Support
 
@@ -66,6 +71,15 @@ def global_response_norm(module: nn.Module, context: RuleContext) -> nn.Module:
     return norm
 
 
+def star_relu(module: nn.Module, context: RuleContext) -> nn.Module:
+    """MetaFormer's ``StarReLU`` (``scale * relu(x) ** 2 + bias``) ->
+    :class:`~bcosify.nn.BcosSquaredReLU` (gate ``scale * relu(x)`` detached when explaining),
+    its bias dropped unless ``keep_bias``."""
+    if context.options.activations == "identity":
+        return nn.Identity()
+    return with_bias(BcosSquaredReLU(module.scale), module.bias, context.options, -1)
+
+
 # the gates of timm's squeeze-and-excitation blocks (module level: a converted model pickles)
 def _effective_se(se: nn.Module, x: Tensor) -> Tensor:
     return se.gate(se.fc(_pooled(se, x)))
@@ -83,7 +97,9 @@ def _rules() -> dict[type[nn.Module], Rule]:
     try:
         import timm.layers as layers
         from timm.layers.grn import GlobalResponseNorm
+        from timm.models import metaformer
         from timm.models._efficientnet_blocks import SqueezeExcite
+        from timm.models.vgg import ConvMlp
     except ImportError:
         return {}
 
@@ -104,7 +120,63 @@ def _rules() -> dict[type[nn.Module], Rule]:
         layers.Conv2dSame: conv2d_same,
         layers.LayerNorm: layernorm,
         GlobalResponseNorm: global_response_norm,
+        # subclasses of torch.nn's norms and linear layer that call the same function on their
+        # own parameters (without a bias, or in float32): converted as their base class
+        layers.GroupNorm: groupnorm,
+        layers.GroupNorm1: groupnorm,
+        metaformer.GroupNorm1NoBias: groupnorm,
+        layers.LayerNormFp32: layernorm,
+        metaformer.LayerNormNoBias: layernorm,
+        layers.LayerNorm2dFp32: layernorm2d,
+        metaformer.LayerNorm2dNoBias: layernorm2d,
+        layers.Linear: linear,
+        metaformer.StarReLU: star_relu,
+        # VGG's head: it pools up to its kernel size when the input is small (a branch on the
+        # shape, which torch.fx cannot trace)
+        ConvMlp: converted_children,
     }
+
+
+def prepare(model: nn.Module) -> list[str]:
+    """timm's preparation of ``model`` (a copy): plain convolutions for weight-standardised
+    ones, and attention switched to its fused code path; returns notes."""
+    return plain_convolutions(model) + prepare_attention(model)
+
+
+def plain_convolutions(model: nn.Module) -> list[str]:
+    """Replace timm's weight-standardised convolutions (NF-Nets, BiT) in ``model`` (a copy) by
+    plain ``nn.Conv2d`` with the weight they compute from their parameters (the same function
+    at inference), so that the first one can take the encoded input and every one becomes a
+    B-cos convolution; returns a note. Those that pad inside forward are left (and refused).
+
+    Example:
+        >>> import timm
+        >>> model = timm.create_model("test_nfnet", num_classes=3)
+        >>> notes = plain_convolutions(model)
+        >>> type(model.stem.conv1).__name__
+        'Conv2d'
+    """
+    try:
+        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+    except ImportError:
+        return []
+    standardised = (StdConv2d, ScaledStdConv2d, StdConv2dSame, ScaledStdConv2dSame)
+    found = [(n, m) for n, m in model.named_modules() if type(m) in standardised]
+    replaced = []
+    for name, module in found:
+        try:
+            plain = plain_conv2d(module)
+        except UnsupportedModule:
+            continue  # pads inside forward: refused with the reason, as Conv2dSame
+        owner, _, child = name.rpartition(".")
+        setattr(model.get_submodule(owner), child, plain)
+        replaced.append(name)
+    if not replaced:
+        return []
+    return [
+        f"{len(replaced)} weight-standardised convolution(s) replaced by nn.Conv2d with the "
+        f"weight they compute (the same function), e.g. '{replaced[0]}'"
+    ]
 
 
 def prepare_attention(model: nn.Module) -> list[str]:
@@ -216,7 +288,7 @@ _VIT = "class token and positional embedding"
 FAMILY = Family(
     name="timm",
     rules=_rules,
-    prepare=prepare_attention,
+    prepare=prepare,
     methods=traced_methods,
     supported=(
         Support("timm", "resnet18", "exact", "classifier applied before the global pooling"),
