@@ -53,6 +53,7 @@ TIMEOUT = 300  # seconds a case may take
 # larger models are not "small": a timm family's smallest model, a text model after shrinking
 MAX_IMAGE_PARAMETERS, MAX_TEXT_PARAMETERS = 150_000_000, 20_000_000
 TOLERANCE = 1e-4
+MEASUREMENT = 1  # the version of how a case is built and checked: change it when that changes
 LIVE = 1e-2
 # the targets of the coverage issue
 TIMM_TARGET, TEXT_TARGET = 0.9, 0.8
@@ -119,10 +120,11 @@ class Case:
 
 
 def source_hash() -> str:
-    """A hash of bcosify's source and of this script: cached results of other code are stale."""
-    digest = hashlib.sha256()
+    """A hash of bcosify's source and of :data:`MEASUREMENT`: cached results of other code are
+    stale (the report's code may change without measuring again)."""
+    digest = hashlib.sha256(f"measurement {MEASUREMENT}".encode())
     package = ROOT / "src" / "bcosify"
-    for path in sorted([*package.rglob("*.py"), Path(__file__).resolve()]):
+    for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -475,22 +477,41 @@ def sweep(cases: list[Case], size: int, timeout: float, fresh: bool) -> dict[str
 # the report
 
 FAILURE_CLASSES = (
-    # (pattern of the reason, class) in order: the first match names the class
-    (r"could not trace|TraceError|symbolically traced", "torch.fx cannot trace the forward"),
-    (r"without a dynamic-linear form|no dynamic-linear form", "operations without a rule"),
+    # (pattern of a case's first problem, its class) in order: the first match names the class;
+    # {0} is the pattern's first group
+    (r"could not trace|could not be traced", "torch.fx cannot trace the code"),
+    (r"calls (\w+), which has no dynamic-linear form", "functional {0} without a rule"),
+    (r"\(([\w.]+)\): no conversion rule for this module type", "module without a rule ({0})"),
+    (r"multiplies input-dependent tensors \((?:matmul|bmm)\)", "attention computed explicitly"),
+    (r"multiplies input-dependent tensors", "product of input-dependent tensors (a gate)"),
+    (r"adds a constant|concatenates a constant", "constant added to the signal"),
+    (r"the input: must go straight", "input not straight into one layer"),
     (r"is not a text classifier bcosify converts", "text classifier refused by name"),
     (r"B = 1 with biases differs", "not equivalent at B = 1"),
-    (r"incomplete", "incomplete explanation"),
+    (r"^\w+: incomplete", "incomplete explanation"),
     (r"no live signal", "no live signal"),
     (r"^over \d+ s", "timeout"),
+    (r"^the process died", "crash"),
 )
 
 
-def failure_class(result: dict[str, Any]) -> str:
+def first_problem(result: dict[str, Any]) -> str:
+    """The first line of a failure that names one problem (a conversion lists many)."""
     reason = result.get("reason", "")
+    lines = [line.strip(" -") for line in reason.splitlines() if line.startswith("  - ")]
+    return lines[0] if lines else reason.split("\n", 1)[0]
+
+
+def failure_class(result: dict[str, Any]) -> str:
+    """What kind of failure a result is, from its first problem (e.g. ``functional pad
+    without a rule``); ``exact`` for a success."""
+    if result["status"] == "exact":
+        return "exact"
+    problem = first_problem(result)
     for pattern, name in FAILURE_CLASSES:
-        if re.search(pattern, reason):
-            return name
+        found = re.search(pattern, problem)
+        if found:
+            return name.format(*found.groups())
     return f"error at {result['status']}"
 
 
@@ -520,8 +541,11 @@ def _library_lines(library: str, results: list[dict[str, Any]], target: float) -
     ]
     for r in sorted(counted, key=lambda r: (r["status"] != "exact", r["case"])):
         _, family, arch = r["case"].split(":", 2)
-        what = "exact" if r["status"] == "exact" else failure_class(r)
-        lines.append(f"| {family} | {arch} | {what} | {_short(r.get('reason', ''))} |")
+        problems = r.get("reason", "").count("\n  - ")
+        detail = first_problem(r) if r["status"] != "exact" else ""
+        if problems > 1:
+            detail = f"{problems} problems, first: {detail}"
+        lines.append(f"| {family} | {arch} | {failure_class(r)} | {_short(detail)} |")
     apart = [r for r in results if r["status"] == "unbuildable"]
     if apart:
         lines += ["", f"Not counted ({library}, cannot be built small):", ""]

@@ -1,11 +1,12 @@
-"""timm building blocks the coverage sweep found refused, in small networks: each converts
-exactly (equivalence at B = 1 with biases, completeness with the defaults on a live signal, no
-bias left on the explained path)."""
+"""Building blocks the coverage sweep found refused (timm's and generic ones), in small
+networks: each converts exactly (equivalence at B = 1 with biases, completeness with the
+defaults on a live signal, no bias left on the explained path)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_convert import check_conversion, randomise_statistics
 from torch import nn
 
@@ -59,7 +60,76 @@ def dropout_before_stem() -> nn.Module:
     return nn.Sequential(nn.Dropout(0.1), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), *head(8))
 
 
+class PaddedByKernel(nn.Module):
+    """Pads by its convolution's kernel size (DaVit), resamples (CoaT, EfficientFormer V2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3)
+        self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.conv.kernel_size[0]  # read through the B = 1 wrapper that keeps the bias
+        x = self.conv(F.pad(x, (k // 2,) * 4))
+        return F.interpolate(self.up(x), scale_factor=0.5, mode="bilinear")
+
+
+def padding_and_resampling() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), PaddedByKernel(), *head(8))
+
+
+class ExplicitAttention(nn.Module):
+    """Attention written out (LeViT, EfficientFormer, CaiT): ``softmax(q k^T * s + bias)``,
+    talking heads mixing the weights, dropout, then ``@ v``; a batch norm over tokens."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, tokens: int = 16) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+        self.talking = nn.Conv2d(heads, heads, 1)
+        self.drop = nn.Dropout(0.1)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.bias
+        attn = self.drop(self.talking(attn.softmax(dim=-1)))
+        x = self.proj((attn @ v).transpose(1, 2).flatten(2))
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 16, stride=16)
+        self.attn = ExplicitAttention()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.attn(tokens).mean(1))
+
+
+def timm_activations() -> nn.Module:
+    from timm.layers import activations, activations_me
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        activations.GELU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        activations_me.HardSwishMe(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        activations.Swish(),
+        *head(8),
+    )
+
+
 NETWORKS = {
+    "padding_and_resampling": padding_and_resampling,
+    "explicit_attention": Tokens,
+    "timm_activations": timm_activations,
     "vgg_head": vgg_head,
     "standardised_convolutions": standardised_convolutions,
     "metaformer_blocks": metaformer_blocks,
@@ -76,7 +146,11 @@ def test_timm_blocks_convert_exactly(name):
             if type(module).__name__ == "StarReLU":
                 module.scale.fill_(0.7)
                 module.bias.fill_(0.3)
-    check_conversion(randomise_statistics(network))
+    # the attention's position bias and weight mixing compute its (detached) weights
+    gate = (
+        ("network.attn.bias", "network.attn.talking.bias") if name == "explicit_attention" else ()
+    )
+    check_conversion(randomise_statistics(network), off_path=gate)
 
 
 def test_standardised_convolutions_become_plain_b_cos_convolutions():
@@ -95,3 +169,12 @@ def test_star_relu_keeps_its_bias_only_with_keep_bias():
     assert isinstance(default.network[4], BcosSquaredReLU)
     assert isinstance(kept.network[4].layer, BcosSquaredReLU)
     assert "network.4.bias" in dict(kept.named_parameters())
+
+
+def test_explicit_attention_weights_are_detached_and_keep_their_function():
+    model, report = bcosify.convert(Tokens().eval(), input_mean=(0.5,) * 3, input_std=(0.5,) * 3)
+    attention = model.network.attn
+    # the mixing of the weights computes the gate: not on the explained path, not converted
+    assert type(attention.talking) is nn.Conv2d
+    assert isinstance(attention.qkv, bcosify.nn.BcosLinear)
+    assert "gated product" in str(report)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, fx, nn
 
-from .graph import GraphProblems, is_static, is_structural
+from .graph import GraphProblems, is_linear_pad, is_static, is_structural
 from .options import ConversionOptions
 from .tracing import ModuleGraph, TraceFailure, is_torch_builtin, trace_call
 
@@ -95,8 +95,12 @@ def _passes_on(graph: ModuleGraph, node: fx.Node) -> bool:
 
 
 def _passed_on(graph: ModuleGraph, value: object) -> object:
-    """What reaches ``value`` through pass-through modules (the value itself without them)."""
-    while isinstance(value, fx.Node) and _passes_on(graph, value) and value.args:
+    """What reaches ``value`` through pass-through modules and padding with zeros or repeated
+    values (the value itself without them). The encoded input pads as the image does: zeros
+    are zeros in both, and ``W6 . [0, 0] = W . 0``."""
+    while isinstance(value, fx.Node) and value.args:
+        if not (_passes_on(graph, value) or is_linear_pad(value)):
+            break
         value = value.args[0]
     return value
 

@@ -40,6 +40,7 @@ __all__ = [
     "GraphProblems",
     "GraphRewrites",
     "check_and_rewrite",
+    "is_linear_pad",
     "is_static",
     "is_structural",
     "signal_nodes",
@@ -90,6 +91,7 @@ _STRUCTURAL_FUNCTIONS: set[object] = {
     F.adaptive_max_pool2d,
     F.dropout,
     F.unfold,
+    F.interpolate,  # resampling: a fixed weighted sum of the input's values
 }
 _STRUCTURAL_METHODS = {
     "flatten",
@@ -216,13 +218,20 @@ def check_and_rewrite(
         ["  - 'block' (Block): calls tanh, which has no dynamic-linear form"]
     """
     rewrites = GraphRewrites()
-    gates = _gates(graph, is_activation)
+    weights, gate_only = _attention_weights(graph)
+    gates = _gates(graph, is_activation) | weights
     signal: set[fx.Node] = set()
     for node in list(graph.graph.nodes):
         depends = any(arg in signal for arg in _data_inputs(node))
         if node.op == "placeholder":
             if node.target in graph.signal_inputs:
                 signal.add(node)
+            continue
+        if node in gate_only:
+            # computes attention weights only (q k^T, its bias, softmax): detached where they
+            # weight the values, off the explained path; its modules keep their function
+            if node.op == "call_module":
+                graph.gates.add(node.name)
             continue
         if not depends or is_static(node):
             # a constant of the network (shape arithmetic, a position bias computed from a
@@ -287,6 +296,56 @@ def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> se
         if activation and all(_gates_product(user, node, signal) for user in node.users):
             found.add(node)
     return found
+
+
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm}
+
+
+def _is_matmul(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _MATMULS) or (
+        node.op == "call_method" and node.target in ("matmul", "bmm")
+    )
+
+
+def _is_softmax(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _SOFTMAXES) or (
+        node.op == "call_method" and node.target == "softmax"
+    )
+
+
+def _from_softmax(value: object) -> bool:
+    """Whether ``value`` is computed from a softmax's output alone, through reshapes and
+    modules of it only (dropout, CaiT's and EfficientFormer's talking-heads mixing)."""
+    while isinstance(value, fx.Node) and not _is_softmax(value):
+        inputs = [a for a in _data_inputs(value) if not is_static(a)]
+        if not (value.op == "call_module" or is_structural(value)) or len(inputs) != 1:
+            return False
+        value = inputs[0]
+    return isinstance(value, fx.Node)
+
+
+def _attention_weights(graph: ModuleGraph) -> tuple[set[fx.Node], set[fx.Node]]:
+    """Attention computed explicitly: the softmax outputs that weight the signal in a matrix
+    product (``softmax(q k^T + bias) @ v``, either operand), which are gates of that product
+    (detached when explaining, as :class:`~bcosify.nn.DynamicAttention` detaches queries and
+    keys); and the nodes that only compute them (``q k^T``, a position bias, the softmax)."""
+    signal = signal_nodes(graph)
+    weights = set()
+    for node in graph.graph.nodes:
+        operands = node.args[:2] if _is_matmul(node) else ()
+        if len(operands) == 2 and all(a in signal for a in operands):
+            found = [a for a in operands if _from_softmax(a)]
+            if len(found) == 1:
+                weights.add(found[0])
+    only: set[fx.Node] = set()
+    for node in reversed(list(graph.graph.nodes)):
+        if node in weights or node.op in ("placeholder", "output"):
+            continue
+        users = list(node.users)
+        if users and all(u in only or u in weights for u in users):
+            only.add(node)
+    # a weight's own computation is off the path; the weight node itself is the gate
+    return weights, {n for n in only if n in signal}
 
 
 def _gates_product(user: fx.Node, gate: fx.Node, signal: set[fx.Node]) -> bool:
@@ -371,9 +430,28 @@ def is_structural(node: fx.Node) -> bool:
         >>> [n.name for n in graph.nodes if is_structural(n)]
         ['flatten']
     """
-    return (node.op == "call_method" and node.target in _STRUCTURAL_METHODS) or (
-        node.op == "call_function" and node.target in _STRUCTURAL_FUNCTIONS
+    return (
+        (node.op == "call_method" and node.target in _STRUCTURAL_METHODS)
+        or (node.op == "call_function" and node.target in _STRUCTURAL_FUNCTIONS)
+        or is_linear_pad(node)
     )
+
+
+def is_linear_pad(node: fx.Node) -> bool:
+    """True for ``F.pad`` that adds zeros or repeats values (any mode but a nonzero constant):
+    a selection, padded with zeros (Swin's patch merging, timm's 'same' padding of pools).
+
+    Example:
+        >>> import torch
+        >>> graph = torch.fx.symbolic_trace(lambda x: torch.nn.functional.pad(x, (1, 1))).graph
+        >>> [is_linear_pad(n) for n in graph.nodes]
+        [False, True, False]
+    """
+    if node.op != "call_function" or node.target is not F.pad:
+        return False
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+    return mode != "constant" or value is None or value == 0
 
 
 def _name(node: fx.Node) -> str:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..device import device_of
 from ..nn import (
     BcosAttentionPool2d,
+    BcosBatchNorm1d,
     BcosBatchNorm2d,
     BcosConv2d,
     BcosGELU,
@@ -113,6 +114,17 @@ class Biased(nn.Module):
         self.layer = layer
         self.bias = nn.Parameter(bias.detach().clone())
         self.channel_dim = channel_dim
+
+    def __getattr__(self, name: str) -> Any:
+        # the layer's attributes through the wrapper: code that reads a convolution's
+        # kernel_size or stride (DaVit's downsampling pads by them) keeps working
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self.__dict__.get("_modules", {}).get("layer")
+            if layer is None or name == "bias":  # its own bias, even before it is set
+                raise
+            return getattr(layer, name)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.layer(x)
@@ -212,6 +224,11 @@ def multihead_attention(module: nn.Module, context: RuleContext) -> nn.Module:
 def batchnorm2d(module: nn.Module, context: RuleContext) -> nn.Module:
     assert isinstance(module, nn.BatchNorm2d)
     return BcosBatchNorm2d.from_batchnorm(module, bias=context.options.keep_bias)
+
+
+def batchnorm1d(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.BatchNorm1d)
+    return BcosBatchNorm1d.from_batchnorm(module, bias=context.options.keep_bias)
 
 
 def _copy_affine(source: nn.Module, target: nn.Module, keep_bias: bool) -> nn.Module:
@@ -419,6 +436,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
     rules: dict[type[nn.Module], Rule] = {
         nn.Conv2d: conv2d,
         nn.Linear: linear,
+        nn.BatchNorm1d: batchnorm1d,
         nn.BatchNorm2d: batchnorm2d,
         nn.LayerNorm: layernorm,
         nn.GroupNorm: groupnorm,
@@ -436,6 +454,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
     for bcos_module in (
         BcosConv2d,
         BcosLinear,
+        BcosBatchNorm1d,
         BcosBatchNorm2d,
         BcosLayerNorm,
         BcosLayerNorm2d,
@@ -466,6 +485,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         nn.AvgPool2d,
         nn.AdaptiveAvgPool2d,
         nn.AdaptiveMaxPool2d,
+        nn.Upsample,
     ):
         rules[linear_module] = keep
     return rules

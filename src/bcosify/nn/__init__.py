@@ -29,6 +29,7 @@ from .gate import DetachedFactor, DetachedGate
 from .logit_bias import LogitBias
 from .mode import ExplanationAware, explanation_mode, is_explaining
 from .norm import (
+    BcosBatchNorm1d,
     BcosBatchNorm2d,
     BcosGlobalResponseNorm,
     BcosGroupNorm,
@@ -43,6 +44,7 @@ from .trace import ExplanationTrace, traced_constant, traced_input
 __all__ = [
     "MAX_B",
     "BcosAttentionPool2d",
+    "BcosBatchNorm1d",
     "BcosBatchNorm2d",
     "BcosConv2d",
     "BcosGELU",

@@ -10,12 +10,22 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...errors import ConversionError
-from ...nn import BcosBatchNorm2d, BcosGlobalResponseNorm, BcosSquaredReLU
+from ...nn import (
+    BcosBatchNorm2d,
+    BcosGELU,
+    BcosGlobalResponseNorm,
+    BcosHardswish,
+    BcosMish,
+    BcosQuickGELU,
+    BcosSiLU,
+    BcosSquaredReLU,
+)
 from ..options import ConversionOptions
 from ..rules import (
     Rule,
     RuleContext,
     UnsupportedModule,
+    activation,
     converted_children,
     groupnorm,
     keep,
@@ -96,6 +106,7 @@ def _efficientnet_se(se: nn.Module, x: Tensor) -> Tensor:
 def _rules() -> dict[type[nn.Module], Rule]:
     try:
         import timm.layers as layers
+        from timm.layers import activations, activations_me
         from timm.layers.grn import GlobalResponseNorm
         from timm.models import metaformer
         from timm.models._efficientnet_blocks import SqueezeExcite
@@ -131,6 +142,16 @@ def _rules() -> dict[type[nn.Module], Rule]:
         metaformer.LayerNorm2dNoBias: layernorm2d,
         layers.Linear: linear,
         metaformer.StarReLU: star_relu,
+        # timm's own activation modules (its create_act_layer picks them)
+        activations.GELU: activation(lambda m: BcosGELU()),
+        activations.GELUTanh: activation(lambda m: BcosGELU("tanh")),
+        activations.QuickGELU: activation(lambda m: BcosQuickGELU()),
+        activations.Swish: activation(lambda m: BcosSiLU()),
+        activations_me.SwishMe: activation(lambda m: BcosSiLU()),
+        activations.Mish: activation(lambda m: BcosMish()),
+        activations_me.MishMe: activation(lambda m: BcosMish()),
+        activations.HardSwish: activation(lambda m: BcosHardswish()),
+        activations_me.HardSwishMe: activation(lambda m: BcosHardswish()),
         # VGG's head: it pools up to its kernel size when the input is small (a branch on the
         # shape, which torch.fx cannot trace)
         ConvMlp: converted_children,
