@@ -49,6 +49,7 @@ __all__ = [
     "FAMILY",
     "TextArchitecture",
     "self_attention_mask",
+    "structural_rules",
     "text_architecture",
     "traceable",
 ]
@@ -94,7 +95,52 @@ def text_architecture(model: nn.Module) -> TextArchitecture | None:
     cls = getattr(type(model), "_bcosify_original", type(model))
     if not cls.__module__.startswith("transformers."):
         return None
-    return ARCHITECTURES.get(cls.__name__)
+    known = ARCHITECTURES.get(cls.__name__)
+    structural = cls.__name__.endswith("ForSequenceClassification") and _llama_like(model)
+    if known is None and structural:
+        return TextArchitecture(cls.__name__, token_types=False, causal=True)
+    return known
+
+
+def _base_model(model: nn.Module) -> nn.Module | None:
+    return getattr(model, getattr(model, "base_model_prefix", "") or "model", None)
+
+
+def _llama_like(model: nn.Module) -> bool:
+    """A decoder classifier built as Llama is (found by structure, whatever its class name:
+    Qwen2, Qwen3, Mistral, ...): a linear ``score`` on a base model of ``embed_tokens``,
+    ``layers`` whose ``self_attn`` has ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj`` (and
+    optionally per-head ``q_norm``/``k_norm``) with rotary embeddings, ``norm`` and
+    ``rotary_emb``. :func:`bcosify.convert.text.convert_text` checks that the forward it then
+    runs computes the original's logits before converting."""
+    base = _base_model(model)
+    layers = getattr(base, "layers", None)
+    if not isinstance(getattr(model, "score", None), nn.Linear) or base is None:
+        return False
+    if not isinstance(getattr(base, "embed_tokens", None), nn.Embedding):
+        return False
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        return False
+    if getattr(base, "norm", None) is None or getattr(base, "rotary_emb", None) is None:
+        return False
+    return all(_llama_like_attention(getattr(layer, "self_attn", None)) for layer in layers)
+
+
+def _llama_like_attention(attention: nn.Module | None) -> bool:
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+    if attention is None or not all(
+        isinstance(getattr(attention, name, None), nn.Linear) for name in projections
+    ):
+        return False
+    if not hasattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb"):
+        return False
+    head_dim = getattr(attention, "head_dim", None)
+    for name in ("q_norm", "k_norm"):  # Qwen3: per head; OLMo 2 normalises whole projections
+        norm = getattr(attention, name, None)
+        weight = getattr(norm, "weight", None)
+        if norm is not None and (weight is None or tuple(weight.shape) != (head_dim,)):
+            return False
+    return True
 
 
 def self_attention_mask(attention_mask: Tensor, causal: bool) -> Tensor:
@@ -193,12 +239,29 @@ def _llama_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> 
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
     # cos and sin of the rotary embedding: constants (the weight only lends its dtype)
     rotary = self.rotary_emb(self.embed_tokens.weight, positions)
-    mask = self_attention_mask(attention_mask, causal=True)
-    for layer in self.layers[: self.config.num_hidden_layers]:
+    layers = self.layers[: self.config.num_hidden_layers]
+    for layer, mask in zip(layers, _layer_masks(self.config, attention_mask), strict=False):
         hidden = layer(
             hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary
         )
     return self.norm(hidden)
+
+
+def _layer_masks(config: Any, attention_mask: Tensor) -> list[Tensor]:
+    """Each decoder layer's mask: causal, and for a sliding-window layer (``layer_types``, or
+    every layer of a config with a ``sliding_window`` and no layer types: Mistral) limited to
+    the ``sliding_window`` latest tokens, as transformers masks them."""
+    full = self_attention_mask(attention_mask, causal=True)
+    window = getattr(config, "sliding_window", None)
+    count = int(config.num_hidden_layers)
+    kinds = getattr(config, "layer_types", None) or (
+        ["sliding_attention" if window else "full_attention"] * count
+    )
+    if window is None or "sliding_attention" not in kinds:
+        return [full] * count
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    sliding = full & (positions[:, None] - positions[None, :] < int(window))
+    return [sliding if kind == "sliding_attention" else full for kind in kinds[:count]]
 
 
 def _forwards() -> dict[type[nn.Module], Callable[..., Tensor]]:
@@ -227,6 +290,38 @@ def _forwards() -> dict[type[nn.Module], Callable[..., Tensor]]:
     }
 
 
+def _structural_forwards(model: nn.Module) -> dict[type[nn.Module], Callable[..., Tensor]]:
+    """The forwards of a classifier found by structure and of its base model."""
+    cls = getattr(type(model), "_bcosify_original", type(model))
+    if cls.__name__ in ARCHITECTURES or not _llama_like(model):
+        return {}
+    return {type(model): _decoder_classifier, type(_base_model(model)): _llama_model}
+
+
+def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
+    """Rule-table entries for the building blocks of a classifier found by structure (its
+    attention and RMS norm classes, whatever they are named); empty for any other model.
+
+    Example:
+        >>> from transformers import Qwen2Config, Qwen2ForSequenceClassification
+        >>> config = Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                      num_attention_heads=2, num_key_value_heads=1, vocab_size=30)
+        >>> sorted(t.__name__ for t in structural_rules(Qwen2ForSequenceClassification(config)))
+        ['Qwen2Attention', 'Qwen2RMSNorm']
+    """
+    if not _structural_forwards(model):
+        return {}
+    rules: dict[type[nn.Module], Rule] = {}
+    for module in model.modules():
+        if _llama_like_attention(module):
+            rules[type(module)] = _attention_rule(
+                _llama_attention, ("q_proj", "k_proj", "v_proj"), ("o_proj",)
+            )
+        elif type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            rules[type(module)] = rmsnorm
+    return rules
+
+
 def traceable(model: nn.Module) -> list[str]:
     """Replace the forward of a text classifier, its base model and its encoder stack in
     ``model`` (a copy) by the same computation on tensors, which torch.fx can trace; returns
@@ -247,7 +342,7 @@ def traceable(model: nn.Module) -> list[str]:
     """
     if text_architecture(model) is None:
         return []
-    forwards = _forwards()
+    forwards = {**_forwards(), **_structural_forwards(model)}
     replaced = []
     for module in model.modules():
         forward = forwards.get(type(module))
@@ -390,6 +485,8 @@ def _llama_attention(
 ) -> tuple[Tensor, None]:
     size = self.head_dim
     q, k, v = (_heads(p(hidden_states), size) for p in (self.q_proj, self.k_proj, self.v_proj))
+    if getattr(self, "q_norm", None) is not None:  # Qwen3: RMS norms of each head's q and k
+        q, k = self.q_norm(q), self.k_norm(k)
     if position_embeddings is None:
         raise ValueError(f"{type(self).__name__} needs its rotary position embeddings")
     # the model's own RoPE (queries and keys only), from the module that defines its class
@@ -568,11 +665,25 @@ FAMILY = Family(
             "exact",
             "RMSNorm, SwiGLU gates, RoPE and grouped-query attention on detached queries and keys",
         ),
+        *(
+            Support(
+                "transformers",
+                f"{name}ForSequenceClassification",
+                "exact",
+                f"found by structure (Llama's layout){note}; its forward checked against the "
+                "original's at conversion",
+            )
+            for name, note in (
+                ("Qwen2", ""),
+                ("Qwen3", ", per-head query and key norms"),
+                ("Mistral", ", sliding-window attention"),
+            )
+        ),
         Support(
             "transformers",
             "ElectraForSequenceClassification",
             "unsupported",
-            "text classifiers other than the five above are refused by name",
+            "text classifiers neither of the five above nor built as Llama is are refused",
         ),
     ),
 )
