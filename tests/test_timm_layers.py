@@ -126,7 +126,25 @@ def timm_activations() -> nn.Module:
     )
 
 
+def multi_branch_stem() -> nn.Module:
+    # FastViT, MobileOne: the image goes into several convolution branches that are summed
+    from timm.models.fastvit import MobileOneBlock
+
+    return nn.Sequential(MobileOneBlock(3, 8, 3, stride=2, num_conv_branches=2), *head(8))
+
+
+def learnable_affine() -> nn.Module:
+    # HGNet-V2: scale * x + bias with learned scalars
+    from timm.models.hgnet import LearnableAffineBlock
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), LearnableAffineBlock(0.7, 0.3), nn.ReLU(), *head(8)
+    )
+
+
 NETWORKS = {
+    "multi_branch_stem": multi_branch_stem,
+    "learnable_affine": learnable_affine,
     "padding_and_resampling": padding_and_resampling,
     "explicit_attention": Tokens,
     "timm_activations": timm_activations,

@@ -38,7 +38,13 @@ from ..rules import (
 )
 from . import Family, Support
 
-__all__ = ["FAMILY", "BcosBatchNormAct2d", "is_timm_classifier", "reset_classifier"]
+__all__ = [
+    "FAMILY",
+    "BcosBatchNormAct2d",
+    "Scale",
+    "is_timm_classifier",
+    "reset_classifier",
+]
 
 
 def _pooled(block: nn.Module, x: Tensor) -> Tensor:
@@ -90,6 +96,23 @@ def star_relu(module: nn.Module, context: RuleContext) -> nn.Module:
     return with_bias(BcosSquaredReLU(module.scale), module.bias, context.options, -1)
 
 
+class Scale(nn.Module):
+    """``scale * x``: HGNet's ``LearnableAffineBlock`` without its offset."""
+
+    def __init__(self, scale: Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x
+
+
+def learnable_affine(module: nn.Module, context: RuleContext) -> nn.Module:
+    """HGNet-V2's ``LearnableAffineBlock`` (``scale * x + bias``, scalars) -> :class:`Scale`,
+    its bias a constant under ``keep_bias`` and dropped otherwise."""
+    return with_bias(Scale(module.scale), module.bias, context.options, -1)
+
+
 # the gates of timm's squeeze-and-excitation blocks (module level: a converted model pickles)
 def _effective_se(se: nn.Module, x: Tensor) -> Tensor:
     return se.gate(se.fc(_pooled(se, x)))
@@ -108,7 +131,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
         import timm.layers as layers
         from timm.layers import activations, activations_me
         from timm.layers.grn import GlobalResponseNorm
-        from timm.models import metaformer
+        from timm.models import hgnet, metaformer
         from timm.models._efficientnet_blocks import SqueezeExcite
         from timm.models.vgg import ConvMlp
     except ImportError:
@@ -142,6 +165,8 @@ def _rules() -> dict[type[nn.Module], Rule]:
         metaformer.LayerNorm2dNoBias: layernorm2d,
         layers.Linear: linear,
         metaformer.StarReLU: star_relu,
+        hgnet.LearnableAffineBlock: learnable_affine,
+        Scale: keep,
         # timm's own activation modules (its create_act_layer picks them)
         activations.GELU: activation(lambda m: BcosGELU()),
         activations.GELUTanh: activation(lambda m: BcosGELU("tanh")),
@@ -159,9 +184,45 @@ def _rules() -> dict[type[nn.Module], Rule]:
 
 
 def prepare(model: nn.Module) -> list[str]:
-    """timm's preparation of ``model`` (a copy): plain convolutions for weight-standardised
-    ones, and attention switched to its fused code path; returns notes."""
-    return plain_convolutions(model) + prepare_attention(model)
+    """timm's preparation of ``model`` (a copy): multi-branch blocks in their inference form,
+    plain convolutions for weight-standardised ones, and attention switched to its fused code
+    path; returns notes."""
+    return single_branches(model) + plain_convolutions(model) + prepare_attention(model)
+
+
+def single_branches(model: nn.Module) -> list[str]:
+    """Switch timm's re-parameterisable multi-branch blocks (RepVGG and MobileOne style:
+    FastViT, MobileOne, RepGhost) in ``model`` (a copy) to their inference form, one
+    convolution that computes the sum of the branches (their own ``reparameterize`` or
+    ``switch_to_deploy``, as ``timm.utils.reparameterize_model`` calls them); returns a note.
+    The function is the same in evaluation mode; a stem that was several branches on the
+    image becomes one convolution that can take the encoded input.
+
+    Example:
+        >>> import timm, torch
+        >>> model = timm.create_model("fastvit_t8", num_classes=3).eval()
+        >>> x = torch.rand(1, 3, 64, 64)
+        >>> before = model(x)
+        >>> notes = single_branches(model)
+        >>> bool(torch.allclose(model(x), before, atol=1e-4)), model.stem[0].reparam_conv
+        (True, Conv2d(3, 48, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)))
+    """
+    switched = []
+    for name, module in list(model.named_modules()):
+        if not type(module).__module__.startswith("timm."):
+            continue
+        switch = getattr(module, "reparameterize", None) or getattr(
+            module, "switch_to_deploy", None
+        )
+        if callable(switch):
+            switch()
+            switched.append(name)
+    if not switched:
+        return []
+    return [
+        f"{len(switched)} multi-branch block(s) switched to their inference form (one "
+        f"convolution for the sum of the branches, the same function), e.g. '{switched[0]}'"
+    ]
 
 
 def plain_convolutions(model: nn.Module) -> list[str]:
