@@ -32,6 +32,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -610,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only:
         cases = [c for c in cases if c.family in args.only]
         apart = {k: v for k, v in apart.items() if k.split(":")[1] in args.only}
+    # a terminated sweep unwinds, so that its worker process is killed with it
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     results = sweep(cases, args.size, args.timeout, args.fresh)
     seconds = sum(r.get("wall", 0.0) for r in results.values())
     command = command_line("bench_coverage.py", argv)
