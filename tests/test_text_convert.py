@@ -287,3 +287,23 @@ def test_a_classifier_built_like_llama_that_computes_otherwise_is_refused():
         model = DoubledForSequenceClassification(CONFIGS["qwen2"][1]).eval()
     with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
         bcosify.convert(model)
+
+
+def test_an_attention_built_like_llamas_that_computes_otherwise_is_refused():
+    from transformers.models.qwen2 import modeling_qwen2
+
+    class ScaledAttention(modeling_qwen2.Qwen2Attention):
+        # the same projections, another computation (as DiffLlama's or HunYuan's attention)
+        __module__ = modeling_qwen2.__name__
+
+        def forward(self, *args, **kwargs):
+            output, weights = super().forward(*args, **kwargs)
+            return 2 * output, weights
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.Qwen2ForSequenceClassification(CONFIGS["qwen2"][1]).eval()
+    for layer in model.model.layers:
+        layer.self_attn.__class__ = ScaledAttention
+    with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
+        bcosify.convert(model)

@@ -22,7 +22,12 @@ from ..errors import ConversionError
 from ..models.transformers_config import build_model
 from ..serialization import load_pretrained
 from .families import prepare, traced_methods
-from .families.transformers_text import ARCHITECTURES, structural_rules, text_architecture
+from .families.transformers_text import (
+    ARCHITECTURES,
+    structural_attention,
+    structural_rules,
+    text_architecture,
+)
 from .graph import GraphProblems
 from .report import ConversionReport, logit_bias_constant, logit_bias_value, record_tree
 from .rules import Rule
@@ -120,8 +125,9 @@ def convert_text(
 
 
 def _check_forward(original: nn.Module, network: nn.Module, architecture: Any) -> str:
-    """Check that the forward on tensors that a classifier found by structure got computes the
-    original's logits (on random token ids, with padding); returns a note.
+    """Check that the forward on tensors that a classifier found by structure got, with the
+    attention forward its rule will give, computes the original's logits (on random token ids,
+    with padding); returns a note.
 
     Raises:
         ConversionError: naming the largest difference, if it does not.
@@ -140,7 +146,8 @@ def _check_forward(original: nn.Module, network: nn.Module, architecture: Any) -
     try:
         with torch.no_grad():
             reference = original.eval()(input_ids=ids, attention_mask=mask).logits
-            found = network(ids, mask)
+            with structural_attention(network):
+                found = network(ids, mask)
     except Exception as error:
         raise ConversionError(
             f"{architecture.name} is built like Llama, but its forward could not be run as "

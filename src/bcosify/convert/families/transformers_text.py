@@ -26,8 +26,9 @@ Decoders classify at the last token whose attention mask is 1.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "FAMILY",
     "TextArchitecture",
     "self_attention_mask",
+    "structural_attention",
     "structural_rules",
     "text_architecture",
     "traceable",
@@ -133,6 +135,13 @@ def _llama_like_attention(attention: nn.Module | None) -> bool:
     ):
         return False
     if not hasattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb"):
+        return False
+    # nothing else to compute with: no other submodule (HunYuan's query_layernorm), no
+    # parameter of its own (DiffLlama's lambdas, GPT-OSS's sinks)
+    children = {name for name, _ in attention.named_children()}
+    if children - {*projections, "q_norm", "k_norm"} or any(
+        True for _ in attention.parameters(recurse=False)
+    ):
         return False
     head_dim = getattr(attention, "head_dim", None)
     for name in ("q_norm", "k_norm"):  # Qwen3: per head; OLMo 2 normalises whole projections
@@ -296,6 +305,27 @@ def _structural_forwards(model: nn.Module) -> dict[type[nn.Module], Callable[...
     if cls.__name__ in ARCHITECTURES or not _llama_like(model):
         return {}
     return {type(model): _decoder_classifier, type(_base_model(model)): _llama_model}
+
+
+@contextlib.contextmanager
+def structural_attention(network: nn.Module) -> Iterator[None]:
+    """While in the block, the attention modules of a classifier found by structure (already
+    :func:`traceable`) run the forward their rule gives them (:class:`~bcosify.nn.TextAttention`
+    on their own projections), so that the whole computation the conversion assumes can be
+    compared with the original's; their classes are restored afterwards."""
+    ruled = structural_rules(network)
+    swapped = [
+        (module, type(module))
+        for module in network.modules()
+        if _llama_like_attention(module) and type(module) in ruled
+    ]
+    try:
+        for module, _ in swapped:
+            _in_place(module, (TextAttention,), {"forward": _llama_attention})
+        yield
+    finally:
+        for module, cls in swapped:
+            module.__class__ = cls
 
 
 def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
