@@ -18,10 +18,15 @@ pytest.importorskip("transformers")
 # (library, family, architecture): each converts exactly (equivalence at B = 1 with biases,
 # completeness with the defaults on a live signal), a few seconds each
 SAMPLE = [
-    ("timm", "resnet", "resnet10t"),
-    ("timm", "convnext", "convnext_atto"),
+    ("timm", "resnet", "test_resnet"),
+    ("timm", "convnext", "test_convnext"),
+    ("timm", "levit", "levit_128s"),  # attention written out, 1-d batch norms
+    ("timm", "nfnet", "test_nfnet"),  # weight-standardised convolutions
+    ("timm", "fastvit", "fastvit_t8"),  # a multi-branch stem
+    ("timm", "metaformer", "poolformerv2_s12"),  # norm subclasses, StarReLU
     ("transformers", "bert", "BertForSequenceClassification"),
     ("transformers", "gpt2", "GPT2ForSequenceClassification"),
+    ("transformers", "qwen2", "Qwen2ForSequenceClassification"),  # found by structure
 ]
 
 

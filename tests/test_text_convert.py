@@ -89,6 +89,12 @@ def _configs() -> dict[str, tuple[str, object]]:
             "MistralForSequenceClassification",
             transformers.MistralConfig(**decoder, sliding_window=3, **common),
         ),
+        # weightless layer norms (OLMo); a squared-ReLU MLP without gate (Arcee)
+        "olmo": ("OlmoForSequenceClassification", transformers.OlmoConfig(**decoder, **common)),
+        "arcee": (
+            "ArceeForSequenceClassification",
+            transformers.ArceeConfig(**decoder, **common),
+        ),
         "gpt2": (
             "GPT2ForSequenceClassification",
             transformers.GPT2Config(
@@ -106,7 +112,7 @@ def _configs() -> dict[str, tuple[str, object]]:
 
 CONFIGS = _configs()
 FAMILIES = list(CONFIGS)
-ROTARY = {"llama", "qwen2", "qwen3", "mistral"}
+ROTARY = {"llama", "qwen2", "qwen3", "mistral", "olmo", "arcee"}
 
 
 def randomise_text(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -142,7 +142,44 @@ def learnable_affine() -> nn.Module:
     )
 
 
+class CosineAttention(nn.Module):
+    """Swin V2's cosine attention: normalised queries and keys, an nn.Softmax module."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.softmax = nn.Softmax(dim=-1)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        return self.proj(self.softmax(10 * attn) @ v)
+
+
+class PaddedPooledTokens(nn.Module):
+    """A zero pad before the stem, TensorFlow-'same' max pooling (NASNet), cosine attention,
+    a 1-d average pool over tokens (Next-ViT) and normalised features before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers.pool2d_same import MaxPool2dSame
+
+        self.pad = nn.ZeroPad2d(1)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.pool = MaxPool2dSame(3, stride=2)
+        self.attn = CosineAttention()
+        self.reduce = nn.AvgPool1d(2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.pool(self.stem(self.pad(x))).flatten(2).transpose(1, 2)
+        tokens = self.reduce(self.attn(tokens).transpose(1, 2))
+        return self.head(F.normalize(tokens.mean(-1), dim=1))
+
+
 NETWORKS = {
+    "padded_pooled_tokens": PaddedPooledTokens,
     "multi_branch_stem": multi_branch_stem,
     "learnable_affine": learnable_affine,
     "padding_and_resampling": padding_and_resampling,

@@ -87,7 +87,14 @@ def encode_first_layer(
 
 # modules that pass their input on unchanged in evaluation mode: the image may go through
 # them to the first layer (EfficientViT's dropout before its stem)
-_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_PASS_THROUGH = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.ZeroPad2d,  # zeros in the encoded input too: W6 . [0, 0] = W . 0
+)
 
 
 def _passes_on(graph: ModuleGraph, node: fx.Node) -> bool:

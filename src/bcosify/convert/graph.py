@@ -26,6 +26,7 @@ from ..nn import (
     BcosGELU,
     BcosHardswish,
     BcosMish,
+    BcosNormalize,
     BcosReLU6,
     BcosSiLU,
     ConstantTerms,
@@ -232,6 +233,7 @@ def check_and_rewrite(
             # weight the values, off the explained path; its modules keep their function
             if node.op == "call_module":
                 graph.gates.add(node.name)
+            signal.add(node)  # it depends on the signal: the weights it computes are gates
             continue
         if not depends or is_static(node):
             # a constant of the network (shape arithmetic, a position bias computed from a
@@ -248,6 +250,8 @@ def check_and_rewrite(
             node = _rewrite_activation(graph, node, options, rewrites)
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
             node = _rewrite_attention(graph, node, rewrites)
+        elif node.op == "call_function" and node.target is F.normalize:
+            node = _rewrite_normalize(graph, node, rewrites)
         else:
             problem = _route_constants(graph, node, signal, rewrites) or _check_operation(
                 node, signal
@@ -307,16 +311,18 @@ def _is_matmul(node: fx.Node) -> bool:
     )
 
 
-def _is_softmax(node: fx.Node) -> bool:
-    return (node.op == "call_function" and node.target in _SOFTMAXES) or (
-        node.op == "call_method" and node.target == "softmax"
+def _is_softmax(graph: ModuleGraph, node: fx.Node) -> bool:
+    return (
+        (node.op == "call_function" and node.target in _SOFTMAXES)
+        or (node.op == "call_method" and node.target == "softmax")
+        or (node.op == "call_module" and isinstance(graph.submodule(str(node.target)), nn.Softmax))
     )
 
 
-def _from_softmax(value: object) -> bool:
+def _from_softmax(graph: ModuleGraph, value: object) -> bool:
     """Whether ``value`` is computed from a softmax's output alone, through reshapes and
     modules of it only (dropout, CaiT's and EfficientFormer's talking-heads mixing)."""
-    while isinstance(value, fx.Node) and not _is_softmax(value):
+    while isinstance(value, fx.Node) and not _is_softmax(graph, value):
         inputs = [a for a in _data_inputs(value) if not is_static(a)]
         if not (value.op == "call_module" or is_structural(value)) or len(inputs) != 1:
             return False
@@ -334,7 +340,7 @@ def _attention_weights(graph: ModuleGraph) -> tuple[set[fx.Node], set[fx.Node]]:
     for node in graph.graph.nodes:
         operands = node.args[:2] if _is_matmul(node) else ()
         if len(operands) == 2 and all(a in signal for a in operands):
-            found = [a for a in operands if _from_softmax(a)]
+            found = [a for a in operands if _from_softmax(graph, a)]
             if len(found) == 1:
                 weights.add(found[0])
     only: set[fx.Node] = set()
@@ -610,6 +616,21 @@ def _rewrite_activation(
     rewrites.notes.append(
         f"{graph.label}: functional {_name(node)} -> module '{new.target}' "
         f"({type(replacement).__name__})"
+    )
+    return new
+
+
+def _rewrite_normalize(graph: ModuleGraph, node: fx.Node, rewrites: GraphRewrites) -> fx.Node:
+    """Replace ``F.normalize`` by a :class:`~bcosify.nn.BcosNormalize` call (its norm detached
+    when explaining); returns the new node."""
+    names = ("input", "p", "dim", "eps")
+    given = {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+    options = {k: given[k] for k in ("p", "dim", "eps") if k in given}
+    new = _call_new_module(graph, node, "bcos_normalize", BcosNormalize(**options))
+    new.args, new.kwargs = (given["input"],), {}
+    rewrites.notes.append(
+        f"{graph.label}: functional normalize -> module '{new.target}' (BcosNormalize: the "
+        "norm detached when explaining)"
     )
     return new
 

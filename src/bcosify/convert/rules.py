@@ -34,6 +34,7 @@ from ..nn import (
     BcosLinear,
     BcosMish,
     BcosMultiheadAttention,
+    BcosNormalize,
     BcosQuickGELU,
     BcosReLU6,
     BcosSiLU,
@@ -473,6 +474,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         BcosAttentionPool2d,
         BcosQuickGELU,
         BcosSquaredReLU,
+        BcosNormalize,
         PooledLayerNorm,
         ConstantTerms,
     ):
@@ -485,6 +487,11 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         nn.AvgPool2d,
         nn.AdaptiveAvgPool2d,
         nn.AdaptiveMaxPool2d,
+        nn.AvgPool1d,
+        nn.AdaptiveAvgPool1d,
+        nn.ZeroPad2d,
+        nn.ReflectionPad2d,
+        nn.ReplicationPad2d,
         nn.Upsample,
     ):
         rules[linear_module] = keep

@@ -35,6 +35,7 @@ from .norm import (
     BcosGroupNorm,
     BcosLayerNorm,
     BcosLayerNorm2d,
+    BcosNormalize,
 )
 from .pooled_norm import PooledLayerNorm
 from .rms_norm import BcosRMSNorm
@@ -56,6 +57,7 @@ __all__ = [
     "BcosLinear",
     "BcosMish",
     "BcosMultiheadAttention",
+    "BcosNormalize",
     "BcosQuickGELU",
     "BcosRMSNorm",
     "BcosReLU6",

@@ -31,6 +31,7 @@ __all__ = [
     "BcosGroupNorm",
     "BcosLayerNorm",
     "BcosLayerNorm2d",
+    "BcosNormalize",
 ]
 
 
@@ -511,3 +512,23 @@ class BcosGlobalResponseNorm(_AffineNorm):
             f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}, "
             f"bias={self.bias is not None}"
         )
+
+
+class BcosNormalize(ExplanationAware, nn.Module):
+    """``F.normalize``: ``x / max(||x||_p, eps)`` along ``dim``, the norm detached in explanation
+    mode (dynamic linear: ``x`` scaled by a constant). Swin V2's cosine attention, SwiftFormer.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(BcosNormalize(dim=-1)(x), torch.nn.functional.normalize(x, dim=-1))
+        True
+    """
+
+    def __init__(self, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.p, self.dim, self.eps = p, dim, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = x.norm(self.p, self.dim, keepdim=True).clamp_min(self.eps)
+        return x / self.detach_if_explaining(norm)

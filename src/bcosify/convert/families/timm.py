@@ -96,6 +96,18 @@ def star_relu(module: nn.Module, context: RuleContext) -> nn.Module:
     return with_bias(BcosSquaredReLU(module.scale), module.bias, context.options, -1)
 
 
+def max_pool_same(module: nn.Module, context: RuleContext) -> nn.Module:
+    """timm's ``MaxPool2dSame`` (pads with -inf, then a max pool: a selection) kept; with
+    ``maxpool="avg"`` timm's ``AvgPool2dSame`` of the same window."""
+    if context.options.maxpool == "keep":
+        return module
+    if module.dilation not in (1, (1, 1)):
+        raise UnsupportedModule("a dilated max pool has no average-pool counterpart")
+    from timm.layers.pool2d_same import AvgPool2dSame
+
+    return AvgPool2dSame(module.kernel_size, module.stride, ceil_mode=module.ceil_mode)
+
+
 class Scale(nn.Module):
     """``scale * x``: HGNet's ``LearnableAffineBlock`` without its offset."""
 
@@ -131,6 +143,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
         import timm.layers as layers
         from timm.layers import activations, activations_me
         from timm.layers.grn import GlobalResponseNorm
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
         from timm.models import hgnet, metaformer
         from timm.models._efficientnet_blocks import SqueezeExcite
         from timm.models.vgg import ConvMlp
@@ -166,6 +179,10 @@ def _rules() -> dict[type[nn.Module], Rule]:
         layers.Linear: linear,
         metaformer.StarReLU: star_relu,
         hgnet.LearnableAffineBlock: learnable_affine,
+        # 'same' padding inside forward (TensorFlow ports): zeros before an average, -inf
+        # (never selected) before a maximum: both stay what they are
+        AvgPool2dSame: keep,
+        MaxPool2dSame: max_pool_same,
         Scale: keep,
         # timm's own activation modules (its create_act_layer picks them)
         activations.GELU: activation(lambda m: BcosGELU()),

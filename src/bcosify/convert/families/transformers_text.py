@@ -36,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...nn import BcosRMSNorm, BcosSiLU, BcosTokenEmbedding, TextAttention
+from ...nn import (
+    BcosLayerNorm,
+    BcosRMSNorm,
+    BcosSiLU,
+    BcosSquaredReLU,
+    BcosTokenEmbedding,
+    TextAttention,
+)
 from ...nn.trace import traced_constant
 from ..dynamic import dynamic_class
 from ..rules import Rule, RuleContext, UnsupportedModule, activation, keep
@@ -349,7 +356,25 @@ def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
             )
         elif type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
             rules[type(module)] = rmsnorm
+        elif _weightless_layer_norm(module):
+            rules[type(module)] = weightless_layer_norm
     return rules
+
+
+def _weightless_layer_norm(module: nn.Module) -> bool:
+    """OLMo's ``OlmoLayerNorm``: a layer norm without parameters (``normalized_shape`` only)."""
+    return (
+        type(module).__name__.endswith("LayerNorm")
+        and not isinstance(module, nn.LayerNorm)
+        and isinstance(getattr(module, "normalized_shape", None), tuple)
+        and not any(True for _ in module.parameters())
+    )
+
+
+def weightless_layer_norm(module: nn.Module, context: RuleContext) -> nn.Module:
+    """A layer norm without parameters (OLMo) -> :class:`~bcosify.nn.BcosLayerNorm` without
+    weight (its mean and the normaliser handled as every layer norm's; eps 1e-5, OLMo's)."""
+    return BcosLayerNorm(module.normalized_shape[-1], 1e-5, False, bias=False)
 
 
 def traceable(model: nn.Module) -> list[str]:
@@ -626,7 +651,7 @@ def rmsnorm(module: nn.Module, context: RuleContext) -> nn.Module:
 
 def _rules() -> dict[type[nn.Module], Rule]:
     try:
-        from transformers.activations import SiLUActivation
+        from transformers.activations import ReLUSquaredActivation, SiLUActivation
         from transformers.models.bert import modeling_bert as bert
         from transformers.models.distilbert import modeling_distilbert as distilbert
         from transformers.models.gpt2 import modeling_gpt2 as gpt2
@@ -641,6 +666,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
         BcosRMSNorm: keep,
         Conv1D: conv1d,
         SiLUActivation: activation(lambda m: BcosSiLU()),
+        ReLUSquaredActivation: activation(lambda m: BcosSquaredReLU(torch.ones(1))),
         llama.LlamaRMSNorm: rmsnorm,
         bert.BertEmbeddings: text_embeddings,
         roberta.RobertaEmbeddings: text_embeddings,
@@ -707,6 +733,8 @@ FAMILY = Family(
                 ("Qwen2", ""),
                 ("Qwen3", ", per-head query and key norms"),
                 ("Mistral", ", sliding-window attention"),
+                ("Olmo", ", layer norms without parameters"),
+                ("Arcee", ", squared-ReLU MLP"),
             )
         ),
         Support(
