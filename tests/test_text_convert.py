@@ -74,6 +74,12 @@ def _configs() -> dict[str, tuple[str, object]]:
                 **common,
             ),
         ),
+        # found by structure (RoBERTa's and BERT's layout under other names)
+        "camembert": (
+            "CamembertForSequenceClassification",
+            transformers.CamembertConfig(**bert, **common),
+        ),
+        "ernie": ("ErnieForSequenceClassification", transformers.ErnieConfig(**bert, **common)),
         # found by structure (Llama's layout under other names): biases on q, k, v (Qwen2),
         # per-head query and key norms (Qwen3), a sliding window shorter than the texts
         # (Mistral)
@@ -313,3 +319,24 @@ def test_an_attention_built_like_llamas_that_computes_otherwise_is_refused():
         layer.self_attn.__class__ = ScaledAttention
     with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
         bcosify.convert(model)
+
+
+def test_an_encoder_built_like_berts_that_computes_otherwise_is_refused():
+    # RoBERTa-PreLayerNorm: BERT's modules, its layer norms before attention
+    config = transformers.RobertaPreLayerNormConfig(**{**_configs_bert(), "vocab_size": VOCAB})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = randomise_text(transformers.RobertaPreLayerNormForSequenceClassification(config))
+    with pytest.raises(ConversionError, match="built like BERT, but computes something else"):
+        bcosify.convert(model)
+
+
+def _configs_bert() -> dict[str, int]:
+    return {
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "pad_token_id": PAD,
+    }

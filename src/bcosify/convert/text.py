@@ -91,9 +91,10 @@ def convert_text(
     if architecture is None:
         raise ConversionError(
             f"{type(model).__name__} is not a text classifier bcosify converts; supported: "
-            f"{', '.join(ARCHITECTURES)}, and decoders built as Llama is (embed_tokens, layers "
-            "of q/k/v/o projections with rotary embeddings, norm, score) under any name (load "
-            "your checkpoint into one of these, or convert its modules with rules=)"
+            f"{', '.join(ARCHITECTURES)}, and, under any name, decoders built as Llama is "
+            "(embed_tokens, layers of q/k/v/o projections with rotary embeddings, norm, score) "
+            "and encoders built as BERT or RoBERTa is (load your checkpoint into one of these, "
+            "or convert its modules with rules=)"
         )
     options = TextConversionOptions(b, keep_bias, activations, qkv_projection, logit_bias)
     table = rule_table({**structural_rules(model), **(rules or {})})
@@ -150,24 +151,30 @@ def _check_forward(original: nn.Module, network: nn.Module, architecture: Any) -
                 found = network(ids, mask)
     except Exception as error:
         raise ConversionError(
-            f"{architecture.name} is built like Llama, but its forward could not be run as "
-            f"Llama's ({type(error).__name__}: {error}); load your checkpoint into a supported "
-            f"class ({', '.join(ARCHITECTURES)})"
+            f"{architecture.name} is built like {_like(architecture)}, but its forward could not "
+            f"be run as {_like(architecture)}'s ({type(error).__name__}: {error}); load your "
+            f"checkpoint into a supported class ({', '.join(ARCHITECTURES)})"
         ) from error
     finally:
         original.train(was)
     error = float((found - reference).abs().max())
     if not error <= 1e-4 * max(float(reference.abs().max()), 1e-6):
         raise ConversionError(
-            f"{architecture.name} is built like Llama, but computes something else (its logits "
-            f"differ by {error:.3g} from Llama's computation on the same weights: embedding "
-            "scaling, norms or attention of its own); it is not converted"
+            f"{architecture.name} is built like {_like(architecture)}, but computes something "
+            f"else (its logits differ by {error:.3g} from {_like(architecture)}'s computation on "
+            "the same weights: embedding scaling, norms or attention of its own); it is not "
+            "converted"
         )
     return (
-        f"{architecture.name}: found by structure (Llama's layout: embed_tokens, layers of "
-        "q/k/v/o projections with rotary embeddings, norm, score); its forward on tensors "
-        f"computes the original's logits (largest difference {error:.2g} on random tokens)"
+        f"{architecture.name}: found by structure ({_like(architecture)}'s layout); its forward "
+        f"on tensors computes the original's logits (largest difference {error:.2g} on random "
+        "tokens)"
     )
+
+
+def _like(architecture: Any) -> str:
+    """The known classifier an architecture found by structure is built like."""
+    return "Llama" if architecture.causal else "BERT"
 
 
 def _root_call(network: nn.Module, architecture: Any) -> CallInfo:

@@ -105,10 +105,81 @@ def text_architecture(model: nn.Module) -> TextArchitecture | None:
     if not cls.__module__.startswith("transformers."):
         return None
     known = ARCHITECTURES.get(cls.__name__)
-    structural = cls.__name__.endswith("ForSequenceClassification") and _llama_like(model)
-    if known is None and structural:
+    if known is not None or not cls.__name__.endswith("ForSequenceClassification"):
+        return known
+    if _llama_like(model):
         return TextArchitecture(cls.__name__, token_types=False, causal=True)
-    return known
+    if _bert_like(model) is not None:
+        embeddings = _base_model(model).embeddings
+        types = "token_type_embeddings" in embeddings._modules
+        return TextArchitecture(cls.__name__, token_types=types, causal=False)
+    return None
+
+
+def _children(module: nn.Module) -> set[str]:
+    return set(module._modules)
+
+
+def _bert_like(model: nn.Module) -> str | None:
+    """``"pooler"`` or ``"head"`` for an encoder classifier built as BERT or RoBERTa is
+    (found by structure: CamemBERT, XLM-RoBERTa, Data2Vec-Text, ...), else None: a base model
+    of BERT-style ``embeddings`` and an ``encoder.layer`` stack whose self-attention has only
+    ``query``, ``key``, ``value`` and dropout, then a linear ``classifier`` on the pooler (BERT)
+    or a classification head of ``dense``, tanh and ``out_proj`` (RoBERTa).
+    :func:`bcosify.convert.text.convert_text` checks that the forward it then runs computes
+    the original's logits before converting."""
+    base = _base_model(model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        return None
+    if not _bert_like_embeddings(getattr(base, "embeddings", None)):
+        return None
+    attentions = [m for m in model.modules() if _bert_like_attention(m)]
+    if len(attentions) != len(layers):
+        return None
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear) and isinstance(
+        getattr(model, "dropout", None), nn.Dropout
+    ):
+        pooler = getattr(base, "pooler", None)
+        return "pooler" if pooler is None or _tanh_pooler(pooler) else None
+    return "head" if classifier is not None and _tanh_head(classifier) else None
+
+
+def _bert_like_embeddings(module: nn.Module | None) -> bool:
+    allowed = {"word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"}
+    return (
+        module is not None
+        and isinstance(getattr(module, "word_embeddings", None), nn.Embedding)
+        and isinstance(getattr(module, "position_embeddings", None), nn.Embedding)
+        and isinstance(getattr(module, "LayerNorm", None), nn.LayerNorm)
+        and _children(module) <= allowed | {"dropout"}
+    )
+
+
+def _bert_like_attention(module: nn.Module) -> bool:
+    """BERT's self-attention: query, key and value projections and a dropout, nothing else
+    (no relative-position tables, no cross-attention)."""
+    return (
+        all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value"))
+        and _children(module) <= {"query", "key", "value", "dropout"}
+        and hasattr(module, "attention_head_size")
+        and hasattr(module, "scaling")
+        and not getattr(module, "is_cross_attention", False)
+        and not any(True for _ in module.parameters(recurse=False))
+    )
+
+
+def _tanh_pooler(module: nn.Module) -> bool:
+    return _children(module) == {"dense", "activation"} and isinstance(module.activation, nn.Tanh)
+
+
+def _tanh_head(module: nn.Module) -> bool:
+    """RoBERTa's classification head (first token, dense, tanh, out_proj): the rule's forward
+    is that computation, so no other module (Electra's GELU head) is taken for it."""
+    return _children(module) == {"dense", "dropout", "out_proj"} and type(module).__name__.endswith(
+        "ClassificationHead"
+    )
 
 
 def _base_model(model: nn.Module) -> nn.Module | None:
@@ -192,7 +263,8 @@ def _bert_classifier(
     attention_mask: Tensor,
     token_type_ids: Tensor | None = None,
 ) -> Tensor:
-    return self.classifier(self.dropout(self.bert(input_ids, attention_mask, token_type_ids)))
+    base = getattr(self, self.base_model_prefix)  # bert, or the encoder of a BERT-like model
+    return self.classifier(self.dropout(base(input_ids, attention_mask, token_type_ids)))
 
 
 def _roberta_classifier(
@@ -201,7 +273,8 @@ def _roberta_classifier(
     attention_mask: Tensor,
     token_type_ids: Tensor | None = None,
 ) -> Tensor:
-    return self.classifier(self.roberta(input_ids, attention_mask, token_type_ids))
+    base = getattr(self, self.base_model_prefix)  # roberta, camembert, xlm-roberta, ...
+    return self.classifier(base(input_ids, attention_mask, token_type_ids))
 
 
 def _distilbert_classifier(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -309,9 +382,16 @@ def _forwards() -> dict[type[nn.Module], Callable[..., Tensor]]:
 def _structural_forwards(model: nn.Module) -> dict[type[nn.Module], Callable[..., Tensor]]:
     """The forwards of a classifier found by structure and of its base model."""
     cls = getattr(type(model), "_bcosify_original", type(model))
-    if cls.__name__ in ARCHITECTURES or not _llama_like(model):
+    if cls.__name__ in ARCHITECTURES:
         return {}
-    return {type(model): _decoder_classifier, type(_base_model(model)): _llama_model}
+    if _llama_like(model):
+        return {type(model): _decoder_classifier, type(_base_model(model)): _llama_model}
+    kind = _bert_like(model)
+    if kind is None:
+        return {}
+    base = _base_model(model)
+    classifier = _bert_classifier if kind == "pooler" else _roberta_classifier
+    return {type(model): classifier, type(base): _bert_model, type(base.encoder): _encoder_stack}
 
 
 @contextlib.contextmanager
@@ -322,16 +402,20 @@ def structural_attention(network: nn.Module) -> Iterator[None]:
     compared with the original's; their classes are restored afterwards."""
     ruled = structural_rules(network)
     swapped = [
-        (module, type(module))
+        (module, type(module), forward)
         for module in network.modules()
-        if _llama_like_attention(module) and type(module) in ruled
+        for test, forward in (
+            (_llama_like_attention, _llama_attention),
+            (_bert_like_attention, _bert_attention),
+        )
+        if test(module) and type(module) in ruled
     ]
     try:
-        for module, _ in swapped:
-            _in_place(module, (TextAttention,), {"forward": _llama_attention})
+        for module, _, forward in swapped:
+            _in_place(module, (TextAttention,), {"forward": forward})
         yield
     finally:
-        for module, cls in swapped:
+        for module, cls, _ in swapped:
             module.__class__ = cls
 
 
@@ -358,6 +442,14 @@ def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
             rules[type(module)] = rmsnorm
         elif _weightless_layer_norm(module):
             rules[type(module)] = weightless_layer_norm
+        elif _bert_like_attention(module):
+            rules[type(module)] = _attention_rule(_bert_attention, ("query", "key", "value"))
+        elif _bert_like_embeddings(module):
+            rules[type(module)] = text_embeddings
+        elif _tanh_pooler(module):
+            rules[type(module)] = pooler
+        elif _tanh_head(module):
+            rules[type(module)] = roberta_head
     return rules
 
 
@@ -736,6 +828,16 @@ FAMILY = Family(
                 ("Olmo", ", layer norms without parameters"),
                 ("Arcee", ", squared-ReLU MLP"),
             )
+        ),
+        *(
+            Support(
+                "transformers",
+                f"{name}ForSequenceClassification",
+                "exact",
+                f"found by structure ({like}'s layout); its forward checked against the "
+                "original's at conversion",
+            )
+            for name, like in (("Camembert", "RoBERTa"), ("Ernie", "BERT"))
         ),
         Support(
             "transformers",
