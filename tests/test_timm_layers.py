@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import assert_signal, keep_signal_alive
 from test_convert import check_conversion, randomise_statistics
 from torch import nn
 
@@ -233,3 +234,56 @@ def test_explicit_attention_weights_are_detached_and_keep_their_function():
     assert type(attention.talking) is nn.Conv2d
     assert isinstance(attention.qkv, bcosify.nn.BcosLinear)
     assert "gated product" in str(report)
+
+
+class FourierPositions(nn.Module):
+    """A positional encoding computed from the feature map's size (XCiT, EdgeNeXt)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(2, dim, 1)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        return self.proj(torch.stack([ys / height, xs / width])[None].float())
+
+
+class ComputedConstants(nn.Module):
+    """Constants computed from parameters and the input's size: a module's output, and an
+    interpolated table plus a tiled window table (SAM2's Hiera); patches cut by nn.Unfold
+    (TNT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.positions = FourierPositions()
+        self.table = nn.Parameter(torch.randn(1, 8, 3, 3))
+        self.window = nn.Parameter(torch.randn(1, 8, 2, 2))
+        self.unfold = nn.Unfold(2, stride=2)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        height, width = x.shape[2], x.shape[3]
+        x = x + self.positions(height, width)
+        table = F.interpolate(self.table, size=(height, width), mode="bicubic")
+        x = x + (table + self.window.tile((height // 2, width // 2)))
+        return self.head(self.unfold(x).mean(-1))
+
+
+def test_constants_computed_from_parameters_and_sizes_are_named():
+    torch.manual_seed(0)
+    original = ComputedConstants().eval()
+    stats = {"input_mean": (0.5,) * 3, "input_std": (0.5,) * 3}
+    x = torch.rand(3, 3, 32, 32)
+    same, _ = bcosify.convert(original, b=1.0, keep_bias=True, **stats)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), original((x - 0.5) / 0.5))
+    model, _ = bcosify.convert(original, **stats)
+    e = bcosify.explain(keep_signal_alive(model, x), x)
+    assert set(e.constants) == {
+        "network.positions",
+        "network.table+window",  # a sum of two tables, named together
+        "logit_bias.bias",
+    }, list(e.constants)
+    assert (e.residual.abs() <= 1e-4 * assert_signal(e)).all(), e.residual

@@ -93,6 +93,9 @@ _STRUCTURAL_FUNCTIONS: set[object] = {
     F.dropout,
     F.unfold,
     F.interpolate,  # resampling: a fixed weighted sum of the input's values
+    torch.tile,
+    torch.repeat_interleave,
+    torch.unbind,
 }
 _STRUCTURAL_METHODS = {
     "flatten",
@@ -125,6 +128,9 @@ _STRUCTURAL_METHODS = {
     "to",
     "type_as",
     "float",
+    "repeat",  # copies: each output value is one input value
+    "tile",
+    "repeat_interleave",
 }
 _STATIC_METHODS = {"size", "dim"}  # results are shapes and types, not signals
 _STATIC_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
@@ -554,15 +560,19 @@ def _route_constants(
 
 
 def _constant_sources(value: object) -> list[str] | None:
-    """The parameters and buffers a constant is made of, if only reshaping, expanding or
-    selecting them makes it; None (or empty) for anything else."""
+    """The parameters, buffers and submodules whose outputs a constant is made of, if only
+    reshaping, expanding or selecting them makes it; None (or empty) for anything else.
+
+    A submodule called without the signal (a positional encoding computed from the input's
+    shape: XCiT, EdgeNeXt) is named by its path; the caller only asks about values that do not
+    depend on the signal."""
     if not isinstance(value, fx.Node):
         return None
-    if value.op == "get_attr":
+    if value.op in ("get_attr", "call_module"):
         return [str(value.target)]
-    if is_static(value):
+    if _from_shapes(value):
         return []
-    if not is_structural(value):
+    if not (is_structural(value) or _is_addition(value)):  # a sum of constants is one too
         return None
     sources: list[str] = []
     for arg in _data_inputs(value):
@@ -573,8 +583,23 @@ def _constant_sources(value: object) -> list[str] | None:
     return sources
 
 
+def _from_shapes(node: fx.Node) -> bool:
+    """A shape read, or arithmetic on shape reads only (``x.shape[-2] // 7``)."""
+    if is_static(node):
+        return True
+    arithmetic = node.op == "call_function" and getattr(node.target, "__module__", "") in (
+        "_operator",
+        "operator",
+    )
+    return (
+        arithmetic and bool(node.all_input_nodes) and all(map(_from_shapes, node.all_input_nodes))
+    )
+
+
 def _varies_along_two_dims(graph: ModuleGraph, target: str) -> bool:
     tensor = graph.attribute(target)
+    if isinstance(tensor, nn.Module):  # a module's output: its shape is not known here
+        return True
     return sum(size > 1 for size in tensor.shape) >= 2
 
 

@@ -490,6 +490,8 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         nn.AvgPool1d,
         nn.AdaptiveAvgPool1d,
         nn.ZeroPad2d,
+        nn.Unfold,
+        nn.Fold,
         nn.ReflectionPad2d,
         nn.ReplicationPad2d,
         nn.Upsample,
