@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour
+.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour bench-coverage
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,4 +55,10 @@ bench-real: $(STAMP)
 bench-colour: $(STAMP)
 	$(BIN)/python benchmarks/bench_colour.py --write docs/benchmarks.md
 
-bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real bench-colour
+# Every timm family (its smallest model) and every transformers text classifier, converted and
+# checked; each case in its own process with a time limit, cached under .bench/coverage (an
+# interrupted sweep resumes; a code change measures again).
+bench-coverage: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_coverage.py --write docs/benchmarks.md
+
+bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real bench-colour bench-coverage

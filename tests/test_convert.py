@@ -72,7 +72,11 @@ class PlainCNN(nn.Module):
         return self.head(x)
 
 
-def check_conversion(original: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+def check_conversion(
+    original: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, off_path: tuple[str, ...] = ()
+) -> None:
+    """Equivalence, completeness and no bias on the explained path; ``off_path``: the
+    parameters that compute attention weights (detached gates) keep theirs."""
     torch.manual_seed(0)
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -105,7 +109,9 @@ def check_conversion(original: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD) 
     biases = [
         name
         for name, _ in model.named_parameters()
-        if name.endswith("bias") and not any(name.startswith(g + ".") for g in gates)
+        if name.endswith("bias")
+        and not any(name.startswith(g + ".") for g in gates)
+        and name not in off_path
     ]
     assert biases == []
     layers = [m for m in model.modules() if isinstance(m, (BcosConv2d, BcosLinear))]

@@ -38,6 +38,16 @@ def _configs() -> dict[str, tuple[str, object]]:
         "intermediate_size": 32,
         "max_position_embeddings": 32,
     }
+    decoder = {
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "bos_token_id": 1,
+        "eos_token_id": 1,
+    }
     return {
         "bert": ("BertForSequenceClassification", transformers.BertConfig(**bert, **common)),
         "distilbert": (
@@ -64,6 +74,33 @@ def _configs() -> dict[str, tuple[str, object]]:
                 **common,
             ),
         ),
+        # found by structure (RoBERTa's and BERT's layout under other names)
+        "camembert": (
+            "CamembertForSequenceClassification",
+            transformers.CamembertConfig(**bert, **common),
+        ),
+        "ernie": ("ErnieForSequenceClassification", transformers.ErnieConfig(**bert, **common)),
+        # found by structure (Llama's layout under other names): biases on q, k, v (Qwen2),
+        # per-head query and key norms (Qwen3), a sliding window shorter than the texts
+        # (Mistral)
+        "qwen2": (
+            "Qwen2ForSequenceClassification",
+            transformers.Qwen2Config(**decoder, **common),
+        ),
+        "qwen3": (
+            "Qwen3ForSequenceClassification",
+            transformers.Qwen3Config(**decoder, head_dim=4, **common),
+        ),
+        "mistral": (
+            "MistralForSequenceClassification",
+            transformers.MistralConfig(**decoder, sliding_window=3, **common),
+        ),
+        # weightless layer norms (OLMo); a squared-ReLU MLP without gate (Arcee)
+        "olmo": ("OlmoForSequenceClassification", transformers.OlmoConfig(**decoder, **common)),
+        "arcee": (
+            "ArceeForSequenceClassification",
+            transformers.ArceeConfig(**decoder, **common),
+        ),
         "gpt2": (
             "GPT2ForSequenceClassification",
             transformers.GPT2Config(
@@ -81,6 +118,7 @@ def _configs() -> dict[str, tuple[str, object]]:
 
 CONFIGS = _configs()
 FAMILIES = list(CONFIGS)
+ROTARY = {"llama", "qwen2", "qwen3", "mistral", "olmo", "arcee"}
 
 
 def randomise_text(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -145,7 +183,7 @@ def test_default_conversion_is_exact_and_padding_contributes_nothing(family):
     assert (signal > 1e-3).all() and (e.residual.abs() <= 1e-3 * signal).all(), (signal, e.residual)
     assert torch.equal(e.contributions[mask == 0], torch.zeros(int((mask == 0).sum())))
     assert "logit_bias.bias" in e.constants
-    if family != "llama":  # Llama's positions are rotary, on the detached queries and keys
+    if family not in ROTARY:  # rotary positions act on the detached queries and keys
         assert any("position" in n or "wpe" in n for n in e.constants), list(e.constants)
     # no bias left anywhere on the explained path
     assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]
@@ -244,3 +282,61 @@ def test_image_options_and_wrong_inputs_are_refused():
         ConversionError, match="ElectraForSequenceClassification is not a text classifier bcosify"
     ):
         bcosify.convert(electra)  # a text model, refused by name (not taken for an image model)
+
+
+def test_a_classifier_built_like_llama_that_computes_otherwise_is_refused():
+    class DoubledForSequenceClassification(transformers.Qwen2ForSequenceClassification):
+        # a library class (by its module) whose output is not Llama's computation
+        __module__ = "transformers.models.qwen2.modeling_qwen2"
+
+        def forward(self, *args, **kwargs):
+            output = super().forward(*args, **kwargs)
+            output.logits = 2 * output.logits
+            return output
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = DoubledForSequenceClassification(CONFIGS["qwen2"][1]).eval()
+    with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
+        bcosify.convert(model)
+
+
+def test_an_attention_built_like_llamas_that_computes_otherwise_is_refused():
+    from transformers.models.qwen2 import modeling_qwen2
+
+    class ScaledAttention(modeling_qwen2.Qwen2Attention):
+        # the same projections, another computation (as DiffLlama's or HunYuan's attention)
+        __module__ = modeling_qwen2.__name__
+
+        def forward(self, *args, **kwargs):
+            output, weights = super().forward(*args, **kwargs)
+            return 2 * output, weights
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.Qwen2ForSequenceClassification(CONFIGS["qwen2"][1]).eval()
+    for layer in model.model.layers:
+        layer.self_attn.__class__ = ScaledAttention
+    with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
+        bcosify.convert(model)
+
+
+def test_an_encoder_built_like_berts_that_computes_otherwise_is_refused():
+    # RoBERTa-PreLayerNorm: BERT's modules, its layer norms before attention
+    config = transformers.RobertaPreLayerNormConfig(**{**_configs_bert(), "vocab_size": VOCAB})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = randomise_text(transformers.RobertaPreLayerNormForSequenceClassification(config))
+    with pytest.raises(ConversionError, match="built like BERT, but computes something else"):
+        bcosify.convert(model)
+
+
+def _configs_bert() -> dict[str, int]:
+    return {
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "pad_token_id": PAD,
+    }

@@ -76,7 +76,8 @@ def convert(
     terms of every explanation (``report.constants``).
 
     Text classifiers (transformers ``AutoModelForSequenceClassification`` of BERT, DistilBERT,
-    RoBERTa, GPT-2 and Llama) convert to a :class:`~bcosify.convert.BcosTextModel` that takes
+    RoBERTa, GPT-2, Llama, and decoders built as Llama is, found by structure: Qwen2, Qwen3,
+    Mistral, ...) convert to a :class:`~bcosify.convert.BcosTextModel` that takes
     token ids (see :func:`bcosify.convert.text.convert_text`); the image options
     (``input_mean``, ``input_std``, ``encoding``, ``maxpool``, ``classifier_before_pool``,
     ``calibrate``) do not apply to them.

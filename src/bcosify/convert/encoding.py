@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, fx, nn
 
-from .graph import GraphProblems, is_static, is_structural
+from .graph import GraphProblems, is_linear_pad, is_static, is_structural
 from .options import ConversionOptions
 from .tracing import ModuleGraph, TraceFailure, is_torch_builtin, trace_call
 
@@ -56,9 +56,12 @@ def encode_first_layer(
     inputs = [n for n in graph.graph.nodes if n.op == "placeholder"][:1]
     # reading the input's shape (for checks, as ViTs do) is not a use of its values
     users = [u for u in inputs[0].users if not is_static(u)] if inputs else []
-    first = _first_layer(users[0]) if len(users) == 1 else None
+    first = _first_layer(graph, users[0]) if len(users) == 1 else None
     module = graph.submodule(str(first.target)) if first is not None else None
-    direct = first is not None and first.args[:1] == (inputs[0],)
+    # the image itself, or through pass-through modules
+    direct = (
+        first is not None and first.args[:1] != () and _passed_on(graph, first.args[0]) is inputs[0]
+    )
     if type(module) is nn.Conv2d and direct:
         new = _encode_conv(module, graph.full_path(str(first.target)), options, problems)
     elif type(module) is nn.Linear:
@@ -82,11 +85,39 @@ def encode_first_layer(
     return _NOTES[options.encoding].format(graph.full_path(str(first.target)))
 
 
-def _first_layer(node: fx.Node) -> fx.Node | None:
-    """The module call the input reaches through structural operations only, if there is one."""
-    while node.op != "call_module":
+# modules that pass their input on unchanged in evaluation mode: the image may go through
+# them to the first layer (EfficientViT's dropout before its stem)
+_PASS_THROUGH = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.ZeroPad2d,  # zeros in the encoded input too: W6 . [0, 0] = W . 0
+)
+
+
+def _passes_on(graph: ModuleGraph, node: fx.Node) -> bool:
+    return node.op == "call_module" and type(graph.submodule(str(node.target))) in _PASS_THROUGH
+
+
+def _passed_on(graph: ModuleGraph, value: object) -> object:
+    """What reaches ``value`` through pass-through modules and padding with zeros or repeated
+    values (the value itself without them). The encoded input pads as the image does: zeros
+    are zeros in both, and ``W6 . [0, 0] = W . 0``."""
+    while isinstance(value, fx.Node) and value.args:
+        if not (_passes_on(graph, value) or is_linear_pad(value)):
+            break
+        value = value.args[0]
+    return value
+
+
+def _first_layer(graph: ModuleGraph, node: fx.Node) -> fx.Node | None:
+    """The module call the input reaches through structural operations and pass-through
+    modules only, if there is one."""
+    while node.op != "call_module" or _passes_on(graph, node):
         users = [u for u in node.users if not is_static(u)]
-        if not is_structural(node) or len(users) != 1:
+        if not (is_structural(node) or _passes_on(graph, node)) or len(users) != 1:
             return None
         (node,) = users
     return node

@@ -26,6 +26,7 @@ from ..nn import (
     BcosGELU,
     BcosHardswish,
     BcosMish,
+    BcosNormalize,
     BcosReLU6,
     BcosSiLU,
     ConstantTerms,
@@ -40,6 +41,7 @@ __all__ = [
     "GraphProblems",
     "GraphRewrites",
     "check_and_rewrite",
+    "is_linear_pad",
     "is_static",
     "is_structural",
     "signal_nodes",
@@ -90,6 +92,10 @@ _STRUCTURAL_FUNCTIONS: set[object] = {
     F.adaptive_max_pool2d,
     F.dropout,
     F.unfold,
+    F.interpolate,  # resampling: a fixed weighted sum of the input's values
+    torch.tile,
+    torch.repeat_interleave,
+    torch.unbind,
 }
 _STRUCTURAL_METHODS = {
     "flatten",
@@ -122,6 +128,9 @@ _STRUCTURAL_METHODS = {
     "to",
     "type_as",
     "float",
+    "repeat",  # copies: each output value is one input value
+    "tile",
+    "repeat_interleave",
 }
 _STATIC_METHODS = {"size", "dim"}  # results are shapes and types, not signals
 _STATIC_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
@@ -216,13 +225,21 @@ def check_and_rewrite(
         ["  - 'block' (Block): calls tanh, which has no dynamic-linear form"]
     """
     rewrites = GraphRewrites()
-    gates = _gates(graph, is_activation)
+    weights, gate_only = _attention_weights(graph)
+    gates = _gates(graph, is_activation) | weights
     signal: set[fx.Node] = set()
     for node in list(graph.graph.nodes):
         depends = any(arg in signal for arg in _data_inputs(node))
         if node.op == "placeholder":
             if node.target in graph.signal_inputs:
                 signal.add(node)
+            continue
+        if node in gate_only:
+            # computes attention weights only (q k^T, its bias, softmax): detached where they
+            # weight the values, off the explained path; its modules keep their function
+            if node.op == "call_module":
+                graph.gates.add(node.name)
+            signal.add(node)  # it depends on the signal: the weights it computes are gates
             continue
         if not depends or is_static(node):
             # a constant of the network (shape arithmetic, a position bias computed from a
@@ -239,6 +256,8 @@ def check_and_rewrite(
             node = _rewrite_activation(graph, node, options, rewrites)
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
             node = _rewrite_attention(graph, node, rewrites)
+        elif node.op == "call_function" and node.target is F.normalize:
+            node = _rewrite_normalize(graph, node, rewrites)
         else:
             problem = _route_constants(graph, node, signal, rewrites) or _check_operation(
                 node, signal
@@ -287,6 +306,58 @@ def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> se
         if activation and all(_gates_product(user, node, signal) for user in node.users):
             found.add(node)
     return found
+
+
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm}
+
+
+def _is_matmul(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _MATMULS) or (
+        node.op == "call_method" and node.target in ("matmul", "bmm")
+    )
+
+
+def _is_softmax(graph: ModuleGraph, node: fx.Node) -> bool:
+    return (
+        (node.op == "call_function" and node.target in _SOFTMAXES)
+        or (node.op == "call_method" and node.target == "softmax")
+        or (node.op == "call_module" and isinstance(graph.submodule(str(node.target)), nn.Softmax))
+    )
+
+
+def _from_softmax(graph: ModuleGraph, value: object) -> bool:
+    """Whether ``value`` is computed from a softmax's output alone, through reshapes and
+    modules of it only (dropout, CaiT's and EfficientFormer's talking-heads mixing)."""
+    while isinstance(value, fx.Node) and not _is_softmax(graph, value):
+        inputs = [a for a in _data_inputs(value) if not is_static(a)]
+        if not (value.op == "call_module" or is_structural(value)) or len(inputs) != 1:
+            return False
+        value = inputs[0]
+    return isinstance(value, fx.Node)
+
+
+def _attention_weights(graph: ModuleGraph) -> tuple[set[fx.Node], set[fx.Node]]:
+    """Attention computed explicitly: the softmax outputs that weight the signal in a matrix
+    product (``softmax(q k^T + bias) @ v``, either operand), which are gates of that product
+    (detached when explaining, as :class:`~bcosify.nn.DynamicAttention` detaches queries and
+    keys); and the nodes that only compute them (``q k^T``, a position bias, the softmax)."""
+    signal = signal_nodes(graph)
+    weights = set()
+    for node in graph.graph.nodes:
+        operands = node.args[:2] if _is_matmul(node) else ()
+        if len(operands) == 2 and all(a in signal for a in operands):
+            found = [a for a in operands if _from_softmax(graph, a)]
+            if len(found) == 1:
+                weights.add(found[0])
+    only: set[fx.Node] = set()
+    for node in reversed(list(graph.graph.nodes)):
+        if node in weights or node.op in ("placeholder", "output"):
+            continue
+        users = list(node.users)
+        if users and all(u in only or u in weights for u in users):
+            only.add(node)
+    # a weight's own computation is off the path; the weight node itself is the gate
+    return weights, {n for n in only if n in signal}
 
 
 def _gates_product(user: fx.Node, gate: fx.Node, signal: set[fx.Node]) -> bool:
@@ -371,9 +442,28 @@ def is_structural(node: fx.Node) -> bool:
         >>> [n.name for n in graph.nodes if is_structural(n)]
         ['flatten']
     """
-    return (node.op == "call_method" and node.target in _STRUCTURAL_METHODS) or (
-        node.op == "call_function" and node.target in _STRUCTURAL_FUNCTIONS
+    return (
+        (node.op == "call_method" and node.target in _STRUCTURAL_METHODS)
+        or (node.op == "call_function" and node.target in _STRUCTURAL_FUNCTIONS)
+        or is_linear_pad(node)
     )
+
+
+def is_linear_pad(node: fx.Node) -> bool:
+    """True for ``F.pad`` that adds zeros or repeats values (any mode but a nonzero constant):
+    a selection, padded with zeros (Swin's patch merging, timm's 'same' padding of pools).
+
+    Example:
+        >>> import torch
+        >>> graph = torch.fx.symbolic_trace(lambda x: torch.nn.functional.pad(x, (1, 1))).graph
+        >>> [is_linear_pad(n) for n in graph.nodes]
+        [False, True, False]
+    """
+    if node.op != "call_function" or node.target is not F.pad:
+        return False
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+    return mode != "constant" or value is None or value == 0
 
 
 def _name(node: fx.Node) -> str:
@@ -470,15 +560,19 @@ def _route_constants(
 
 
 def _constant_sources(value: object) -> list[str] | None:
-    """The parameters and buffers a constant is made of, if only reshaping, expanding or
-    selecting them makes it; None (or empty) for anything else."""
+    """The parameters, buffers and submodules whose outputs a constant is made of, if only
+    reshaping, expanding or selecting them makes it; None (or empty) for anything else.
+
+    A submodule called without the signal (a positional encoding computed from the input's
+    shape: XCiT, EdgeNeXt) is named by its path; the caller only asks about values that do not
+    depend on the signal."""
     if not isinstance(value, fx.Node):
         return None
-    if value.op == "get_attr":
+    if value.op in ("get_attr", "call_module"):
         return [str(value.target)]
-    if is_static(value):
+    if _from_shapes(value):
         return []
-    if not is_structural(value):
+    if not (is_structural(value) or _is_addition(value)):  # a sum of constants is one too
         return None
     sources: list[str] = []
     for arg in _data_inputs(value):
@@ -489,8 +583,23 @@ def _constant_sources(value: object) -> list[str] | None:
     return sources
 
 
+def _from_shapes(node: fx.Node) -> bool:
+    """A shape read, or arithmetic on shape reads only (``x.shape[-2] // 7``)."""
+    if is_static(node):
+        return True
+    arithmetic = node.op == "call_function" and getattr(node.target, "__module__", "") in (
+        "_operator",
+        "operator",
+    )
+    return (
+        arithmetic and bool(node.all_input_nodes) and all(map(_from_shapes, node.all_input_nodes))
+    )
+
+
 def _varies_along_two_dims(graph: ModuleGraph, target: str) -> bool:
     tensor = graph.attribute(target)
+    if isinstance(tensor, nn.Module):  # a module's output: its shape is not known here
+        return True
     return sum(size > 1 for size in tensor.shape) >= 2
 
 
@@ -532,6 +641,21 @@ def _rewrite_activation(
     rewrites.notes.append(
         f"{graph.label}: functional {_name(node)} -> module '{new.target}' "
         f"({type(replacement).__name__})"
+    )
+    return new
+
+
+def _rewrite_normalize(graph: ModuleGraph, node: fx.Node, rewrites: GraphRewrites) -> fx.Node:
+    """Replace ``F.normalize`` by a :class:`~bcosify.nn.BcosNormalize` call (its norm detached
+    when explaining); returns the new node."""
+    names = ("input", "p", "dim", "eps")
+    given = {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+    options = {k: given[k] for k in ("p", "dim", "eps") if k in given}
+    new = _call_new_module(graph, node, "bcos_normalize", BcosNormalize(**options))
+    new.args, new.kwargs = (given["input"],), {}
+    rewrites.notes.append(
+        f"{graph.label}: functional normalize -> module '{new.target}' (BcosNormalize: the "
+        "norm detached when explaining)"
     )
     return new
 

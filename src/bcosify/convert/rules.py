@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..device import device_of
 from ..nn import (
     BcosAttentionPool2d,
+    BcosBatchNorm1d,
     BcosBatchNorm2d,
     BcosConv2d,
     BcosGELU,
@@ -31,9 +34,11 @@ from ..nn import (
     BcosLinear,
     BcosMish,
     BcosMultiheadAttention,
+    BcosNormalize,
     BcosQuickGELU,
     BcosReLU6,
     BcosSiLU,
+    BcosSquaredReLU,
     BcosWindowAttention,
     ConstantTerms,
     DetachedFactor,
@@ -49,10 +54,13 @@ __all__ = [
     "Rule",
     "RuleContext",
     "UnsupportedModule",
+    "converted_children",
     "generic_rules",
     "keep",
+    "plain_conv2d",
     "qkv_projection",
     "squeeze_excitation",
+    "with_bias",
 ]
 
 
@@ -108,6 +116,17 @@ class Biased(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone())
         self.channel_dim = channel_dim
 
+    def __getattr__(self, name: str) -> Any:
+        # the layer's attributes through the wrapper: code that reads a convolution's
+        # kernel_size or stride (DaVit's downsampling pads by them) keeps working
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layer = self.__dict__.get("_modules", {}).get("layer")
+            if layer is None or name == "bias":  # its own bias, even before it is set
+                raise
+            return getattr(layer, name)
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.layer(x)
         shape = [1] * out.ndim
@@ -115,20 +134,24 @@ class Biased(nn.Module):
         return out + traced_constant(self, "bias", self.bias.view(shape), out)
 
 
-def _with_bias(layer: nn.Module, bias: Tensor | None, options: ConversionOptions, dim: int):
+def with_bias(
+    layer: nn.Module, bias: Tensor | None, options: ConversionOptions, dim: int
+) -> nn.Module:
+    """``layer``, plus ``bias`` along dimension ``dim`` (a named constant) if it is not None and
+    the options keep biases."""
     return Biased(layer, bias, dim) if options.keep_bias and bias is not None else layer
 
 
 def conv2d(module: nn.Module, context: RuleContext) -> nn.Module:
     assert isinstance(module, nn.Conv2d)
     layer = BcosConv2d.from_conv(module, b=context.options.b)
-    return _with_bias(layer, module.bias, context.options, 1)
+    return with_bias(layer, module.bias, context.options, 1)
 
 
 def linear(module: nn.Module, context: RuleContext) -> nn.Module:
     assert isinstance(module, nn.Linear)
     layer = BcosLinear.from_linear(module, b=context.options.b)
-    return _with_bias(layer, module.bias, context.options, -1)
+    return with_bias(layer, module.bias, context.options, -1)
 
 
 def qkv_projection(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -204,6 +227,11 @@ def batchnorm2d(module: nn.Module, context: RuleContext) -> nn.Module:
     return BcosBatchNorm2d.from_batchnorm(module, bias=context.options.keep_bias)
 
 
+def batchnorm1d(module: nn.Module, context: RuleContext) -> nn.Module:
+    assert isinstance(module, nn.BatchNorm1d)
+    return BcosBatchNorm1d.from_batchnorm(module, bias=context.options.keep_bias)
+
+
 def _copy_affine(source: nn.Module, target: nn.Module, keep_bias: bool) -> nn.Module:
     with torch.no_grad():
         if getattr(source, "weight", None) is not None and target.weight is not None:
@@ -247,6 +275,96 @@ def groupnorm(module: nn.Module, context: RuleContext) -> nn.Module:
         module.num_groups, module.num_channels, module.eps, module.affine, bias=keep_bias
     )
     return _copy_affine(module, target, keep_bias)
+
+
+def converted_children(module: nn.Module, context: RuleContext) -> nn.Module:
+    """The rule for a container whose own code is dynamic linear but cannot be traced (it
+    branches on the input's shape, as timm's ``ConvMlp`` does): every child converted by the
+    rule table, the module's own forward kept.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.convert import ConversionOptions
+        >>> block = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "b", lambda m, n: m)
+        >>> converted_children(block, context) is block
+        True
+    """
+    for name, child in list(module.named_children()):
+        setattr(module, name, context.convert_child(child, name))
+    return module
+
+
+class _ConvolutionCall(torch.overrides.TorchFunctionMode):
+    """Records the arguments of the ``F.conv2d`` a module's forward makes, and whether it pads
+    the input itself first (``F.pad``)."""
+
+    ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    DEFAULTS = (None, None, None, 1, 0, 1, 1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call: dict[str, Any] | None = None
+        self.pads = False
+
+    def __torch_function__(
+        self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.conv2d:
+            self.call = {**dict(zip(self.ARGUMENTS, self.DEFAULTS, strict=True)), **kwargs}
+            self.call.update(zip(self.ARGUMENTS, args, strict=False))
+        self.pads = self.pads or func is F.pad
+        return func(*args, **kwargs)
+
+
+def plain_conv2d(module: nn.Conv2d) -> nn.Conv2d:
+    """A convolution that computes its weight from its parameters on every call (timm's
+    weight-standardised ``StdConv2d`` and ``ScaledStdConv2d``: NF-Nets, BiT) as a plain
+    ``nn.Conv2d`` with that weight, computed once.
+
+    The weight is the one the module's own forward passes to ``F.conv2d`` (recorded on one input
+    of zeros), so its arithmetic is not repeated here.
+
+    Raises:
+        UnsupportedModule: if the forward pads the input itself or calls no ``F.conv2d``.
+
+    Example:
+        >>> import torch, timm.layers
+        >>> conv = timm.layers.ScaledStdConv2d(3, 4, 3)
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> torch.allclose(plain_conv2d(conv)(x), conv(x), atol=1e-5)
+        True
+    """
+    recorder = _ConvolutionCall()
+    size = [k * d for k, d in zip(module.kernel_size, module.dilation, strict=True)]
+    probe = torch.zeros(1, module.in_channels, *size, device=module.weight.device)
+    with torch.no_grad(), recorder:
+        module(probe.to(module.weight.dtype))
+    if recorder.call is None or recorder.pads:
+        raise UnsupportedModule(
+            "its forward does not call F.conv2d on its input alone (it pads inside forward, "
+            "or computes something else)"
+        )
+    call = recorder.call
+    weight, bias = call["weight"], call["bias"]
+    plain = nn.Conv2d(
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        call["stride"],
+        call["padding"],
+        call["dilation"],
+        call["groups"],
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if bias is not None:
+            plain.bias.copy_(bias)
+    return plain
 
 
 def activation(replacement: Callable[[nn.Module], nn.Module]) -> Rule:
@@ -319,6 +437,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
     rules: dict[type[nn.Module], Rule] = {
         nn.Conv2d: conv2d,
         nn.Linear: linear,
+        nn.BatchNorm1d: batchnorm1d,
         nn.BatchNorm2d: batchnorm2d,
         nn.LayerNorm: layernorm,
         nn.GroupNorm: groupnorm,
@@ -336,6 +455,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
     for bcos_module in (
         BcosConv2d,
         BcosLinear,
+        BcosBatchNorm1d,
         BcosBatchNorm2d,
         BcosLayerNorm,
         BcosLayerNorm2d,
@@ -353,6 +473,8 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         BcosWindowAttention,
         BcosAttentionPool2d,
         BcosQuickGELU,
+        BcosSquaredReLU,
+        BcosNormalize,
         PooledLayerNorm,
         ConstantTerms,
     ):
@@ -365,6 +487,14 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
         nn.AvgPool2d,
         nn.AdaptiveAvgPool2d,
         nn.AdaptiveMaxPool2d,
+        nn.AvgPool1d,
+        nn.AdaptiveAvgPool1d,
+        nn.ZeroPad2d,
+        nn.Unfold,
+        nn.Fold,
+        nn.ReflectionPad2d,
+        nn.ReplicationPad2d,
+        nn.Upsample,
     ):
         rules[linear_module] = keep
     return rules

@@ -14,6 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import fx, nn
 
 from ..device import device_of
@@ -21,7 +22,12 @@ from ..errors import ConversionError
 from ..models.transformers_config import build_model
 from ..serialization import load_pretrained
 from .families import prepare, traced_methods
-from .families.transformers_text import ARCHITECTURES, text_architecture
+from .families.transformers_text import (
+    ARCHITECTURES,
+    structural_attention,
+    structural_rules,
+    text_architecture,
+)
 from .graph import GraphProblems
 from .report import ConversionReport, logit_bias_constant, logit_bias_value, record_tree
 from .rules import Rule
@@ -85,14 +91,18 @@ def convert_text(
     if architecture is None:
         raise ConversionError(
             f"{type(model).__name__} is not a text classifier bcosify converts; supported: "
-            f"{', '.join(ARCHITECTURES)} (load your checkpoint into one of these, or convert "
-            "its modules with rules=)"
+            f"{', '.join(ARCHITECTURES)}, and, under any name, decoders built as Llama is "
+            "(embed_tokens, layers of q/k/v/o projections with rotary embeddings, norm, score) "
+            "and encoders built as BERT or RoBERTa is (load your checkpoint into one of these, "
+            "or convert its modules with rules=)"
         )
     options = TextConversionOptions(b, keep_bias, activations, qkv_projection, logit_bias)
-    table = rule_table(rules)
+    table = rule_table({**structural_rules(model), **(rules or {})})
     report = ConversionReport(type(model).__name__)
     network = copy.deepcopy(model).eval()
     report.notes += prepare(network)
+    if architecture.name not in ARCHITECTURES:
+        report.notes.append(_check_forward(model, network, architecture))
     problems = GraphProblems()
     tree = convert_tree(
         network, table, options, problems, traced_methods, root=_root_call(network, architecture)
@@ -113,6 +123,58 @@ def convert_text(
     if bias is not None:
         report.constants.append(logit_bias_constant(options, bias, num_classes))
     return converted.eval(), report
+
+
+def _check_forward(original: nn.Module, network: nn.Module, architecture: Any) -> str:
+    """Check that the forward on tensors that a classifier found by structure got, with the
+    attention forward its rule will give, computes the original's logits (on random token ids,
+    with padding); returns a note.
+
+    Raises:
+        ConversionError: naming the largest difference, if it does not.
+    """
+    vocab = original.get_input_embeddings().num_embeddings
+    pad = getattr(original.config, "pad_token_id", None)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, 6), generator=generator)
+    mask = torch.ones_like(ids)
+    if pad is not None:  # transformers finds a decoder's last token by the padding token
+        ids[ids == pad] = (pad + 1) % vocab
+        ids[1, 4:], mask[1, 4:] = pad, 0
+    device = device_of(original)
+    ids, mask = ids.to(device), mask.to(device)
+    was = original.training
+    try:
+        with torch.no_grad():
+            reference = original.eval()(input_ids=ids, attention_mask=mask).logits
+            with structural_attention(network):
+                found = network(ids, mask)
+    except Exception as error:
+        raise ConversionError(
+            f"{architecture.name} is built like {_like(architecture)}, but its forward could not "
+            f"be run as {_like(architecture)}'s ({type(error).__name__}: {error}); load your "
+            f"checkpoint into a supported class ({', '.join(ARCHITECTURES)})"
+        ) from error
+    finally:
+        original.train(was)
+    error = float((found - reference).abs().max())
+    if not error <= 1e-4 * max(float(reference.abs().max()), 1e-6):
+        raise ConversionError(
+            f"{architecture.name} is built like {_like(architecture)}, but computes something "
+            f"else (its logits differ by {error:.3g} from {_like(architecture)}'s computation on "
+            "the same weights: embedding scaling, norms or attention of its own); it is not "
+            "converted"
+        )
+    return (
+        f"{architecture.name}: found by structure ({_like(architecture)}'s layout); its forward "
+        f"on tensors computes the original's logits (largest difference {error:.2g} on random "
+        "tokens)"
+    )
+
+
+def _like(architecture: Any) -> str:
+    """The known classifier an architecture found by structure is built like."""
+    return "Llama" if architecture.causal else "BERT"
 
 
 def _root_call(network: nn.Module, architecture: Any) -> CallInfo:

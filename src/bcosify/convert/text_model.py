@@ -130,11 +130,12 @@ class TextModelConfig:
 
 
 def _architectures() -> dict[str, str]:
-    """The text classifiers bcosify converts: class name -> model type."""
+    """The text classifiers a saved model may name: transformers' sequence classifiers (class
+    name -> model type). Building one from a checked config runs only the library's code; the
+    conversion then converts it (a known class, or one built as Llama is) or refuses it."""
     from ..models.transformers_config import sequence_classifiers
-    from .families.transformers_text import ARCHITECTURES
 
-    return {name: sequence_classifiers()[name] for name in ARCHITECTURES}
+    return dict(sequence_classifiers())
 
 
 TEXT_CONFIG_FIELDS: dict[str, Field] = {

@@ -11,6 +11,7 @@ from .activation import (
     BcosQuickGELU,
     BcosReLU6,
     BcosSiLU,
+    BcosSquaredReLU,
     GatedActivation,
 )
 from .attention import (
@@ -28,11 +29,13 @@ from .gate import DetachedFactor, DetachedGate
 from .logit_bias import LogitBias
 from .mode import ExplanationAware, explanation_mode, is_explaining
 from .norm import (
+    BcosBatchNorm1d,
     BcosBatchNorm2d,
     BcosGlobalResponseNorm,
     BcosGroupNorm,
     BcosLayerNorm,
     BcosLayerNorm2d,
+    BcosNormalize,
 )
 from .pooled_norm import PooledLayerNorm
 from .rms_norm import BcosRMSNorm
@@ -42,6 +45,7 @@ from .trace import ExplanationTrace, traced_constant, traced_input
 __all__ = [
     "MAX_B",
     "BcosAttentionPool2d",
+    "BcosBatchNorm1d",
     "BcosBatchNorm2d",
     "BcosConv2d",
     "BcosGELU",
@@ -53,10 +57,12 @@ __all__ = [
     "BcosLinear",
     "BcosMish",
     "BcosMultiheadAttention",
+    "BcosNormalize",
     "BcosQuickGELU",
     "BcosRMSNorm",
     "BcosReLU6",
     "BcosSiLU",
+    "BcosSquaredReLU",
     "BcosTokenEmbedding",
     "BcosWindowAttention",
     "ConstantTerms",

@@ -22,6 +22,7 @@ __all__ = [
     "BcosQuickGELU",
     "BcosReLU6",
     "BcosSiLU",
+    "BcosSquaredReLU",
     "GatedActivation",
 ]
 
@@ -172,3 +173,25 @@ class BcosQuickGELU(GatedActivation):
 
     def activation(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
+
+
+class BcosSquaredReLU(GatedActivation):
+    """The scaled squared ReLU, ``scale * relu(x) ** 2`` (StarReLU of MetaFormer without its
+    bias), written as ``x * gate`` with ``gate = scale * relu(x)``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([-1.0, 0.5, 2.0])
+        >>> BcosSquaredReLU(torch.tensor([0.5]))(x).detach()
+        tensor([0.0000, 0.1250, 2.0000])
+    """
+
+    def __init__(self, scale: Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone())
+
+    def gate(self, x: Tensor) -> Tensor:
+        return self.scale * F.relu(x)
+
+    def activation(self, x: Tensor) -> Tensor:
+        return self.scale * F.relu(x) ** 2

@@ -25,11 +25,13 @@ from .mode import ExplanationAware
 from .trace import traced_constant
 
 __all__ = [
+    "BcosBatchNorm1d",
     "BcosBatchNorm2d",
     "BcosGlobalResponseNorm",
     "BcosGroupNorm",
     "BcosLayerNorm",
     "BcosLayerNorm2d",
+    "BcosNormalize",
 ]
 
 
@@ -232,7 +234,9 @@ class BcosBatchNorm2d(_AffineNorm):
             self.num_batches_tracked = None
 
     @classmethod
-    def from_batchnorm(cls, bn: nn.BatchNorm2d, *, bias: bool = False) -> BcosBatchNorm2d:
+    def from_batchnorm(
+        cls, bn: nn.modules.batchnorm._BatchNorm, *, bias: bool = False
+    ) -> BcosBatchNorm2d:
         """Uncentered batch norm with the statistics and scale of ``bn``.
 
         With ``bias=True`` the mean is folded into the bias so that, in evaluation mode, the
@@ -248,8 +252,8 @@ class BcosBatchNorm2d(_AffineNorm):
             ...                atol=1e-6)
             True
         """
-        if not isinstance(bn, nn.BatchNorm2d):
-            raise TypeError(f"from_batchnorm expects an nn.BatchNorm2d, got {type(bn).__name__}")
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            raise TypeError(f"from_batchnorm expects a batch norm, got {type(bn).__name__}")
         if bn.running_var is None or bn.running_mean is None:
             raise ValueError(
                 "from_batchnorm needs a batch norm with running statistics "
@@ -307,6 +311,27 @@ class BcosBatchNorm2d(_AffineNorm):
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.weight is not None}, bias={self.bias is not None}"
         )
+
+
+class BcosBatchNorm1d(BcosBatchNorm2d):
+    """Uncentered batch norm of ``(N, C)`` or ``(N, C, L)`` inputs (``nn.BatchNorm1d``'s: LeViT,
+    EfficientViT-MSRA heads): :class:`BcosBatchNorm2d` over them.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> bn = torch.nn.BatchNorm1d(3).eval()
+        >>> _ = bn.running_mean.uniform_(), bn.bias.data.uniform_()
+        >>> x = torch.rand(2, 3, 5)
+        >>> torch.allclose(BcosBatchNorm1d.from_batchnorm(bn, bias=True).eval()(x), bn(x),
+        ...                atol=1e-6)
+        True
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim not in (2, 3):
+            raise ValueError(f"BcosBatchNorm1d expects (N, C) or (N, C, L), got {x.ndim}-D")
+        return super().forward(x.reshape(x.shape[0], x.shape[1], -1, 1)).reshape(x.shape)
 
 
 class BcosLayerNorm(_AffineNorm):
@@ -487,3 +512,23 @@ class BcosGlobalResponseNorm(_AffineNorm):
             f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}, "
             f"bias={self.bias is not None}"
         )
+
+
+class BcosNormalize(ExplanationAware, nn.Module):
+    """``F.normalize``: ``x / max(||x||_p, eps)`` along ``dim``, the norm detached in explanation
+    mode (dynamic linear: ``x`` scaled by a constant). Swin V2's cosine attention, SwiftFormer.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(BcosNormalize(dim=-1)(x), torch.nn.functional.normalize(x, dim=-1))
+        True
+    """
+
+    def __init__(self, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.p, self.dim, self.eps = p, dim, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = x.norm(self.p, self.dim, keepdim=True).clamp_min(self.eps)
+        return x / self.detach_if_explaining(norm)

@@ -10,20 +10,41 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...errors import ConversionError
-from ...nn import BcosBatchNorm2d, BcosGlobalResponseNorm
+from ...nn import (
+    BcosBatchNorm2d,
+    BcosGELU,
+    BcosGlobalResponseNorm,
+    BcosHardswish,
+    BcosMish,
+    BcosQuickGELU,
+    BcosSiLU,
+    BcosSquaredReLU,
+)
 from ..options import ConversionOptions
 from ..rules import (
     Rule,
     RuleContext,
     UnsupportedModule,
+    activation,
+    converted_children,
+    groupnorm,
     keep,
     layernorm,
     layernorm2d,
+    linear,
+    plain_conv2d,
     squeeze_excitation,
+    with_bias,
 )
 from . import Family, Support
 
-__all__ = ["FAMILY", "BcosBatchNormAct2d", "is_timm_classifier", "reset_classifier"]
+__all__ = [
+    "FAMILY",
+    "BcosBatchNormAct2d",
+    "Scale",
+    "is_timm_classifier",
+    "reset_classifier",
+]
 
 
 def _pooled(block: nn.Module, x: Tensor) -> Tensor:
@@ -66,6 +87,44 @@ def global_response_norm(module: nn.Module, context: RuleContext) -> nn.Module:
     return norm
 
 
+def star_relu(module: nn.Module, context: RuleContext) -> nn.Module:
+    """MetaFormer's ``StarReLU`` (``scale * relu(x) ** 2 + bias``) ->
+    :class:`~bcosify.nn.BcosSquaredReLU` (gate ``scale * relu(x)`` detached when explaining),
+    its bias dropped unless ``keep_bias``."""
+    if context.options.activations == "identity":
+        return nn.Identity()
+    return with_bias(BcosSquaredReLU(module.scale), module.bias, context.options, -1)
+
+
+def max_pool_same(module: nn.Module, context: RuleContext) -> nn.Module:
+    """timm's ``MaxPool2dSame`` (pads with -inf, then a max pool: a selection) kept; with
+    ``maxpool="avg"`` timm's ``AvgPool2dSame`` of the same window."""
+    if context.options.maxpool == "keep":
+        return module
+    if module.dilation not in (1, (1, 1)):
+        raise UnsupportedModule("a dilated max pool has no average-pool counterpart")
+    from timm.layers.pool2d_same import AvgPool2dSame
+
+    return AvgPool2dSame(module.kernel_size, module.stride, ceil_mode=module.ceil_mode)
+
+
+class Scale(nn.Module):
+    """``scale * x``: HGNet's ``LearnableAffineBlock`` without its offset."""
+
+    def __init__(self, scale: Tensor) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(scale.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x
+
+
+def learnable_affine(module: nn.Module, context: RuleContext) -> nn.Module:
+    """HGNet-V2's ``LearnableAffineBlock`` (``scale * x + bias``, scalars) -> :class:`Scale`,
+    its bias a constant under ``keep_bias`` and dropped otherwise."""
+    return with_bias(Scale(module.scale), module.bias, context.options, -1)
+
+
 # the gates of timm's squeeze-and-excitation blocks (module level: a converted model pickles)
 def _effective_se(se: nn.Module, x: Tensor) -> Tensor:
     return se.gate(se.fc(_pooled(se, x)))
@@ -82,8 +141,12 @@ def _efficientnet_se(se: nn.Module, x: Tensor) -> Tensor:
 def _rules() -> dict[type[nn.Module], Rule]:
     try:
         import timm.layers as layers
+        from timm.layers import activations, activations_me
         from timm.layers.grn import GlobalResponseNorm
+        from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+        from timm.models import hgnet, metaformer
         from timm.models._efficientnet_blocks import SqueezeExcite
+        from timm.models.vgg import ConvMlp
     except ImportError:
         return {}
 
@@ -104,7 +167,115 @@ def _rules() -> dict[type[nn.Module], Rule]:
         layers.Conv2dSame: conv2d_same,
         layers.LayerNorm: layernorm,
         GlobalResponseNorm: global_response_norm,
+        # subclasses of torch.nn's norms and linear layer that call the same function on their
+        # own parameters (without a bias, or in float32): converted as their base class
+        layers.GroupNorm: groupnorm,
+        layers.GroupNorm1: groupnorm,
+        metaformer.GroupNorm1NoBias: groupnorm,
+        layers.LayerNormFp32: layernorm,
+        metaformer.LayerNormNoBias: layernorm,
+        layers.LayerNorm2dFp32: layernorm2d,
+        metaformer.LayerNorm2dNoBias: layernorm2d,
+        layers.Linear: linear,
+        metaformer.StarReLU: star_relu,
+        hgnet.LearnableAffineBlock: learnable_affine,
+        # 'same' padding inside forward (TensorFlow ports): zeros before an average, -inf
+        # (never selected) before a maximum: both stay what they are
+        AvgPool2dSame: keep,
+        MaxPool2dSame: max_pool_same,
+        Scale: keep,
+        # timm's own activation modules (its create_act_layer picks them)
+        activations.GELU: activation(lambda m: BcosGELU()),
+        activations.GELUTanh: activation(lambda m: BcosGELU("tanh")),
+        activations.QuickGELU: activation(lambda m: BcosQuickGELU()),
+        activations.Swish: activation(lambda m: BcosSiLU()),
+        activations_me.SwishMe: activation(lambda m: BcosSiLU()),
+        activations.Mish: activation(lambda m: BcosMish()),
+        activations_me.MishMe: activation(lambda m: BcosMish()),
+        activations.HardSwish: activation(lambda m: BcosHardswish()),
+        activations_me.HardSwishMe: activation(lambda m: BcosHardswish()),
+        # VGG's head: it pools up to its kernel size when the input is small (a branch on the
+        # shape, which torch.fx cannot trace)
+        ConvMlp: converted_children,
     }
+
+
+def prepare(model: nn.Module) -> list[str]:
+    """timm's preparation of ``model`` (a copy): multi-branch blocks in their inference form,
+    plain convolutions for weight-standardised ones, and attention switched to its fused code
+    path; returns notes."""
+    return single_branches(model) + plain_convolutions(model) + prepare_attention(model)
+
+
+def single_branches(model: nn.Module) -> list[str]:
+    """Switch timm's re-parameterisable multi-branch blocks (RepVGG and MobileOne style:
+    FastViT, MobileOne, RepGhost) in ``model`` (a copy) to their inference form, one
+    convolution that computes the sum of the branches (their own ``reparameterize`` or
+    ``switch_to_deploy``, as ``timm.utils.reparameterize_model`` calls them); returns a note.
+    The function is the same in evaluation mode; a stem that was several branches on the
+    image becomes one convolution that can take the encoded input.
+
+    Example:
+        >>> import timm, torch
+        >>> model = timm.create_model("fastvit_t8", num_classes=3).eval()
+        >>> x = torch.rand(1, 3, 64, 64)
+        >>> before = model(x)
+        >>> notes = single_branches(model)
+        >>> bool(torch.allclose(model(x), before, atol=1e-4)), model.stem[0].reparam_conv
+        (True, Conv2d(3, 48, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)))
+    """
+    switched = []
+    for name, module in list(model.named_modules()):
+        if not type(module).__module__.startswith("timm."):
+            continue
+        switch = getattr(module, "reparameterize", None) or getattr(
+            module, "switch_to_deploy", None
+        )
+        if callable(switch):
+            switch()
+            switched.append(name)
+    if not switched:
+        return []
+    return [
+        f"{len(switched)} multi-branch block(s) switched to their inference form (one "
+        f"convolution for the sum of the branches, the same function), e.g. '{switched[0]}'"
+    ]
+
+
+def plain_convolutions(model: nn.Module) -> list[str]:
+    """Replace timm's weight-standardised convolutions (NF-Nets, BiT) in ``model`` (a copy) by
+    plain ``nn.Conv2d`` with the weight they compute from their parameters (the same function
+    at inference), so that the first one can take the encoded input and every one becomes a
+    B-cos convolution; returns a note. Those that pad inside forward are left (and refused).
+
+    Example:
+        >>> import timm
+        >>> model = timm.create_model("test_nfnet", num_classes=3)
+        >>> notes = plain_convolutions(model)
+        >>> type(model.stem.conv1).__name__
+        'Conv2d'
+    """
+    try:
+        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+    except ImportError:
+        return []
+    standardised = (StdConv2d, ScaledStdConv2d, StdConv2dSame, ScaledStdConv2dSame)
+    found = [(n, m) for n, m in model.named_modules() if type(m) in standardised]
+    replaced = []
+    for name, module in found:
+        try:
+            plain = plain_conv2d(module)
+        except UnsupportedModule:
+            continue  # pads inside forward: refused with the reason, as Conv2dSame
+        owner, _, child = name.rpartition(".")
+        setattr(model.get_submodule(owner), child, plain)
+        replaced.append(name)
+    if not replaced:
+        return []
+    return [
+        f"{len(replaced)} weight-standardised convolution(s) replaced by nn.Conv2d with the "
+        f"weight they compute (the same function), e.g. '{replaced[0]}'"
+    ]
 
 
 def prepare_attention(model: nn.Module) -> list[str]:
@@ -216,7 +387,7 @@ _VIT = "class token and positional embedding"
 FAMILY = Family(
     name="timm",
     rules=_rules,
-    prepare=prepare_attention,
+    prepare=prepare,
     methods=traced_methods,
     supported=(
         Support("timm", "resnet18", "exact", "classifier applied before the global pooling"),

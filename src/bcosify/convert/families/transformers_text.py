@@ -26,8 +26,9 @@ Decoders classify at the last token whose attention mask is 1.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...nn import BcosRMSNorm, BcosSiLU, BcosTokenEmbedding, TextAttention
+from ...nn import (
+    BcosLayerNorm,
+    BcosRMSNorm,
+    BcosSiLU,
+    BcosSquaredReLU,
+    BcosTokenEmbedding,
+    TextAttention,
+)
 from ...nn.trace import traced_constant
 from ..dynamic import dynamic_class
 from ..rules import Rule, RuleContext, UnsupportedModule, activation, keep
@@ -49,6 +57,8 @@ __all__ = [
     "FAMILY",
     "TextArchitecture",
     "self_attention_mask",
+    "structural_attention",
+    "structural_rules",
     "text_architecture",
     "traceable",
 ]
@@ -94,7 +104,130 @@ def text_architecture(model: nn.Module) -> TextArchitecture | None:
     cls = getattr(type(model), "_bcosify_original", type(model))
     if not cls.__module__.startswith("transformers."):
         return None
-    return ARCHITECTURES.get(cls.__name__)
+    known = ARCHITECTURES.get(cls.__name__)
+    if known is not None or not cls.__name__.endswith("ForSequenceClassification"):
+        return known
+    if _llama_like(model):
+        return TextArchitecture(cls.__name__, token_types=False, causal=True)
+    if _bert_like(model) is not None:
+        embeddings = _base_model(model).embeddings
+        types = "token_type_embeddings" in embeddings._modules
+        return TextArchitecture(cls.__name__, token_types=types, causal=False)
+    return None
+
+
+def _children(module: nn.Module) -> set[str]:
+    return set(module._modules)
+
+
+def _bert_like(model: nn.Module) -> str | None:
+    """``"pooler"`` or ``"head"`` for an encoder classifier built as BERT or RoBERTa is
+    (found by structure: CamemBERT, XLM-RoBERTa, Data2Vec-Text, ...), else None: a base model
+    of BERT-style ``embeddings`` and an ``encoder.layer`` stack whose self-attention has only
+    ``query``, ``key``, ``value`` and dropout, then a linear ``classifier`` on the pooler (BERT)
+    or a classification head of ``dense``, tanh and ``out_proj`` (RoBERTa).
+    :func:`bcosify.convert.text.convert_text` checks that the forward it then runs computes
+    the original's logits before converting."""
+    base = _base_model(model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        return None
+    if not _bert_like_embeddings(getattr(base, "embeddings", None)):
+        return None
+    attentions = [m for m in model.modules() if _bert_like_attention(m)]
+    if len(attentions) != len(layers):
+        return None
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear) and isinstance(
+        getattr(model, "dropout", None), nn.Dropout
+    ):
+        pooler = getattr(base, "pooler", None)
+        return "pooler" if pooler is None or _tanh_pooler(pooler) else None
+    return "head" if classifier is not None and _tanh_head(classifier) else None
+
+
+def _bert_like_embeddings(module: nn.Module | None) -> bool:
+    allowed = {"word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"}
+    return (
+        module is not None
+        and isinstance(getattr(module, "word_embeddings", None), nn.Embedding)
+        and isinstance(getattr(module, "position_embeddings", None), nn.Embedding)
+        and isinstance(getattr(module, "LayerNorm", None), nn.LayerNorm)
+        and _children(module) <= allowed | {"dropout"}
+    )
+
+
+def _bert_like_attention(module: nn.Module) -> bool:
+    """BERT's self-attention: query, key and value projections and a dropout, nothing else
+    (no relative-position tables, no cross-attention)."""
+    return (
+        all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value"))
+        and _children(module) <= {"query", "key", "value", "dropout"}
+        and hasattr(module, "attention_head_size")
+        and hasattr(module, "scaling")
+        and not getattr(module, "is_cross_attention", False)
+        and not any(True for _ in module.parameters(recurse=False))
+    )
+
+
+def _tanh_pooler(module: nn.Module) -> bool:
+    return _children(module) == {"dense", "activation"} and isinstance(module.activation, nn.Tanh)
+
+
+def _tanh_head(module: nn.Module) -> bool:
+    """RoBERTa's classification head (first token, dense, tanh, out_proj): the rule's forward
+    is that computation, so no other module (Electra's GELU head) is taken for it."""
+    return _children(module) == {"dense", "dropout", "out_proj"} and type(module).__name__.endswith(
+        "ClassificationHead"
+    )
+
+
+def _base_model(model: nn.Module) -> nn.Module | None:
+    return getattr(model, getattr(model, "base_model_prefix", "") or "model", None)
+
+
+def _llama_like(model: nn.Module) -> bool:
+    """A decoder classifier built as Llama is (found by structure, whatever its class name:
+    Qwen2, Qwen3, Mistral, ...): a linear ``score`` on a base model of ``embed_tokens``,
+    ``layers`` whose ``self_attn`` has ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj`` (and
+    optionally per-head ``q_norm``/``k_norm``) with rotary embeddings, ``norm`` and
+    ``rotary_emb``. :func:`bcosify.convert.text.convert_text` checks that the forward it then
+    runs computes the original's logits before converting."""
+    base = _base_model(model)
+    layers = getattr(base, "layers", None)
+    if not isinstance(getattr(model, "score", None), nn.Linear) or base is None:
+        return False
+    if not isinstance(getattr(base, "embed_tokens", None), nn.Embedding):
+        return False
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        return False
+    if getattr(base, "norm", None) is None or getattr(base, "rotary_emb", None) is None:
+        return False
+    return all(_llama_like_attention(getattr(layer, "self_attn", None)) for layer in layers)
+
+
+def _llama_like_attention(attention: nn.Module | None) -> bool:
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+    if attention is None or not all(
+        isinstance(getattr(attention, name, None), nn.Linear) for name in projections
+    ):
+        return False
+    if not hasattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb"):
+        return False
+    # nothing else to compute with: no other submodule (HunYuan's query_layernorm), no
+    # parameter of its own (DiffLlama's lambdas, GPT-OSS's sinks)
+    children = {name for name, _ in attention.named_children()}
+    if children - {*projections, "q_norm", "k_norm"} or any(
+        True for _ in attention.parameters(recurse=False)
+    ):
+        return False
+    head_dim = getattr(attention, "head_dim", None)
+    for name in ("q_norm", "k_norm"):  # Qwen3: per head; OLMo 2 normalises whole projections
+        norm = getattr(attention, name, None)
+        weight = getattr(norm, "weight", None)
+        if norm is not None and (weight is None or tuple(weight.shape) != (head_dim,)):
+            return False
+    return True
 
 
 def self_attention_mask(attention_mask: Tensor, causal: bool) -> Tensor:
@@ -130,7 +263,8 @@ def _bert_classifier(
     attention_mask: Tensor,
     token_type_ids: Tensor | None = None,
 ) -> Tensor:
-    return self.classifier(self.dropout(self.bert(input_ids, attention_mask, token_type_ids)))
+    base = getattr(self, self.base_model_prefix)  # bert, or the encoder of a BERT-like model
+    return self.classifier(self.dropout(base(input_ids, attention_mask, token_type_ids)))
 
 
 def _roberta_classifier(
@@ -139,7 +273,8 @@ def _roberta_classifier(
     attention_mask: Tensor,
     token_type_ids: Tensor | None = None,
 ) -> Tensor:
-    return self.classifier(self.roberta(input_ids, attention_mask, token_type_ids))
+    base = getattr(self, self.base_model_prefix)  # roberta, camembert, xlm-roberta, ...
+    return self.classifier(base(input_ids, attention_mask, token_type_ids))
 
 
 def _distilbert_classifier(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -193,12 +328,29 @@ def _llama_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> 
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
     # cos and sin of the rotary embedding: constants (the weight only lends its dtype)
     rotary = self.rotary_emb(self.embed_tokens.weight, positions)
-    mask = self_attention_mask(attention_mask, causal=True)
-    for layer in self.layers[: self.config.num_hidden_layers]:
+    layers = self.layers[: self.config.num_hidden_layers]
+    for layer, mask in zip(layers, _layer_masks(self.config, attention_mask), strict=False):
         hidden = layer(
             hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary
         )
     return self.norm(hidden)
+
+
+def _layer_masks(config: Any, attention_mask: Tensor) -> list[Tensor]:
+    """Each decoder layer's mask: causal, and for a sliding-window layer (``layer_types``, or
+    every layer of a config with a ``sliding_window`` and no layer types: Mistral) limited to
+    the ``sliding_window`` latest tokens, as transformers masks them."""
+    full = self_attention_mask(attention_mask, causal=True)
+    window = getattr(config, "sliding_window", None)
+    count = int(config.num_hidden_layers)
+    kinds = getattr(config, "layer_types", None) or (
+        ["sliding_attention" if window else "full_attention"] * count
+    )
+    if window is None or "sliding_attention" not in kinds:
+        return [full] * count
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    sliding = full & (positions[:, None] - positions[None, :] < int(window))
+    return [sliding if kind == "sliding_attention" else full for kind in kinds[:count]]
 
 
 def _forwards() -> dict[type[nn.Module], Callable[..., Tensor]]:
@@ -227,6 +379,96 @@ def _forwards() -> dict[type[nn.Module], Callable[..., Tensor]]:
     }
 
 
+def _structural_forwards(model: nn.Module) -> dict[type[nn.Module], Callable[..., Tensor]]:
+    """The forwards of a classifier found by structure and of its base model."""
+    cls = getattr(type(model), "_bcosify_original", type(model))
+    if cls.__name__ in ARCHITECTURES:
+        return {}
+    if _llama_like(model):
+        return {type(model): _decoder_classifier, type(_base_model(model)): _llama_model}
+    kind = _bert_like(model)
+    if kind is None:
+        return {}
+    base = _base_model(model)
+    classifier = _bert_classifier if kind == "pooler" else _roberta_classifier
+    return {type(model): classifier, type(base): _bert_model, type(base.encoder): _encoder_stack}
+
+
+@contextlib.contextmanager
+def structural_attention(network: nn.Module) -> Iterator[None]:
+    """While in the block, the attention modules of a classifier found by structure (already
+    :func:`traceable`) run the forward their rule gives them (:class:`~bcosify.nn.TextAttention`
+    on their own projections), so that the whole computation the conversion assumes can be
+    compared with the original's; their classes are restored afterwards."""
+    ruled = structural_rules(network)
+    swapped = [
+        (module, type(module), forward)
+        for module in network.modules()
+        for test, forward in (
+            (_llama_like_attention, _llama_attention),
+            (_bert_like_attention, _bert_attention),
+        )
+        if test(module) and type(module) in ruled
+    ]
+    try:
+        for module, _, forward in swapped:
+            _in_place(module, (TextAttention,), {"forward": forward})
+        yield
+    finally:
+        for module, cls, _ in swapped:
+            module.__class__ = cls
+
+
+def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
+    """Rule-table entries for the building blocks of a classifier found by structure (its
+    attention and RMS norm classes, whatever they are named); empty for any other model.
+
+    Example:
+        >>> from transformers import Qwen2Config, Qwen2ForSequenceClassification
+        >>> config = Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        ...                      num_attention_heads=2, num_key_value_heads=1, vocab_size=30)
+        >>> sorted(t.__name__ for t in structural_rules(Qwen2ForSequenceClassification(config)))
+        ['Qwen2Attention', 'Qwen2RMSNorm']
+    """
+    if not _structural_forwards(model):
+        return {}
+    rules: dict[type[nn.Module], Rule] = {}
+    for module in model.modules():
+        if _llama_like_attention(module):
+            rules[type(module)] = _attention_rule(
+                _llama_attention, ("q_proj", "k_proj", "v_proj"), ("o_proj",)
+            )
+        elif type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            rules[type(module)] = rmsnorm
+        elif _weightless_layer_norm(module):
+            rules[type(module)] = weightless_layer_norm
+        elif _bert_like_attention(module):
+            rules[type(module)] = _attention_rule(_bert_attention, ("query", "key", "value"))
+        elif _bert_like_embeddings(module):
+            rules[type(module)] = text_embeddings
+        elif _tanh_pooler(module):
+            rules[type(module)] = pooler
+        elif _tanh_head(module):
+            rules[type(module)] = roberta_head
+    return rules
+
+
+def _weightless_layer_norm(module: nn.Module) -> bool:
+    """OLMo's ``OlmoLayerNorm``: a layer norm without parameters (``normalized_shape`` only)."""
+    return (
+        type(module).__name__.endswith("LayerNorm")
+        and not isinstance(module, nn.LayerNorm)
+        and isinstance(getattr(module, "normalized_shape", None), tuple)
+        and not any(True for _ in module.parameters())
+    )
+
+
+def weightless_layer_norm(module: nn.Module, context: RuleContext) -> nn.Module:
+    """A layer norm without parameters (OLMo) -> :class:`~bcosify.nn.BcosLayerNorm` without
+    weight (its mean and the normaliser handled as every layer norm's; eps 1e-5, OLMo's)."""
+    return BcosLayerNorm(module.normalized_shape[-1], 1e-5, False, bias=False)
+
+
 def traceable(model: nn.Module) -> list[str]:
     """Replace the forward of a text classifier, its base model and its encoder stack in
     ``model`` (a copy) by the same computation on tensors, which torch.fx can trace; returns
@@ -247,7 +489,7 @@ def traceable(model: nn.Module) -> list[str]:
     """
     if text_architecture(model) is None:
         return []
-    forwards = _forwards()
+    forwards = {**_forwards(), **_structural_forwards(model)}
     replaced = []
     for module in model.modules():
         forward = forwards.get(type(module))
@@ -390,6 +632,8 @@ def _llama_attention(
 ) -> tuple[Tensor, None]:
     size = self.head_dim
     q, k, v = (_heads(p(hidden_states), size) for p in (self.q_proj, self.k_proj, self.v_proj))
+    if getattr(self, "q_norm", None) is not None:  # Qwen3: RMS norms of each head's q and k
+        q, k = self.q_norm(q), self.k_norm(k)
     if position_embeddings is None:
         raise ValueError(f"{type(self).__name__} needs its rotary position embeddings")
     # the model's own RoPE (queries and keys only), from the module that defines its class
@@ -499,7 +743,7 @@ def rmsnorm(module: nn.Module, context: RuleContext) -> nn.Module:
 
 def _rules() -> dict[type[nn.Module], Rule]:
     try:
-        from transformers.activations import SiLUActivation
+        from transformers.activations import ReLUSquaredActivation, SiLUActivation
         from transformers.models.bert import modeling_bert as bert
         from transformers.models.distilbert import modeling_distilbert as distilbert
         from transformers.models.gpt2 import modeling_gpt2 as gpt2
@@ -514,6 +758,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
         BcosRMSNorm: keep,
         Conv1D: conv1d,
         SiLUActivation: activation(lambda m: BcosSiLU()),
+        ReLUSquaredActivation: activation(lambda m: BcosSquaredReLU(torch.ones(1))),
         llama.LlamaRMSNorm: rmsnorm,
         bert.BertEmbeddings: text_embeddings,
         roberta.RobertaEmbeddings: text_embeddings,
@@ -568,11 +813,37 @@ FAMILY = Family(
             "exact",
             "RMSNorm, SwiGLU gates, RoPE and grouped-query attention on detached queries and keys",
         ),
+        *(
+            Support(
+                "transformers",
+                f"{name}ForSequenceClassification",
+                "exact",
+                f"found by structure (Llama's layout){note}; its forward checked against the "
+                "original's at conversion",
+            )
+            for name, note in (
+                ("Qwen2", ""),
+                ("Qwen3", ", per-head query and key norms"),
+                ("Mistral", ", sliding-window attention"),
+                ("Olmo", ", layer norms without parameters"),
+                ("Arcee", ", squared-ReLU MLP"),
+            )
+        ),
+        *(
+            Support(
+                "transformers",
+                f"{name}ForSequenceClassification",
+                "exact",
+                f"found by structure ({like}'s layout); its forward checked against the "
+                "original's at conversion",
+            )
+            for name, like in (("Camembert", "RoBERTa"), ("Ernie", "BERT"))
+        ),
         Support(
             "transformers",
             "ElectraForSequenceClassification",
             "unsupported",
-            "text classifiers other than the five above are refused by name",
+            "text classifiers neither of the five above nor built as Llama is are refused",
         ),
     ),
 )

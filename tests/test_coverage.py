@@ -1,0 +1,72 @@
+"""The coverage benchmark, reduced: a fixed sample of families measured as the full sweep
+measures them (``make bench-coverage``), and the sweep's time limit and cache."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+
+# (library, family, architecture): each converts exactly (equivalence at B = 1 with biases,
+# completeness with the defaults on a live signal), a few seconds each
+SAMPLE = [
+    ("timm", "resnet", "test_resnet"),
+    ("timm", "convnext", "test_convnext"),
+    ("timm", "levit", "levit_128s"),  # attention written out, 1-d batch norms
+    ("timm", "nfnet", "test_nfnet"),  # weight-standardised convolutions
+    ("timm", "fastvit", "fastvit_t8"),  # a multi-branch stem
+    ("timm", "metaformer", "poolformerv2_s12"),  # norm subclasses, StarReLU
+    ("transformers", "bert", "BertForSequenceClassification"),
+    ("transformers", "gpt2", "GPT2ForSequenceClassification"),
+    ("transformers", "qwen2", "Qwen2ForSequenceClassification"),  # found by structure
+]
+
+
+@pytest.fixture(scope="module")
+def coverage():
+    """bench_coverage, imported as the scripts import each other (from their folder)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("bench_coverage")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for name in ("bench_coverage", "common"):
+            sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("case", SAMPLE, ids=lambda c: f"{c[0]}:{c[1]}")
+def test_sampled_families_convert_exactly(coverage, case):
+    result = coverage.measure(coverage.Case(*case))
+    assert result["status"] == "exact", result.get("traceback", result)
+    assert result["equivalence"] <= coverage.TOLERANCE
+    assert result["residual"] <= coverage.TOLERANCE
+
+
+def test_a_refused_model_is_reported_with_its_reason(coverage):
+    # a text classifier outside the converter's families: a failure, counted, with the reason
+    result = coverage.measure(
+        coverage.Case("transformers", "fnet", "FNetForSequenceClassification")
+    )
+    assert result["status"] == "convert"
+    assert "FNet" in result["reason"]
+    assert coverage.failure_class(result) != "exact"
+
+
+def test_a_case_over_its_time_limit_is_recorded_and_cached(coverage, tmp_path, monkeypatch):
+    monkeypatch.setattr(coverage, "CACHE", tmp_path)
+    case = coverage.Case("timm", "resnet", "resnet10t")
+    (result,) = coverage.run_cases([case], coverage.SIZE, timeout=0.5, digest="d")
+    assert result["status"] == "timeout" and result["case"] == case.key
+    cached = json.loads((tmp_path / "d" / "timm_resnet_resnet10t.json").read_text())
+    assert cached == result
+    # the sweep reads it back instead of measuring again
+    monkeypatch.setattr(coverage, "source_hash", lambda: "d")
+    assert coverage.sweep([case], coverage.SIZE, 0.5, fresh=False) == {case.key: result}
