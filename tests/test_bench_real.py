@@ -3,26 +3,16 @@ come from packages that the test machine need not have)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from commands import benchmark_script
 from PIL import Image
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_real")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        for name in ("bench_real", "real_photos", "common"):
-            sys.modules.pop(name, None)
+    with benchmark_script("bench_real", "real_photos") as module:
+        yield module
 
 
 def test_five_crops_are_the_corners_and_the_centre_in_photo_order(bench, tmp_path):

@@ -3,14 +3,10 @@ measures them (``make bench-coverage``), and the sweep's time limit and cache.""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from commands import benchmark_script
 
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
@@ -32,14 +28,8 @@ SAMPLE = [
 
 @pytest.fixture(scope="module")
 def coverage():
-    """bench_coverage, imported as the scripts import each other (from their folder)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_coverage")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        for name in ("bench_coverage", "common"):
-            sys.modules.pop(name, None)
+    with benchmark_script("bench_coverage") as module:
+        yield module
 
 
 @pytest.mark.parametrize("case", SAMPLE, ids=lambda c: f"{c[0]}:{c[1]}")
