@@ -28,12 +28,11 @@ import torch
 from common import command_line, load_average, machine, publish
 from torch import nn
 
-from bcosify import explain
 from bcosify.demo import PRESETS
 from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.settings import DemoSettings
 from bcosify.demo.training import Trainer, datasets, train_original
-from bcosify.evaluate import colour_fidelity, correct
+from bcosify.evaluate import colour_fidelity_of_model, correct
 from bcosify.train import get_recipe, prepare_model, train
 
 SECTION = "bench_colour"
@@ -93,9 +92,7 @@ def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[s
     x = torch.stack([item[0] for item in items])
     y = torch.tensor([item[1] for item in items])
     masks = torch.stack([item[2] for item in items])
-    with torch.no_grad():
-        right = model(x).argmax(1) == y
-    fidelity = colour_fidelity(explain(model, x[right], y[right]), x[right], masks[right])
+    fidelity = colour_fidelity_of_model(model, x, y, masks, batch_size=images)
     evaluation = Evaluation(s, test)
     games = {
         method: evaluation.run(model, "B-cosified", method, {})["pointing_game"]["2x2"].get("mean")

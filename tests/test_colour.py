@@ -8,7 +8,7 @@ from torch import nn
 
 from bcosify import explain
 from bcosify.errors import EvaluationError
-from bcosify.evaluate import colour_fidelity
+from bcosify.evaluate import colour_fidelity, colour_fidelity_of_model
 from bcosify.nn import InputEncoding
 
 
@@ -86,3 +86,17 @@ def test_bad_input_is_refused_with_a_reason() -> None:
     flat = explain(nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 2)), images, 0, check="off")
     with pytest.raises(EvaluationError, match=r"\[x, 1 - x\]"):
         colour_fidelity(flat, images)
+
+
+def test_a_model_is_measured_on_its_correct_predictions_the_same_in_any_batches() -> None:
+    images = _images(n=10)
+    model = Mirror(torch.zeros(12, 12, dtype=torch.bool))  # predicts class 0 for every image
+    labels = torch.tensor([0, 1] * 5)
+    whole = colour_fidelity_of_model(model, images, labels, batch_size=10)
+    batched = colour_fidelity_of_model(model, images, labels, batch_size=3)
+    alone = colour_fidelity(explain(model, images[0::2], 0), images[0::2])
+    assert len(whole.error) == 5  # the five images labelled 0
+    assert torch.allclose(whole.error, alone.error) and torch.allclose(batched.error, alone.error)
+    assert torch.equal(batched.pixels, alone.pixels)
+    with pytest.raises(EvaluationError, match="none of the 10 images is classified correctly"):
+        colour_fidelity_of_model(model, images, torch.ones(10, dtype=torch.long))

@@ -24,7 +24,7 @@ from ..evaluate import (
     accuracy,
     build_explainer,
     class_embeddings,
-    colour_fidelity,
+    colour_fidelity_of_model,
     deletion_auc,
     grid_pointing_game,
     linear_probe,
@@ -219,30 +219,15 @@ def _colour(
     masks: torch.Tensor | None,
     batch_size: int,
 ) -> dict[str, Any]:
-    """Colour fidelity of a B-cos model's explanations on the images it classifies correctly,
-    a batch at a time (the control shuffles colours within each batch)."""
-    device = device_of(model)
-    errors, shuffled = [], []
-    for start in range(0, len(images), batch_size):
-        batch = slice(start, start + batch_size)
-        x, y = images[batch].to(device), labels[batch].to(device)
-        with torch.no_grad():
-            right = model(x).argmax(1) == y
-        if not bool(right.any()):
-            continue
-        chosen = masks[batch][right.cpu()] if masks is not None else None
-        try:
-            fidelity = colour_fidelity(explain(model, x[right], y[right]), x[right].cpu(), chosen)
-        except EvaluationError as error:
-            return {"error": str(error)}
-        errors.append(fidelity.error)
-        shuffled.append(fidelity.shuffled)
-    if not errors:
-        return {"error": "no image is classified correctly"}
+    """Colour fidelity of a B-cos model's explanations on the images it classifies correctly."""
+    try:
+        fidelity = colour_fidelity_of_model(model, images, labels, masks, batch_size=batch_size)
+    except EvaluationError as error:
+        return {"error": str(error)}
     return {
-        "colour_error": float(torch.cat(errors).mean()),
-        "shuffled_control": float(torch.cat(shuffled).mean()),
-        "images": sum(len(e) for e in errors),
+        "colour_error": fidelity.mean,
+        "shuffled_control": float(fidelity.shuffled.mean()),
+        "images": len(fidelity.error),
     }
 
 

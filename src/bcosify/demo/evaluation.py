@@ -20,13 +20,12 @@ from ..evaluate import (
     PointingGameResult,
     bootstrap_interval,
     build_explainer,
-    colour_fidelity,
+    colour_fidelity_of_model,
     deletion_auc,
     gradcam_layer,
     grid_pointing_game,
     mask_localisation,
 )
-from ..explain import explain
 from .settings import DemoSettings
 
 __all__ = ["COLOUR_GOAL", "EXPLAINED", "POSTHOC", "Evaluation", "demo_metrics", "gradcam_choice"]
@@ -157,17 +156,14 @@ class Evaluation:
         return bootstrap_interval(values, resamples=self.s.bootstrap, seed=self.s.seed)
 
     def colour(self, model: nn.Module) -> dict[str, Any]:
-        """Colour fidelity of a B-cos model's explanations (:func:`colour_fidelity`) on the
-        evaluation images it classifies correctly, inside their object masks, with the shuffled
-        control; each as a mean with its interval."""
-        with torch.no_grad():
-            right = model(self.images).argmax(1) == self.labels
-        if not bool(right.any()):
-            return {"error": "no evaluation image is classified correctly"}
-        images, labels, masks = self.images[right], self.labels[right], self.masks[right]
+        """Colour fidelity of a B-cos model's explanations (:func:`colour_fidelity_of_model`)
+        on the evaluation images it classifies correctly, inside their object masks, with the
+        shuffled control; each as a mean with its interval."""
         try:
-            fidelity = colour_fidelity(explain(model, images, labels), images, masks)
-        except EvaluationError as error:  # an image without positive evidence on its object
+            fidelity = colour_fidelity_of_model(
+                model, self.images, self.labels, self.masks, batch_size=len(self.images)
+            )
+        except EvaluationError as error:  # no correct image, or one without positive evidence
             return {"error": str(error)}
         return {
             "colour_error": self._interval(fidelity.error).to_dict(),

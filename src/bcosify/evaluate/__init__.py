@@ -6,7 +6,7 @@ B-cos explanation and post-hoc baselines behind one interface; the metrics take 
 Nothing else in bcosify imports this package except the command line.
 """
 
-from .colour import ColourFidelity, colour_fidelity
+from .colour import ColourFidelity, colour_fidelity, colour_fidelity_of_model
 from .explainers import (
     EXPLAINER_NAMES,
     TEXT_EXPLAINER_NAMES,
@@ -55,6 +55,7 @@ __all__ = [
     "build_text_explainer",
     "class_embeddings",
     "colour_fidelity",
+    "colour_fidelity_of_model",
     "correct",
     "deletion_auc",
     "deletion_curves",

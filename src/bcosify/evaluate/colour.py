@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..device import device_of
 from ..errors import EvaluationError
-from ..explain import Explanation, explanation_colours
+from ..explain import Explanation, explain, explanation_colours
 
-__all__ = ["ColourFidelity", "colour_fidelity"]
+__all__ = ["ColourFidelity", "colour_fidelity", "colour_fidelity_of_model"]
 
 
 @dataclass(frozen=True)
@@ -131,4 +132,60 @@ def colour_fidelity(
         error=torch.zeros(n).index_add_(0, owner.cpu(), per_pixel.cpu()) / pixels.cpu(),
         shuffled=torch.zeros(n).index_add_(0, owner.cpu(), control.cpu()) / pixels.cpu(),
         pixels=keep.cpu(),
+    )
+
+
+def colour_fidelity_of_model(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    masks: Tensor | None = None,
+    *,
+    batch_size: int = 64,
+    fraction: float = 0.2,
+    seed: int = 0,
+) -> ColourFidelity:
+    """:func:`colour_fidelity` of a B-cos model's own explanations, on the images it classifies
+    correctly (each explained for its label), a batch at a time on the model's device; the
+    control shuffles colours within each batch.
+
+    Raises:
+        EvaluationError: no image is classified correctly, or as :func:`colour_fidelity`.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.nn import BcosConv2d, InputEncoding
+        >>> model = torch.nn.Sequential(InputEncoding(), BcosConv2d(6, 2, 3, padding=1),
+        ...                             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> images = torch.rand(8, 3, 8, 8)
+        >>> with torch.no_grad():
+        ...     labels = model(images).argmax(1)
+        >>> len(colour_fidelity_of_model(model, images, labels).error)
+        8
+    """
+    device = device_of(model)
+    parts: list[ColourFidelity] = []
+    for start in range(0, len(images), batch_size):
+        batch = slice(start, start + batch_size)
+        x, y = images[batch].to(device), labels[batch].to(device)
+        with torch.no_grad():
+            right = model(x).argmax(1) == y
+        if not bool(right.any()):
+            continue
+        chosen = masks[batch][right.cpu()] if masks is not None else None
+        explanation = explain(model, x[right], y[right])
+        parts.append(
+            colour_fidelity(
+                explanation, x[right].cpu(), chosen, fraction=fraction, seed=seed + start
+            )
+        )
+    if not parts:
+        raise EvaluationError(
+            f"none of the {len(images)} images is classified correctly: colour fidelity is "
+            "measured on the explanations of correct predictions"
+        )
+    return ColourFidelity(
+        error=torch.cat([part.error for part in parts]),
+        shuffled=torch.cat([part.shuffled for part in parts]),
+        pixels=torch.cat([part.pixels for part in parts]),
     )

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..explain.visualize import save_figure
 
-_REFERENCE_COLOURS = ("#555555", "#c44e52", "#8172b2")
+# greys and browns: no model colour of the reports (blue, teal, red, orange) is taken
+_REFERENCE_COLOURS = ("#555555", "#9c755f", "#8172b2")
 
 __all__ = ["bar_chart", "interval_chart", "line_chart"]
 
@@ -102,7 +103,7 @@ def interval_chart(
         ...                xlabel="score").exists()
         True
     """
-    height = 0.28 * len(rows) * max(1, len(series)) + 1.3
+    height = 0.28 * len(rows) * max(1, len(series)) + 1.6
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.6, height), layout="constrained")
@@ -123,6 +124,7 @@ def interval_chart(
     ax.invert_yaxis()
     ax.set(title=title, xlabel=xlabel)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    # below the axes, as in line_chart: a legend inside would cover the longest bars
+    fig.legend(loc="outside lower center", ncols=len(series), fontsize="small", frameon=False)
     save_figure(fig, path)
     return path
