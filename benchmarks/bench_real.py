@@ -64,14 +64,34 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# the recipe's start before it reconstructed layers: the norms fitted on 32 crops
+_NORMS_START = {"align_start": "norms", "align_calibration": 32}
 VARIANTS = (
-    Variant("default", "`bcosify-align` defaults (B = 1.25, biases kept)"),
-    Variant("b2", "B = 2, no biases (else the defaults)", {"b": 2.0, "keep_bias": False}),
-    Variant("b1.1", "B = 1.1 (else the defaults)", {"b": 1.1}),
+    Variant(
+        "default",
+        "`bcosify-align` defaults (B = 1.1, biases kept, layers reconstructed on 64 crops)",
+    ),
+    Variant("layers-b1.25", "B = 1.25 (else the defaults)", {"b": 1.25}),
+    Variant("layers-lr", "B = 1.25, lr 1e-5 (else the defaults)", {"b": 1.25, "lr": 1e-5}),
+    Variant(
+        "norms-b1.1",
+        "B = 1.1, norms fitted on 32 crops instead of layers (else the defaults)",
+        {"b": 1.1, **_NORMS_START},
+    ),
+    Variant(
+        "norms-b1.25",
+        "B = 1.25, norms fitted on 32 crops instead of layers (the defaults before)",
+        {"b": 1.25, **_NORMS_START},
+    ),
+    Variant(
+        "b2",
+        "B = 2, no biases, norms fitted on 32 crops (else the defaults)",
+        {"b": 2.0, "keep_bias": False, **_NORMS_START},
+    ),
     Variant(
         "forcing",
-        "teacher forcing over the first half, lr 1e-3 (else the defaults)",
-        {"align_forcing": 0.5, "lr": 1e-3},
+        "B = 1.25, norms fitted, teacher forcing over the first half, lr 1e-3 (else the defaults)",
+        {"b": 1.25, "align_forcing": 0.5, "lr": 1e-3, **_NORMS_START},
     ),
     Variant(
         "aloe",
@@ -89,7 +109,11 @@ VARIANTS = (
         },
     ),
 )
-STAGES = ("exact", "defaults", "norms", "fitted", *(v.key for v in VARIANTS))
+# the closed-form reconstruction alone (no training): key -> (B, biases kept)
+RECONSTRUCTED = {"fit-b1.1": (1.1, True), "fit-b1.25": (1.25, True), "fit-b2": (2.0, False)}
+STAGES = ("exact", "defaults", "norms", "fitted", *RECONSTRUCTED, *(v.key for v in VARIANTS))
+# crops the closed-form stages fit on
+CALIBRATION_CROPS = 64
 RESULTS = BENCH / "real-results.json"
 
 
@@ -230,6 +254,22 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
     elif key == "defaults":
         name = "`convert()` defaults (B = 2, no biases)"
         model, _ = bcosify.convert(original)
+    elif key in RECONSTRUCTED:
+        b, keep = RECONSTRUCTED[key]
+        model, _ = bcosify.convert(original, b=b, keep_bias=keep)
+        name = (
+            f"`calibrate` layers reconstructed from the original on {CALIBRATION_CROPS} crops "
+            f"(B = {b:g}, {'biases kept' if keep else 'no biases'}; no training)"
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            data = UnlabelledImages(setting.photos.root / "train", 224)
+            images = torch.stack([data[i % len(data)][0] for i in range(CALIBRATION_CROPS)])
+        bcosify.calibrate(model, images, method="layers", original=original, batch_size=32)
+        model.save_pretrained(Path(args.runs) / key / "model")  # for --figure
+        extra = {"b": b, "keep_bias": keep}
+        if keep:
+            extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
     elif key in ("norms", "fitted"):
         model, _ = bcosify.convert(original)
         images = UnlabelledImages(setting.photos.root / "train", 224, train=False)

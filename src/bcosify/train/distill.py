@@ -606,8 +606,9 @@ def align(
     with :func:`~bcosify.convert.convert_clip`) or a :class:`BcosCLIP`; it is converted at
     ``recipe.b`` with ``recipe.activations`` and ``recipe.keep_bias``
     (``recipe.model == "bcos-scratch"``: then re-initialised); with
-    ``recipe.align_calibration`` its batch norms are then fitted to the original's on that many
-    training images (:func:`bcosify.calibrate`, ``method="original"``). The loss sums the
+    ``recipe.align_calibration`` it is then fitted to the original on that many training
+    images, in closed form (:func:`bcosify.calibrate`: ``recipe.align_start`` ``"norms"``
+    fits its batch norms, ``"layers"`` the weights of its B-cos layers). The loss sums the
     feature term (``recipe.align_features``) between the student's and the original's features
     at ``recipe.align_paths`` (empty: ``recipe.align_depths`` paths picked by
     :func:`alignment_paths`, recorded in the run's ``recipe.json``), teacher-forced for the
@@ -669,7 +670,7 @@ def align(
             _check_resumable(out, config, train_options.get("resume", True))
             fresh = not (train_options.get("resume", True) and (out / CHECKPOINT_FILE).is_file())
             if recipe.align_calibration and clip is None and fresh:
-                _fit_norms_to_the_original(student, roots[1], train_data, recipe)
+                _fit_to_the_original(student, roots[1], train_data, recipe)
             if dist.is_main:
                 text = json.dumps(config.to_dict(), indent=2) + "\n"
                 atomic_write(out / CONFIG_FILE, lambda path: path.write_text(text))
@@ -687,10 +688,11 @@ def align(
     return DistillationResult(clip, result, config)
 
 
-def _fit_norms_to_the_original(
+def _fit_to_the_original(
     student: nn.Module, original: nn.Module, data: Dataset, recipe: Recipe
 ) -> None:
-    """The closed-form start: the student's batch norms fitted to the original's on
+    """The closed-form start: the student's batch norms (``recipe.align_start == "norms"``,
+    where it has any) or B-cos layers (``"layers"``) fitted to the original's on
     ``recipe.align_calibration`` training images (drawn with the run's seed)."""
     from ..convert.calibrate import calibrate
 
@@ -700,7 +702,9 @@ def _fit_norms_to_the_original(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         images = torch.stack([data[i][0] for i in indices]).to(device_of(student))
-    if any(isinstance(m, BcosBatchNorm2d) for m in student.modules()):
+    if recipe.align_start == "layers":
+        calibrate(student, images, method="layers", original=original, batch_size=32)
+    elif any(isinstance(m, BcosBatchNorm2d) for m in student.modules()):
         calibrate(student, images, method="original", original=original)
 
 
