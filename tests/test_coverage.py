@@ -20,6 +20,7 @@ SAMPLE = [
     ("timm", "nfnet", "test_nfnet"),  # weight-standardised convolutions
     ("timm", "fastvit", "fastvit_t8"),  # a multi-branch stem
     ("timm", "metaformer", "poolformerv2_s12"),  # norm subclasses, StarReLU
+    ("timm", "pit", "pit_ti_224"),  # the class token passed along with the signal in a tuple
     ("transformers", "bert", "BertForSequenceClassification"),
     ("transformers", "gpt2", "GPT2ForSequenceClassification"),
     ("transformers", "qwen2", "Qwen2ForSequenceClassification"),  # found by structure

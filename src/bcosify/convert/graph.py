@@ -250,8 +250,12 @@ def check_and_rewrite(
             graph.gates.add(node.name)  # left as it is: the product detaches it
         elif gate is not None:
             _detach_gate(graph, node, gate, rewrites)
-        elif node.op in ("get_attr", "output", "call_module"):
-            pass  # submodules are converted on their own
+        elif node.op in ("get_attr", "output"):
+            pass
+        elif node.op == "call_module":  # converted on its own; constants passed with the signal
+            problem = _route_constants(graph, node, signal, rewrites)
+            if problem:
+                problems.add(graph.label, problem)
         elif node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS:
             node = _rewrite_activation(graph, node, options, rewrites)
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
@@ -526,6 +530,15 @@ def _route_constants(
         constants = [a for a in tensors if a not in signal]
         like = None
         verb = "concatenates a constant with the signal"
+    elif node.op == "call_module":
+        # a tuple of the signal and a constant (PiT passes its class token along with the
+        # patches): inside, the submodule treats both as the signal, so the constant must
+        # enter as a named constant term, as a concatenated class token does
+        bundles = [a for a in node.args if isinstance(a, (tuple, list))]
+        bundles = [b for b in bundles if any(x in signal for x in b)]
+        constants = [x for b in bundles for x in b if isinstance(x, fx.Node) and x not in signal]
+        like = None
+        verb = "passes a constant together with the signal"
     else:
         return None
     sources = [_constant_sources(a) for a in constants]
@@ -553,7 +566,9 @@ def _route_constants(
         term.meta = dict(node.meta)
         node.replace_input_with(operand, term)
         graph.changed = True
-        how = "concatenated with" if like is None else "added to"
+        how = "added to" if like is not None else "concatenated with"
+        if node.op == "call_module":
+            how = "passed together with"
         name = "+".join(graph.full_path(s) for s in source)
         rewrites.constants.append(f"{name}: {how} the signal in {graph.label}")
     return None
