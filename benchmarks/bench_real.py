@@ -109,8 +109,15 @@ VARIANTS = (
         },
     ),
 )
-# the closed-form reconstruction alone (no training): key -> (B, biases kept)
-RECONSTRUCTED = {"fit-b1.1": (1.1, True), "fit-b1.25": (1.25, True), "fit-b2": (2.0, False)}
+# the closed-form reconstruction alone (no training): key -> (B, biases kept, crop size)
+RECONSTRUCTED = {
+    "fit-b1.1": (1.1, True, 224),
+    "fit-b1.25": (1.25, True, 224),
+    "fit-b2": (2.0, False, 224),
+    # the crops the recipe fits on (its image_size)
+    "fit-b1.1-160": (1.1, True, 160),
+    "fit-b1.25-160": (1.25, True, 160),
+}
 STAGES = ("exact", "defaults", "norms", "fitted", *RECONSTRUCTED, *(v.key for v in VARIANTS))
 # crops the closed-form stages fit on
 CALIBRATION_CROPS = 64
@@ -255,15 +262,15 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
         name = "`convert()` defaults (B = 2, no biases)"
         model, _ = bcosify.convert(original)
     elif key in RECONSTRUCTED:
-        b, keep = RECONSTRUCTED[key]
+        b, keep, size = RECONSTRUCTED[key]
         model, _ = bcosify.convert(original, b=b, keep_bias=keep)
         name = (
-            f"`calibrate` layers reconstructed from the original on {CALIBRATION_CROPS} crops "
-            f"(B = {b:g}, {'biases kept' if keep else 'no biases'}; no training)"
+            f"`calibrate` layers reconstructed from the original on {CALIBRATION_CROPS} "
+            f"{size}-px crops (B = {b:g}, {'biases kept' if keep else 'no biases'}; no training)"
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            data = UnlabelledImages(setting.photos.root / "train", 224)
+            data = UnlabelledImages(setting.photos.root / "train", size)
             images = torch.stack([data[i % len(data)][0] for i in range(CALIBRATION_CROPS)])
         bcosify.calibrate(model, images, method="layers", original=original, batch_size=32)
         model.save_pretrained(Path(args.runs) / key / "model")  # for --figure
