@@ -105,3 +105,21 @@ def test_alignment_can_start_from_reconstructed_layers(tmp_path):
         assert torch.allclose(result.model.eval()(images), normalised(images), atol=1e-4)
     with pytest.raises(RecipeError, match="align_start must be one of"):
         get_recipe("bcosify-align", align_start="weights")
+
+
+def test_the_solve_in_the_space_of_the_samples_is_the_usual_ridge_solution():
+    from bcosify.convert.reconstruct import _accumulate, _Problem, _solve
+    from bcosify.nn import BcosConv2d
+
+    torch.manual_seed(0)
+    layer = BcosConv2d(8, 6, 3, padding=1, groups=2, b=1.5).double()
+    x, target = torch.randn(2, 8, 3, 3).double(), torch.randn(2, 6, 3, 3).double()
+    start, solutions = layer.weight.detach().clone(), []
+    for dual in (True, False):  # 18 samples, 36 inputs per unit: the dual solve applies
+        problem = _Problem(layer, layer, None, start)
+        assert _accumulate(problem, x, target)
+        if not dual:
+            problem.samples = None
+        _solve(problem, 1e-2)
+        solutions.append(layer.weight.detach().clone())
+    assert torch.allclose(*solutions, atol=1e-10), (solutions[0] - solutions[1]).abs().max()

@@ -64,6 +64,9 @@ class _Problem:
     gram: Tensor | None = None
     moment: Tensor | None = None
     received: list[Tensor] = field(default_factory=list)
+    # the patches and linear outputs themselves while there are fewer than inputs per unit:
+    # then the solve is the same ridge solution in the (smaller) space of the samples
+    samples: list[tuple[Tensor, Tensor]] | None = field(default_factory=list)
 
 
 def fit_layers(
@@ -198,6 +201,10 @@ def _accumulate(problem: _Problem, x: Tensor, target: Tensor) -> bool:
         gram, moment = transposed @ patches, transposed @ needed
         problem.gram = gram if problem.gram is None else problem.gram + gram
         problem.moment = moment if problem.moment is None else problem.moment + moment
+        if problem.samples is not None:
+            problem.samples.append((patches, needed))
+            if sum(p.shape[1] for p, _ in problem.samples) >= patches.shape[-1]:
+                problem.samples = None  # as many samples as inputs: the usual solve
     return True
 
 
@@ -207,10 +214,20 @@ def _solve(problem: _Problem, ridge: float) -> None:
     groups, d, units = problem.moment.shape
     start = problem.start.reshape(groups, units, d).transpose(1, 2)
     pull = ridge * problem.gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12).view(-1, 1)
-    matrix = problem.gram.clone()
-    matrix.diagonal(dim1=1, dim2=2).add_(pull)
-    # with the ridge the matrix is positive definite: Cholesky, about twice as fast as LU
-    factor = torch.linalg.cholesky(matrix)
-    solution = torch.cholesky_solve(problem.moment + pull[..., None] * start, factor)
+    if problem.samples:
+        # (P'P + l I)^-1 (P'Z + l W0) = W0 + P' (P P' + l I)^-1 (Z - P W0): samples x samples
+        patches = torch.cat([p for p, _ in problem.samples], dim=1)
+        needed = torch.cat([z for _, z in problem.samples], dim=1)
+        matrix = patches @ patches.transpose(1, 2)
+        matrix.diagonal(dim1=1, dim2=2).add_(pull)
+        factor = torch.linalg.cholesky(matrix)
+        correction = torch.cholesky_solve(needed - patches @ start, factor)
+        solution = start + patches.transpose(1, 2) @ correction
+    else:
+        matrix = problem.gram.clone()
+        matrix.diagonal(dim1=1, dim2=2).add_(pull)
+        # with the ridge the matrix is positive definite: Cholesky, about twice as fast as LU
+        factor = torch.linalg.cholesky(matrix)
+        solution = torch.cholesky_solve(problem.moment + pull[..., None] * start, factor)
     weight = problem.layer.weight
     weight.data.copy_(solution.transpose(1, 2).reshape(weight.shape).to(weight.dtype))
