@@ -133,7 +133,7 @@ WRITER = textwrap.dedent("""
     from bcosify.train import save_checkpoint
     step = 0
     while True:
-        save_checkpoint(sys.argv[1], {"step": step, "big": torch.full((4_000_000,), float(step))})
+        save_checkpoint(sys.argv[1], {"step": step, "big": torch.full((16_000_000,), float(step))})
         print(step, flush=True)
         step += 1
 """)
@@ -155,13 +155,13 @@ def test_sigkill_during_a_write_leaves_the_previous_checkpoint_and_a_run_clears_
                 if leftovers(tmp_path):
                     break
                 process.send_signal(signal.SIGCONT)  # the write finished in between
-            time.sleep(0.01)
+            # no sleep: a 64 MB write can take less than a few milliseconds on a fast disk
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     state = load_checkpoint(tmp_path)
     assert state["step"] >= 2
-    assert torch.equal(state["big"], torch.full((4_000_000,), float(state["step"])))
+    assert torch.equal(state["big"], torch.full((16_000_000,), float(state["step"])))
     assert leftovers(tmp_path)  # what the kill left behind, of the checkpoint's full size
     (tmp_path / "checkpoint.safetensors").unlink()  # not a training checkpoint
     recipe = get_recipe("standard", epochs=1, batch_size=8, image_size=32)
