@@ -81,7 +81,7 @@ def fit_layers(
         if not isinstance(layer, (BcosConv2d, BcosLinear)):
             continue
         why = _unfittable(layer)
-        found = _counterpart(original, network, path) if why is None else None
+        found = _counterpart(original, network, path, layer) if why is None else None
         if why is None and found is None:
             why = "no layer with as many units at its path in the original"
         if why is not None:
@@ -147,7 +147,7 @@ def _unfittable(layer: BcosConv2d | BcosLinear) -> str | None:
 
 
 def _counterpart(
-    original: nn.Module, network: nn.Module, path: str
+    original: nn.Module, network: nn.Module, path: str, layer: BcosConv2d | BcosLinear
 ) -> tuple[nn.Module, Tensor | None] | None:
     """The original's layer at ``path`` and the bias to take off its output: its own, when the
     converted layer sits in a :class:`Biased` wrapper at the original layer's path (the
@@ -159,7 +159,6 @@ def _counterpart(
     except AttributeError:
         return None
     weight = getattr(source, "weight", None)
-    layer = network.get_submodule(path)
     # the units, not the whole shape: the first layer's input is encoded ([x, 1 - x]), and a
     # linear classifier may have become a 1 x 1 convolution
     if not isinstance(weight, Tensor) or weight.shape[0] != layer.weight.shape[0]:
