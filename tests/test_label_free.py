@@ -20,7 +20,9 @@ from bcosify.train import Alignment, AlignmentConfig, align, get_recipe
 from bcosify.train.checkpoint import load_checkpoint
 from bcosify.train.prepare import Normalized
 
-TINY = ["--image-size", "32", "--batch-size", "4", "--set", "epoch_size=8", "--no-progress"]
+# the layer fit on 4 crops: its own tests (test_reconstruct.py) fit on more
+TINY = ["--image-size", "32", "--batch-size", "4", "--set", "epoch_size=8", "--set",
+        "align_calibration=4", "--no-progress"]  # fmt: skip
 
 
 def photos(folder: Path, count: int, seed: int = 0) -> Path:
@@ -88,7 +90,9 @@ def test_the_model_is_written_when_a_signal_stops_the_run(tmp_path, sig):
 
 def test_steps_are_random_crops_whatever_the_size_of_the_folder(tmp_path):
     original = create("torchvision:resnet18", num_classes=4)
-    recipe = get_recipe("bcosify-align", epochs=1, batch_size=4, image_size=32, epoch_size=12)
+    recipe = get_recipe(
+        "bcosify-align", epochs=1, batch_size=4, image_size=32, epoch_size=12, align_calibration=4
+    )
     steps = []
     for count in (2, 40):
         data = bcosify.data.UnlabelledImages(photos(tmp_path / f"p{count}", count), 32)

@@ -22,6 +22,7 @@ from ..explain import (
     save_figure,
 )
 from ..nn import BcosConv2d, InputEncoding, LogitBias
+from .arguments import output_folder
 
 __all__ = ["add_parser", "shape_images", "tiny_bcos_cnn"]
 
@@ -115,6 +116,7 @@ def _accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    out: Path = output_folder(args.out)  # a bad --out fails now, not after the training
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = tiny_bcos_cnn()
@@ -133,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
         f"explained {len(explanation)} images in one batch; completeness: "
         f"max |logit - contributions - constants| / max(1, |logit|) = {worst:.2e}"
     )
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for i in range(len(explanation)):
         scale = max(1, math.ceil(128 / images.shape[-1]))
