@@ -241,7 +241,8 @@ def build_timm(name: str, size: int) -> tuple[nn.Module, torch.Tensor, dict[str,
                 out = model(normalise(x, mean, std))
             if out.ndim != 2 or not torch.isfinite(out).all():
                 raise ValueError(f"output of shape {tuple(out.shape)}, finite: no")
-            return model, x, {"input_mean": mean, "input_std": std}
+            options = {"input_mean": mean, "input_std": std, "input_size": (side, side)}
+            return model, x, options
         except Exception as error:
             problems.append(f"{side}px {kwargs or ''}: {type(error).__name__}: {error}")
     raise NotBuildable("; ".join(problems))

@@ -21,6 +21,7 @@ SAMPLE = [
     ("timm", "fastvit", "fastvit_t8"),  # a multi-branch stem
     ("timm", "metaformer", "poolformerv2_s12"),  # norm subclasses, StarReLU
     ("timm", "pit", "pit_ti_224"),  # the class token passed along with the signal in a tuple
+    ("timm", "vision_transformer", "test_vit"),  # branches on the grid size: traced at it
     ("transformers", "bert", "BertForSequenceClassification"),
     ("transformers", "gpt2", "GPT2ForSequenceClassification"),
     ("transformers", "qwen2", "Qwen2ForSequenceClassification"),  # found by structure

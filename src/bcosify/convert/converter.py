@@ -15,7 +15,8 @@ from ..nn import BcosConv2d, BcosLinear
 from .calibrate import Images
 from .calibrate import calibrate as calibrate_model
 from .encoding import encode_first_layer
-from .families import image_tower, prepare, traced_methods
+from .examples import Examples
+from .families import image_tower, model_input_size, prepare, traced_methods
 from .graph import GraphProblems
 from .model import BcosModel, ModelConfig
 from .options import ConversionOptions
@@ -59,6 +60,7 @@ def convert(
     rules: dict[type[nn.Module], Rule] | None = None,
     class_names: list[str] | None = None,
     calibrate: Images | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Conversion:
     """Convert a pretrained model into a B-cos model with the same weights.
 
@@ -98,6 +100,10 @@ def convert(
         calibrate: images in ``[0, 1]`` (a tensor, dataset or batches; labels unused) to
             rescale the converted model on with :func:`bcosify.calibrate` (method ``"auto"``),
             so that it is usable in evaluation mode before fine-tuning.
+        input_size: the image size ``(height, width)`` the model runs at (default: the
+            source's, or timm's ``pretrained_cfg``). Only code that branches on the input's
+            size needs it: such code is traced on an example of this size, with a guard that
+            names it when the model later runs at a size where it would branch differently.
 
     Raises:
         ConversionError: listing every module and operation without a dynamic-linear form.
@@ -137,9 +143,18 @@ def convert(
     )
     report = ConversionReport(type(model).__name__)
     network, tower = _network(model, report)
+    size = input_size or (info.input_size if info else None) or model_input_size(network)
+    examples = Examples(
+        lambda: _network(model, ConversionReport(report.model))[0],
+        size,
+        len(options.input_mean),
+        lambda module, path: [name for name, _ in traced_methods(module, path)],
+    )
     problems = GraphProblems()
-    _encode_input(network, options, problems, report, info)
-    tree = convert_tree(network, rule_table(rules), options, problems, traced_methods)
+    _encode_input(network, options, problems, report, info, examples)
+    tree = convert_tree(
+        network, rule_table(rules), options, problems, traced_methods, examples=examples
+    )
     record_tree(report, tree, network, model, problems)
     num_classes = _num_classes(network, tree.leaves)
     # a CLIP model or image tower outputs embeddings, not logits: no logit bias by default
@@ -149,7 +164,8 @@ def convert(
         info.name if info else None,
         dict(info.kwargs) if info else {},
         class_names or (info.class_names if info else None),
-        info.input_size if info else None,
+        # a model traced at the example's size is made for it (its guards say so)
+        size if examples.ran else input_size or (info.input_size if info else None),
     )
     converted = BcosModel(network, config, bias).to(device_of(model))
     if options.encoding == "paper":
@@ -228,12 +244,14 @@ def _encode_input(
     problems: GraphProblems,
     report: ConversionReport,
     info: SourceInfo | None,
+    examples: Examples,
 ) -> None:
     """Fold the ``[x, 1 - x]`` encoding into the first layer(s) that take the input."""
     method, fixed = traced_methods(network, "")[0]
     call = root_call(network, method)
+    concrete = {**call.variants()[0], **fixed}
     try:
-        first = trace_method(network, "", method, {**call.variants()[0], **fixed}, call.signal)
+        first = trace_method(network, "", method, concrete, call.signal, examples)
     except TraceFailure as error:
         raise ConversionError(
             f"torch.fx could not trace {type(network).__name__}.{method}: {error}\n"

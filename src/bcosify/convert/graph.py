@@ -35,7 +35,7 @@ from ..nn import (
     GatedActivation,
 )
 from .options import ConversionOptions
-from .tracing import ModuleGraph
+from .tracing import ModuleGraph, has_plain_example_value
 
 __all__ = [
     "GraphProblems",
@@ -149,6 +149,7 @@ _PRODUCTS = {
     operator.matmul,
     torch.matmul,
     torch.bmm,
+    torch.einsum,  # linear in each operand: a product of the signal with constants
 }
 _PRODUCT_METHODS = {"mul", "mul_", "div", "div_", "matmul", "bmm"}
 _SOFTMAXES = {F.softmax, torch.softmax, "softmax"}
@@ -421,13 +422,14 @@ def is_static(node: fx.Node) -> bool:
         >>> [n.name for n in graph.nodes if is_static(n)]
         ['getattr_1']
     """
+    if has_plain_example_value(node):  # a size passed along with the signal (Twins)
+        return True
     if node.op == "call_method":
         return node.target in _STATIC_METHODS
-    return (
-        node.op == "call_function"
-        and node.target is getattr
-        and (node.args[1] in _STATIC_ATTRIBUTES)
-    )
+    if node.op != "call_function":
+        return False
+    # len(x): the first dimension (a shape-branch guard's, or the code's own)
+    return node.target is len or (node.target is getattr and node.args[1] in _STATIC_ATTRIBUTES)
 
 
 def _data_inputs(node: fx.Node) -> list[fx.Node]:
@@ -489,9 +491,12 @@ def _check_operation(node: fx.Node, signal: set[fx.Node]) -> str | None:
         node.op == "call_method" and node.target in _PRODUCT_METHODS
     )
     if is_product:
-        factors = [a for a in node.args if a in signal]
+        operands = node.args[1:] if node.target is torch.einsum else node.args
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):  # einsum(eq, [a, b])
+            operands = tuple(operands[0])
+        factors = [a for a in operands if a in signal]
         divisor_depends = name in ("truediv", "itruediv", "div", "div_") and node.args[1] in signal
-        if len(factors) > 1 and name in ("matmul", "bmm"):
+        if len(factors) > 1 and name in ("matmul", "bmm", "einsum"):
             return f"multiplies input-dependent tensors ({name}): {_ATTENTION_HINT}"
         if len(factors) > 1 or divisor_depends:
             return (

@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+import operator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import fx, nn
 
 from .dynamic import GeneratedCode, dynamic_class
+
+if TYPE_CHECKING:
+    from .examples import Examples
 
 __all__ = [
     "CallInfo",
     "ModuleGraph",
     "TraceFailure",
+    "has_plain_example_value",
     "install_methods",
     "is_torch_builtin",
+    "matches_constant",
     "replace_methods",
     "rewritten_methods",
     "trace_call",
@@ -56,6 +64,8 @@ class ModuleGraph:
         gates: the names of the nodes that compute the gate of a gated product (the converter
             leaves them as they are: the product detaches them).
         changed: set by every edit; a changed graph replaces the method's code.
+        examples: the network's example run, for tracing submodules' code that branches on
+            shapes (see :func:`trace_method`); None without one.
     """
 
     module: nn.Module
@@ -66,6 +76,7 @@ class ModuleGraph:
     signal_inputs: set[str]
     gates: set[str] = field(default_factory=set)
     changed: bool = False
+    examples: Examples | None = None
 
     @property
     def label(self) -> str:
@@ -194,7 +205,8 @@ def trace_call(graph: ModuleGraph, node: fx.Node) -> ModuleGraph:
     fx.node.map_arg((node.args, node.kwargs), nodes.append)
     info.add(type(module).forward, node.args, node.kwargs, set(nodes))
     (concrete,) = info.variants()
-    return trace_method(module, graph.full_path(str(node.target)), "forward", concrete, info.signal)
+    path = graph.full_path(str(node.target))
+    return trace_method(module, path, "forward", concrete, info.signal, graph.examples)
 
 
 class _SubmodulesAsLeaves(fx.Tracer):
@@ -210,11 +222,20 @@ def trace_method(
     method: str,
     concrete: dict[str, Any],
     signal_inputs: set[str],
+    examples: Examples | None = None,
 ) -> ModuleGraph:
     """Trace ``module.<method>`` with ``concrete`` arguments fixed, submodules as leaves.
 
+    Code that branches on shapes (``if H % window:``, ``B, N, C = x.shape``, ``range(H //
+    p)``) cannot be traced symbolically. With ``examples`` (the network run once on an example
+    input, :class:`~bcosify.convert.examples.Examples`), such a method is traced again with the
+    values of its call in that run: where Python needs a plain shape value, it gets the
+    example's, and the graph gets a guard (``torch._assert``) that fails, saying where, on an
+    input for which that code would take another branch. Branches on a tensor's values are
+    still refused.
+
     Raises:
-        TraceFailure: when torch.fx cannot trace it (its code branches on tensor values).
+        TraceFailure: when it cannot be traced (its code branches on tensor values).
 
     Example:
         >>> import torch
@@ -232,12 +253,196 @@ def trace_method(
         # fx traces type(root).forward: a subclass lends it the method
         module.__class__ = type(cls.__name__, (cls,), {"forward": traced})
     try:
-        graph = _SubmodulesAsLeaves().trace(module, concrete_args=fixed or None)
-    except Exception as error:
-        raise TraceFailure(f"{type(error).__name__}: {error}") from error
+        try:
+            graph = _SubmodulesAsLeaves().trace(module, concrete_args=fixed or None)
+        except Exception as error:
+            call = examples.call(path, method, usable) if examples is not None else None
+            if call is None:
+                hint = examples.missing(path, method) if examples is not None else ""
+                raise TraceFailure(f"{type(error).__name__}: {error}{hint}") from error
+            graph = _trace_with_values(module, path, call, fixed)
     finally:
         module.__class__ = cls
-    return ModuleGraph(module, path, method, usable, graph, set(signal_inputs))
+    return ModuleGraph(module, path, method, usable, graph, set(signal_inputs), examples=examples)
+
+
+def _trace_with_values(
+    module: nn.Module, path: str, call: tuple[nn.Module, dict[str, Any]], fixed: dict[str, Any]
+) -> fx.Graph:
+    original, values = call
+    tracer = _ValuedTracer(original, values, path)
+    try:
+        return tracer.trace(module, concrete_args=fixed or None)
+    except Exception as error:
+        raise TraceFailure(
+            f"{type(error).__name__}: {error} (traced with the values of the example input too)"
+        ) from error
+
+
+_VALUE = "bcosify_example_value"
+_UNKNOWN = object()
+_FX = os.path.dirname(fx.__file__)
+
+
+def has_plain_example_value(node: fx.Node) -> bool:
+    """True for a node of a graph traced with example values (:func:`trace_method`) whose value
+    holds no tensor: a shape, a size passed along with the signal, a flag. It cannot carry the
+    signal, whatever it was computed from.
+
+    Example:
+        >>> import torch
+        >>> graph = torch.fx.symbolic_trace(lambda x: x.view(x.shape[0], -1)).graph
+        >>> any(has_plain_example_value(n) for n in graph.nodes)  # traced without values
+        False
+    """
+    value = node.meta.get(_VALUE, _UNKNOWN)
+    if value is _UNKNOWN:
+        return False
+    found: list[bool] = []
+    fx.node.map_aggregate(value, lambda v: found.append(isinstance(v, torch.Tensor)))
+    return not any(found)
+
+
+class _Concrete:
+    """``len``, ``int`` and ``range`` of a traced value: its value on the example input,
+    guarded (see :class:`_ValuedTracer`)."""
+
+    tracer: _ValuedTracer
+
+    def __len__(self) -> int:
+        return len(self.tracer.concrete_sequence(self))  # type: ignore[arg-type]
+
+    def __int__(self) -> int:
+        return self.tracer.concrete(self, int)  # type: ignore[arg-type]
+
+    def __index__(self) -> int:
+        return self.tracer.concrete(self, operator.index)  # type: ignore[arg-type]
+
+
+class _ValuedProxy(_Concrete, fx.Proxy):
+    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        return _ValuedAttribute(self, k)
+
+
+class _ValuedAttribute(_Concrete, fx.proxy.Attribute):  # ``x.shape``
+    pass
+
+
+class _ValuedTracer(_SubmodulesAsLeaves):
+    """Traces a module's code while computing every value on an example call, run by the
+    untouched ``original`` module at the same path (so that the module being converted is
+    never run). Where the code needs a plain value (``bool``, ``len``, ``int``, iteration) of a
+    shape, a dtype or anything else that is not a tensor, it gets the example's, and the graph
+    a ``torch._assert`` that the value is the same at run time."""
+
+    def __init__(self, original: nn.Module, values: dict[str, Any], path: str) -> None:
+        super().__init__()
+        self.original, self.values, self.path = original, values, path
+        self._computing = False
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ValuedProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **options):  # type: ignore[no-untyped-def]
+        proxy = super().create_proxy(kind, target, args, kwargs, *rest, **options)
+        if isinstance(proxy, fx.Proxy):
+            proxy.node.meta[_VALUE] = self._value(kind, target, args, kwargs)
+        return proxy
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        # the original's parameters, read while computing a value, are values, not graph nodes
+        if self._computing:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if self._computing:  # the original's submodules, run on values
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def _value(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+        if kind == "placeholder":
+            value = self.values.get(str(target).lstrip("*"), _UNKNOWN)
+            return value.clone() if isinstance(value, torch.Tensor) else value
+        unknown = False
+
+        def value_of(a: Any) -> Any:
+            nonlocal unknown
+            if isinstance(a, fx.Proxy):
+                a = a.node.meta.get(_VALUE, _UNKNOWN)
+                unknown = unknown or a is _UNKNOWN
+            return a
+
+        args, kwargs = fx.node.map_aggregate((args, kwargs), value_of)
+        if unknown or kind not in ("get_attr", "call_function", "call_method", "call_module"):
+            return _UNKNOWN
+        self._computing = True
+        try:
+            with torch.no_grad():
+                if kind == "get_attr":
+                    return functools.reduce(getattr, str(target).split("."), self.original)
+                if kind == "call_function":
+                    return target(*args, **kwargs)
+                if kind == "call_method":
+                    return getattr(args[0], target)(*args[1:], **kwargs)
+                return self.original.get_submodule(target)(*args, **kwargs)
+        except Exception:  # what it cannot compute stays unknown: only needed where used
+            return _UNKNOWN
+        finally:
+            self._computing = False
+
+    def _plain(self, proxy: fx.Proxy) -> Any:
+        value = proxy.node.meta.get(_VALUE, _UNKNOWN)
+        if value is _UNKNOWN:
+            raise fx.proxy.TraceError(
+                "symbolically traced variables cannot be used as inputs to control flow (its "
+                "value on the example input could not be computed)"
+            )
+        if isinstance(value, torch.Tensor):
+            raise fx.proxy.TraceError(
+                "the code branches on the values of a tensor, not on its shape: "
+                "data-dependent control flow"
+            )
+        return value
+
+    def _guard(self, condition: Any, value: Any) -> None:
+        frame = inspect.currentframe()
+        while frame is not None and (
+            frame.f_code.co_filename.startswith(_FX) or frame.f_code.co_filename == __file__
+        ):
+            frame = frame.f_back
+        where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame else "its code"
+        label = f"'{self.path}'" if self.path else "the model"
+        message = (
+            f"{label} was converted for inputs of the size it was traced at: at {where} its "
+            f"code gave {value!r} then and branches differently on this input. Convert the "
+            "model again with input_size= the size it runs at."
+        )
+        self.create_proxy("call_function", torch._assert, (condition, message), {})
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        taken = bool(self._plain(obj))
+        condition = obj if taken else self.create_proxy("call_function", operator.not_, (obj,), {})
+        self._guard(condition, taken)
+        return taken
+
+    def concrete(self, obj: fx.Proxy, cast: Callable[[Any], int]) -> int:
+        value = cast(self._plain(obj))
+        self._guard(self.create_proxy("call_function", operator.eq, (obj, value), {}), value)
+        return value
+
+    def concrete_sequence(self, obj: fx.Proxy) -> tuple[Any, ...] | list[Any]:
+        value = self._plain(obj)
+        if not isinstance(value, (tuple, list)):
+            raise fx.proxy.TraceError(f"Proxy of a {type(value).__name__} cannot be iterated")
+        length = self.create_proxy("call_function", len, (obj,), {})
+        self._guard(
+            self.create_proxy("call_function", operator.eq, (length, len(value)), {}), len(value)
+        )
+        return value
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        return iter([obj[i] for i in range(len(self.concrete_sequence(obj)))])
 
 
 def _parameters(function: Callable[..., Any], variadic: bool = True) -> list[str]:
@@ -376,7 +581,7 @@ def _dispatcher(cls: type, name: str, dispatch: _Dispatch) -> Callable[..., Any]
         bound.apply_defaults()
         values = bound.arguments
         for concrete, code in options:
-            if all(_matches(values.get(k), v) for k, v in concrete.items()):
+            if all(matches_constant(values.get(k), v) for k, v in concrete.items()):
                 if code is None:
                     return function(self, *args, **kwargs)
                 return code(self, *(values[p] for p in parameters))
@@ -391,9 +596,14 @@ def _dispatcher(cls: type, name: str, dispatch: _Dispatch) -> Callable[..., Any]
     return method
 
 
-def _matches(value: Any, fixed: Any) -> bool:
+def matches_constant(value: Any, fixed: Any) -> bool:
     """Whether a call's argument is the value a trace was fixed to. An argument that torch.fx
-    is tracing (a Proxy) matches: the first version is the one traced."""
+    is tracing (a Proxy) matches: the first version is the one traced.
+
+    Example:
+        >>> matches_constant(True, True), matches_constant(1, True), matches_constant(2, 2)
+        (True, False, True)
+    """
     if isinstance(value, fx.Proxy):
         return True
     return type(value) is type(fixed) and bool(value == fixed)

@@ -24,6 +24,7 @@ from typing import Any
 from torch import fx, nn
 
 from ..nn import ConstantTerms, ExplanationAware
+from .examples import Examples
 from .graph import GraphProblems, check_and_rewrite, signal_nodes
 from .head import ContinueIn, move_classifier_before_pool
 from .options import ConversionOptions
@@ -94,6 +95,7 @@ def convert_tree(
     problems: GraphProblems,
     methods: MethodsFor,
     root: CallInfo | None = None,
+    examples: Examples | None = None,
 ) -> TreeConversion:
     """Convert ``network`` in place: rules for the modules that have one, the rest checked and,
     where needed, rewritten (see the module docstring). Problems are added to ``problems``;
@@ -101,8 +103,10 @@ def convert_tree(
 
     ``root`` is how the network itself is called; by default (:func:`root_call`) on the
     signal alone, its other arguments at their defaults. A text model's call also passes an
-    attention mask, a tensor that is not the signal (see :mod:`bcosify.convert.text`)."""
-    walker = _Walker(network, table, options, problems, methods)
+    attention mask, a tensor that is not the signal (see :mod:`bcosify.convert.text`).
+    ``examples``, the network run on an example input, lets code that branches on shapes be
+    traced (:func:`~bcosify.convert.tracing.trace_method`)."""
+    walker = _Walker(network, table, options, problems, methods, examples)
     if root is not None:
         walker.calls[""] = root
     walker.run()
@@ -117,8 +121,10 @@ class _Walker:
         options: ConversionOptions,
         problems: GraphProblems,
         methods: MethodsFor,
+        examples: Examples | None = None,
     ) -> None:
         self.network = network
+        self.examples = examples
         self.table = table
         self.options = options
         self.problems = problems
@@ -227,8 +233,9 @@ class _Walker:
             call = info if info is not None else root_call(module, method)
             for variant in call.variants():
                 try:
+                    concrete = {**variant, **fixed}
                     graphs.append(
-                        trace_method(module, path, method, {**variant, **fixed}, call.signal)
+                        trace_method(module, path, method, concrete, call.signal, self.examples)
                     )
                 except TraceFailure as error:
                     where = f"'{path}' ({type(module).__name__})" if path else "the model"

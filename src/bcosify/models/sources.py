@@ -56,6 +56,7 @@ __all__ = [
     "load_weights",
     "register_source",
     "source_info",
+    "timm_input_size",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -350,15 +351,33 @@ def _timm(arch: str, weights: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, S
     if weights not in (None, "hub"):
         load_weights(model, weights)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    size = cfg.get("input_size")
     return model, SourceInfo(
         name,
         dict(kwargs),
         tuple(cfg.get("mean", IMAGENET_MEAN)),
         tuple(cfg.get("std", IMAGENET_STD)),
         None if weights is None else imagenet_class_names(getattr(model, "num_classes", 0)),
-        (size[1], size[2]) if size else None,
+        timm_input_size(model),
     )
+
+
+def timm_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size a timm model was built for: its patch embedding's (a vision transformer
+    built with ``img_size``), else its ``pretrained_cfg``'s; None for other models.
+
+    Example:
+        >>> import timm
+        >>> timm_input_size(timm.create_model("vit_tiny_patch16_224", img_size=64))
+        (64, 64)
+        >>> timm_input_size(timm.create_model("resnet18"))
+        (224, 224)
+    """
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is None:
+        size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (None,))[1:]
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return (size[0], size[1])
+    return None
 
 
 def _outputs(model: nn.Module) -> int:

@@ -28,6 +28,7 @@ __all__ = [
     "families",
     "family_rules",
     "image_tower",
+    "model_input_size",
     "prepare",
     "supported",
     "supported_markdown",
@@ -74,6 +75,10 @@ def _no_methods(module: nn.Module, path: str) -> Methods | None:
     return None
 
 
+def _no_size(model: nn.Module) -> tuple[int, int] | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Family:
     """What one model library contributes to the converter.
@@ -87,6 +92,7 @@ class Family:
         prepare: switches a model (a copy) to code paths the converter can trace; returns notes.
         methods: the methods of a module to trace instead of ``forward`` (with arguments to
             fix), or None.
+        input_size: the image size ``(H, W)`` a model of the library runs at, or None.
         supported: the architectures the family claims.
     """
 
@@ -95,6 +101,7 @@ class Family:
     towers: Callable[[], dict[type[nn.Module], Tower]] = _no_towers
     prepare: Callable[[nn.Module], list[str]] = _no_notes
     methods: Callable[[nn.Module, str], Methods | None] = _no_methods
+    input_size: Callable[[nn.Module], tuple[int, int] | None] = _no_size
     supported: tuple[Support, ...] = field(default=())
 
 
@@ -150,6 +157,21 @@ def image_tower(model: nn.Module) -> tuple[nn.Module, str] | None:
 def prepare(model: nn.Module) -> list[str]:
     """Let every family switch ``model`` (a copy) to code paths the converter can trace."""
     return [note for family in families() for note in family.prepare(model)]
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size ``(H, W)`` the model runs at, where its library records one.
+
+    Example:
+        >>> import timm
+        >>> model_input_size(timm.create_model("vit_tiny_patch16_224", img_size=64))
+        (64, 64)
+    """
+    for family in families():
+        size = family.input_size(model)
+        if size is not None:
+            return size
+    return None
 
 
 def traced_methods(module: nn.Module, path: str) -> Methods:

@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...errors import ConversionError
+from ...models.sources import timm_input_size
 from ...nn import (
     BcosBatchNorm2d,
     BcosGELU,
@@ -384,11 +385,14 @@ def reset_classifier(
 
 
 _VIT = "class token and positional embedding"
+
+
 FAMILY = Family(
     name="timm",
     rules=_rules,
     prepare=prepare,
     methods=traced_methods,
+    input_size=timm_input_size,
     supported=(
         Support("timm", "resnet18", "exact", "classifier applied before the global pooling"),
         Support("timm", "convnext_atto", "exact", "classifier after pooling (its norm)"),

@@ -1,0 +1,154 @@
+"""Code that branches on the input's shape converts, traced at the input size, and guards it.
+
+torch.fx cannot trace ``if H % window:``, ``range(H // window)`` or ``len(x.shape)``; the
+converter traces such code again with the values of an example input of the model's size
+(``convert(..., input_size=)``, else the source's or timm's). The converted model equals the
+original at that size, explains completely, and refuses, naming the line, an input on which
+that code would take another branch. Code that branches on a tensor's values stays refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from nets import assert_same_function, keep_signal_alive
+from torch import nn
+
+import bcosify
+from bcosify.errors import ConversionError
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+class Windows(nn.Module):
+    """Splits the feature map into windows of ``window`` rows, padding when it does not divide:
+    the branch and the loop depend on the input's height. Its functional GELU makes the
+    converter rewrite its code (unchanged code runs as it is, at any size)."""
+
+    def __init__(self, channels: int, window: int = 4) -> None:
+        super().__init__()
+        self.window = window
+        self.mix = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height = x.shape[-2]
+        if height % self.window:
+            x = F.pad(x, (0, 0, 0, self.window - height % self.window))
+        rows = [
+            self.mix(x[:, :, i * self.window : (i + 1) * self.window])
+            for i in range(int(x.shape[-2]) // self.window)
+        ]
+        return F.gelu(torch.cat(rows, dim=2)[:, :, :height])
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.windows = Windows(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.windows(self.act(self.stem(x)))
+        dims = tuple(range(2, len(x.shape)))  # len of a shape: concrete, guarded
+        return self.head(x.mean(dims))
+
+
+class ValueBranch(nn.Module):
+    """Branches on a tensor's values: no example makes that traceable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = y * 2
+        return y.mean((2, 3))
+
+
+class Normalised(nn.Module):
+    """The original on images in [0, 1], as the converted model takes them."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = torch.tensor(MEAN).view(1, -1, 1, 1), torch.tensor(STD).view(1, -1, 1, 1)
+        return self.network((x - mean) / std)
+
+
+def _original() -> Net:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+@pytest.mark.parametrize("height", [12, 14])  # divisible by the window, and padded
+def test_shape_branches_convert_exactly_at_the_input_size(height):
+    original = _original()
+    same, report = bcosify.convert(
+        original,
+        b=1.0,
+        keep_bias=True,
+        input_mean=MEAN,
+        input_std=STD,
+        input_size=(height, 10),
+    )
+    x = torch.rand(3, 3, height, 10)
+    assert_same_function(Normalised(original), x, same, atol=1e-5)
+    assert same.config.input_size == (height, 10)
+    # the defaults explain completely
+    model, _ = bcosify.convert(original, input_mean=MEAN, input_std=STD, input_size=(height, 10))
+    keep_signal_alive(model, x)
+    explanation = bcosify.explain(model, x, target=torch.tensor([0, 1, 2]))
+    scale = explanation.scores.abs().max()
+    assert explanation.residual.abs().max() <= 1e-5 * scale
+    assert explanation.contributions.sum((1, 2, 3)).abs().min() > 1e-3 * scale
+
+
+def test_an_input_taking_another_branch_is_refused_naming_the_code():
+    model, _ = bcosify.convert(_original(), input_mean=MEAN, input_std=STD, input_size=(12, 10))
+    # the rewritten code pads or not and loops as at 12 rows: another height is refused
+    for height in (14, 16):
+        with pytest.raises(AssertionError, match=r"test_shape_branches\.py:\d+.*input_size="):
+            model(torch.rand(1, 3, height, 10))
+    model(torch.rand(1, 3, 12, 7))  # the width: no branch depends on it
+    # the guards survive a round trip
+    restored = pickle.loads(pickle.dumps(model))
+    with pytest.raises(AssertionError, match="input_size="):
+        restored(torch.rand(1, 3, 14, 10))
+
+
+def test_without_an_input_size_the_error_says_to_pass_one():
+    with pytest.raises(ConversionError, match=r"input_size=\(height, width\)"):
+        bcosify.convert(_original(), input_mean=MEAN, input_std=STD)
+
+
+def test_a_branch_on_tensor_values_stays_refused():
+    with pytest.raises(ConversionError, match="data-dependent control flow"):
+        bcosify.convert(ValueBranch(), input_mean=MEAN, input_std=STD, input_size=(8, 8))
+
+
+def test_the_original_is_left_untouched():
+    original = _original()
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    bcosify.convert(original, input_mean=MEAN, input_std=STD, input_size=(12, 10))
+    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
+    assert not any("forward" in vars(m) for m in original.modules())
+
+
+def test_timm_vit_with_a_dynamic_image_size_converts_at_its_own_size():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    # timm's test ViT resamples its position embedding only when the grid differs
+    original = timm.create_model("test_vit", num_classes=5).eval()
+    same, _ = bcosify.convert(original, b=1.0, keep_bias=True, input_mean=MEAN, input_std=STD)
+    size = bcosify.convert.families.model_input_size(original)
+    assert size == (160, 160)
+    assert_same_function(Normalised(original), torch.rand(2, 3, *size), same, atol=1e-5)
