@@ -140,6 +140,36 @@ def test_plain_user_cnn():
     assert any("1x1 convolution before" in note for note in report.notes)
 
 
+class Tree(nn.Module):
+    """DLA's tree: the list of features it is passed joined with ``+`` to its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.root = nn.Conv2d(12, 6, 1)
+
+    def forward(self, x: torch.Tensor, children: list[torch.Tensor]) -> torch.Tensor:
+        y = F.relu(self.branch(x))
+        # the code under test: lists, not tensors, added
+        return self.root(torch.cat([y, x * 2] + children, 1))  # noqa: RUF005
+
+
+class JoinedLists(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.tree = Tree()
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        return self.head(self.tree(x, [x]).mean((2, 3)))
+
+
+def test_lists_joined_with_plus_are_not_constants_added():
+    check_conversion(JoinedLists().eval(), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+
+
 def test_paper_encoding_reports_its_offset_as_a_constant():
     original = randomise_statistics(create("torchvision:resnet18", num_classes=4))
     model, report = bcosify.convert(original, encoding="paper")

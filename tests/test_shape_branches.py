@@ -92,7 +92,7 @@ def _original() -> Net:
 @pytest.mark.parametrize("height", [12, 14])  # divisible by the window, and padded
 def test_shape_branches_convert_exactly_at_the_input_size(height):
     original = _original()
-    same, report = bcosify.convert(
+    same, _ = bcosify.convert(
         original,
         b=1.0,
         keep_bias=True,

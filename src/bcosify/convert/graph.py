@@ -525,6 +525,8 @@ def _route_constants(
     """
     if _is_addition(node):
         operands = [*node.args, *(v for k, v in node.kwargs.items() if k != "alpha")]
+        if any(isinstance(a, (list, tuple)) for a in operands):
+            return None  # ``[x2, x1] + children``: lists joined, not tensors added (DLA)
         constants = [a for a in operands if a not in signal and not _is_zero(a)]
         like = next((a for a in operands if a in signal), None)
         verb = "adds a constant to the signal"
