@@ -170,6 +170,45 @@ def test_lists_joined_with_plus_are_not_constants_added():
     check_conversion(JoinedLists().eval(), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
 
+class PathAttention(nn.Module):
+    """SKNet's selective-kernel attention: weights over the paths, a softmax; no rule knows it."""
+
+    def __init__(self, channels: int, paths: int) -> None:
+        super().__init__()
+        self.paths = paths
+        self.reduce = nn.Linear(channels, 4)
+        self.select = nn.Linear(4, channels * paths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.select(F.relu(self.reduce(x.mean((2, 3)))))
+        return torch.softmax(weights.view(x.shape[0], self.paths, -1), dim=1)
+
+
+class SelectiveKernel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.paths = nn.ModuleList([nn.Conv2d(6, 6, k, padding=k // 2) for k in (1, 3)])
+        self.attention = PathAttention(6, 2)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        paths = torch.stack([path(x) for path in self.paths], dim=1)
+        weights = self.attention(paths.sum(1))
+        x = (paths * weights.view(x.shape[0], 2, -1, 1, 1)).sum(1)  # through a reshape
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_module_computing_a_softmax_gate_is_a_gate_by_its_structure():
+    original = SelectiveKernel().eval()
+    off_path = ("network.attention.reduce.bias", "network.attention.select.bias")
+    check_conversion(original, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), off_path=off_path)
+    model, report = bcosify.convert(original, input_mean=(0.5,) * 3, input_std=(0.2,) * 3)
+    assert type(model.network.attention) is PathAttention  # keeps its function: it only gates
+    assert any("gated product" in note for note in report.notes), str(report)
+
+
 def test_paper_encoding_reports_its_offset_as_a_constant():
     original = randomise_statistics(create("torchvision:resnet18", num_classes=4))
     model, report = bcosify.convert(original, encoding="paper")

@@ -41,6 +41,7 @@ __all__ = [
     "GraphProblems",
     "GraphRewrites",
     "check_and_rewrite",
+    "ends_in_bounded_gate",
     "is_linear_pad",
     "is_static",
     "is_structural",
@@ -295,8 +296,10 @@ _ELEMENTWISE_PRODUCTS = {operator.mul, operator.imul, torch.mul}
 
 
 def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> set[fx.Node]:
-    """The activations whose every use is an elementwise product with another signal."""
-    signal = signal_nodes(graph)
+    """The activations whose every use is an elementwise product with another signal, directly
+    or through reshapes (ResNeSt's ``x * attn.reshape(...)``): the activation, the reshapes and
+    the last of them, which the product detaches."""
+    signal, shapes = signal_nodes(graph), _shape_values(graph)
     found = set()
     for node in graph.graph.nodes:
         if node not in signal or not node.users:
@@ -308,9 +311,70 @@ def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> se
             activation = node.target in _GATE_FUNCTIONS
         else:
             activation = node.op == "call_method" and node.target in _GATE_METHODS
-        if activation and all(_gates_product(user, node, signal) for user in node.users):
+        if not activation:
+            continue
+        chain = [node]
+        while len(chain[-1].users) == 1 and _reshapes(next(iter(chain[-1].users)), shapes):
+            chain.append(next(iter(chain[-1].users)))
+        if all(_gates_product(user, chain[-1], signal) for user in chain[-1].users):
+            found.update(chain)
+    return found
+
+
+def _reshapes(node: fx.Node, shapes: set[fx.Node]) -> bool:
+    """A structural operation of one tensor's values (a view, a transpose); ``shapes``: the
+    graph's values computed from shapes alone (:func:`_shape_values`)."""
+    return is_structural(node) and len([a for a in _data_inputs(node) if a not in shapes]) == 1
+
+
+def _shape_values(graph: ModuleGraph) -> set[fx.Node]:
+    """The nodes computed from shapes, sizes and types alone (``B, C = x.shape[:2]``,
+    ``C // heads``)."""
+    found: set[fx.Node] = set()
+    for node in graph.graph.nodes:
+        computed = node.op in ("call_function", "call_method") and node.all_input_nodes
+        if is_static(node) or (computed and all(a in found for a in node.all_input_nodes)):
             found.add(node)
     return found
+
+
+def ends_in_bounded_gate(graph: ModuleGraph) -> bool:
+    """Whether a traced module's output is a sigmoid's or softmax's, through reshapes: the
+    module computes a gate (SKNet's and ResNeSt's split attention), which keeps its function
+    where it multiplies the signal and is detached there when explaining.
+
+    Example:
+        >>> import torch
+        >>> from bcosify.convert.tracing import trace_method
+        >>> class Attention(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return torch.softmax(x.mean((2, 3)), dim=1).view(x.shape[0], -1, 1, 1)
+        >>> ends_in_bounded_gate(trace_method(Attention(), "attn", "forward", {}, {"x"}))
+        True
+    """
+    (value,) = (n.args[0] for n in graph.graph.nodes if n.op == "output")
+    shapes = _shape_values(graph)
+    while isinstance(value, fx.Node) and _reshapes(value, shapes):
+        value = next(a for a in _data_inputs(value) if a not in shapes)
+    if not isinstance(value, fx.Node):
+        return False
+    if value.op == "call_module":
+        return isinstance(graph.submodule(str(value.target)), _BOUNDED_GATE_MODULES)
+    return (value.op == "call_function" and value.target in _BOUNDED_GATES) or (
+        value.op == "call_method" and value.target in _BOUNDED_GATES
+    )
+
+
+_BOUNDED_GATES: set[object] = {
+    torch.sigmoid,
+    F.sigmoid,
+    F.hardsigmoid,
+    F.softmax,
+    torch.softmax,
+    "sigmoid",
+    "softmax",
+}
+_BOUNDED_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
 
 
 _MATMULS = {operator.matmul, torch.matmul, torch.bmm}

@@ -25,7 +25,7 @@ from torch import fx, nn
 
 from ..nn import ConstantTerms, ExplanationAware
 from .examples import Examples
-from .graph import GraphProblems, check_and_rewrite, signal_nodes
+from .graph import GraphProblems, check_and_rewrite, ends_in_bounded_gate, signal_nodes
 from .head import ContinueIn, move_classifier_before_pool
 from .options import ConversionOptions
 from .products import rewrite_functional_linear, rewrite_parameter_products
@@ -138,6 +138,7 @@ class _Walker:
         # keeps its id from being reused by a module created later
         self.done: dict[int, tuple[nn.Module, nn.Module]] = {}
         self.head_owner: str | None = ""
+        self._gate_modules: dict[int, bool] = {}  # id(module) -> whether it computes a gate
         self._queue: list[tuple[int, int, str]] = []
         self._seen: set[str] = set()
 
@@ -259,7 +260,19 @@ class _Walker:
         self.graphs[path] = graphs
 
     def _is_activation(self, module: nn.Module) -> bool:
-        return bool(getattr(self.table.get(type(module)), "activation", False))
+        """An activation of the rule table, or a module without a rule that computes a gate
+        (its output a sigmoid's or softmax's): where it multiplies the signal, it is a gate."""
+        rule = self.table.get(type(module))
+        if rule is not None or is_torch_builtin(module):
+            return bool(getattr(rule, "activation", False))
+        if id(module) not in self._gate_modules:
+            try:
+                traced = trace_method(module, "", "forward", {}, set())
+            except TraceFailure:
+                self._gate_modules[id(module)] = False
+            else:
+                self._gate_modules[id(module)] = ends_in_bounded_gate(traced)
+        return self._gate_modules[id(module)]
 
     def _move_head(self, graphs: list[ModuleGraph]) -> None:
         """Search the head in the graphs of the module (the last one first: timm's
