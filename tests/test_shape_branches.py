@@ -152,3 +152,82 @@ def test_timm_vit_with_a_dynamic_image_size_converts_at_its_own_size():
     size = bcosify.convert.families.model_input_size(original)
     assert size == (160, 160)
     assert_same_function(Normalised(original), torch.rand(2, 3, *size), same, atol=1e-5)
+
+
+class Patches(nn.Module):
+    """Returns the patches and their grid's size, as timm's XCiT and Twins embeddings do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(x)
+        return x, (x.shape[-2], x.shape[-1])
+
+
+class Fourier(nn.Module):
+    """A position encoding computed from the grid's size alone (XCiT's)."""
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
+        cols = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width)
+        bands = torch.arange(1, 5, dtype=torch.float32)[:, None, None]
+        return torch.cat([torch.sin(bands * rows), torch.cos(bands * cols)])[None]
+
+
+class GridNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = Patches()
+        self.position = Fourier()
+        self.mix = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (height, width) = self.patches(x)
+        x = self.mix(x + self.position(height, width))
+        return self.head(x.mean((2, 3)))
+
+
+def test_sizes_returned_with_the_signal_are_sizes_and_what_they_compute_a_constant():
+    torch.manual_seed(0)
+    original = GridNet().eval()
+    options = {"input_mean": MEAN, "input_std": STD, "input_size": (12, 16)}
+    same, _ = bcosify.convert(original, b=1.0, keep_bias=True, **options)
+    x = torch.rand(3, 3, 12, 16)
+    assert_same_function(Normalised(original), x, same, atol=1e-5)
+    model, report = bcosify.convert(original, **options)
+    assert any(line.startswith("network.position:") for line in report.constants), report.constants
+    keep_signal_alive(model, x)
+    explanation = bcosify.explain(model, x, target=torch.tensor([0, 1, 2]))
+    assert explanation.residual.abs().max() <= 1e-5 * explanation.scores.abs().max()
+    assert explanation.constants["network.position"].abs().min() > 0
+
+
+class Caching(nn.Module):
+    """Caches a computed tensor by device (LeViT's attention biases) and stores its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.ones(4))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.bias * 2
+        self.last = x
+        return x + self.cache[key]
+
+
+def test_tracing_leaves_the_module_as_it_was():
+    from bcosify.convert.tracing import trace_method
+
+    module = Caching()
+    shared = module.cache
+    graphs = [trace_method(module, "m", "forward", {}, {"x"}).graph for _ in range(2)]
+    assert module.cache == {} and module.cache is shared and "last" not in vars(module)
+    for graph in graphs:  # each graph its own: no proxy of the first trace in the second
+        graph.lint()
+    assert module(torch.zeros(4)).tolist() == [2.0] * 4

@@ -304,19 +304,20 @@ def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> se
     for node in graph.graph.nodes:
         if node not in signal or not node.users:
             continue
+        chain = [node]
+        while len(chain[-1].users) == 1 and _reshapes(next(iter(chain[-1].users)), shapes):
+            chain.append(next(iter(chain[-1].users)))
+        if not all(_gates_product(user, chain[-1], signal) for user in chain[-1].users):
+            continue
+        # asked last: whether a module without a rule computes a gate takes tracing it
         if node.op == "call_module":
             module = graph.submodule(str(node.target))
-            activation = is_activation(module) or isinstance(module, _GATE_MODULES)
+            activation = isinstance(module, _GATE_MODULES) or is_activation(module)
         elif node.op == "call_function":
             activation = node.target in _GATE_FUNCTIONS
         else:
             activation = node.op == "call_method" and node.target in _GATE_METHODS
-        if not activation:
-            continue
-        chain = [node]
-        while len(chain[-1].users) == 1 and _reshapes(next(iter(chain[-1].users)), shapes):
-            chain.append(next(iter(chain[-1].users)))
-        if all(_gates_product(user, chain[-1], signal) for user in chain[-1].users):
+        if activation:
             found.update(chain)
     return found
 

@@ -12,6 +12,7 @@ module (its class, attributes, other methods, submodules) stays as it was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
@@ -232,7 +233,9 @@ def trace_method(
     values of its call in that run: where Python needs a plain shape value, it gets the
     example's, and the graph gets a guard (``torch._assert``) that fails, saying where, on an
     input for which that code would take another branch. Branches on a tensor's values are
-    still refused.
+    still refused. Code that takes parts of a submodule's output (``x, (H, W) =
+    self.patch_embed(x)``) is traced with the values too, when it can be, since only they say
+    which parts are tensors that can carry the signal and which are sizes.
 
     Raises:
         TraceFailure: when it cannot be traced (its code branches on tensor values).
@@ -252,6 +255,7 @@ def trace_method(
     if traced is not function or method != "forward":
         # fx traces type(root).forward: a subclass lends it the method
         module.__class__ = type(cls.__name__, (cls,), {"forward": traced})
+    state = _State(module)
     try:
         try:
             graph = _SubmodulesAsLeaves().trace(module, concrete_args=fixed or None)
@@ -261,9 +265,70 @@ def trace_method(
                 hint = examples.missing(path, method) if examples is not None else ""
                 raise TraceFailure(f"{type(error).__name__}: {error}{hint}") from error
             graph = _trace_with_values(module, path, call, fixed)
+        else:
+            # ``x, (H, W) = self.patch_embed(x)``: which parts of a submodule's output are
+            # tensors, and so can carry the signal, only the values say
+            call = examples.call(path, method, usable) if examples and _unpacks(graph) else None
+            if call is not None:
+                state.restore()
+                with contextlib.suppress(TraceFailure):  # else the symbolic graph, as it was
+                    graph = _trace_with_values(module, path, call, fixed)
     finally:
         module.__class__ = cls
+        state.restore()
     return ModuleGraph(module, path, method, usable, graph, set(signal_inputs), examples=examples)
+
+
+class _State:
+    """A module's own attributes, to put back after its code ran under a tracer: code that
+    caches a value (LeViT's attention biases, keyed by device) or stores one (ConViT's relative
+    indices) would otherwise keep a proxy of one trace for the next. Containers are put back
+    in place, so that one shared with other objects stays shared."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.attributes = vars(module)
+        self.saved = {k: (v, _items(v)) for k, v in self.attributes.items()}
+
+    def restore(self) -> None:
+        for name in [k for k in self.attributes if k not in self.saved]:
+            del self.attributes[name]
+        for name, (value, items) in self.saved.items():
+            self.attributes[name] = value
+            if items is not None and not _same_items(_items(value), items):
+                value.clear()
+                if isinstance(value, list):
+                    value.extend(items)
+                else:
+                    value.update(items)
+
+
+def _items(value: Any) -> list[Any] | None:
+    """A container's items (a dict's as key-value pairs), to compare and put back; None for
+    anything else."""
+    if type(value) is dict:
+        return list(value.items())
+    return list(value) if type(value) in (list, set) else None
+
+
+def _same_items(now: list[Any] | None, before: list[Any]) -> bool:
+    """The same items, each the same object (values are never compared: they may be tensors)."""
+
+    def same(x: Any, y: Any) -> bool:
+        if x is y:
+            return True
+        pairs = isinstance(x, tuple) and isinstance(y, tuple) and len(x) == len(y) == 2
+        return pairs and x[0] == y[0] and x[1] is y[1]
+
+    return now is not None and len(now) == len(before) and all(map(same, now, before))
+
+
+def _unpacks(graph: fx.Graph) -> bool:
+    """Whether the code takes parts of a submodule's output (a tuple, a list)."""
+    return any(
+        n.op == "call_function" and n.target is operator.getitem and a.op == "call_module"
+        for n in graph.nodes
+        for a in n.all_input_nodes[:1]
+    )
 
 
 def _trace_with_values(
