@@ -61,6 +61,52 @@ def dropout_before_stem() -> nn.Module:
     return nn.Sequential(nn.Dropout(0.1), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), *head(8))
 
 
+def fused_layer_norms() -> nn.Module:
+    # ViTamin's stem: timm's LayerNormAct2d (a channel layer norm, dropout, activation)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        timm.layers.LayerNormAct2d(8, act_layer=nn.GELU),
+        nn.Conv2d(8, 8, 3, padding=1),
+        *head(8)[:2],
+        timm.layers.LayerNormAct(8, act_layer=nn.ReLU),
+        nn.Linear(8, 5),
+    )
+
+
+class GrownList(nn.Module):
+    """VoVNet's blocks: the features of each layer appended to a list the block was passed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        for layer in self.layers:
+            x = F.relu(layer(x))
+            features.append(x)
+        return torch.cat(features, dim=1)
+
+
+class FoldedTokens(nn.Module):
+    """VOLO: values gathered into windows (unfold) and summed back (fold); the class token is
+    the tokens' maximum (``x.max(1)[0]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grown = GrownList()
+        self.mix = nn.Conv2d(24, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = self.mix(self.grown(x, [x]))
+        size = x.shape[-2:]
+        windows = F.unfold(x, 3, padding=1)
+        x = F.fold(windows, size, 3, padding=1)
+        return self.head(x.flatten(2).max(2)[0])
+
+
 class PaddedByKernel(nn.Module):
     """Pads by its convolution's kernel size (DaVit), resamples (CoaT, EfficientFormer V2)."""
 
@@ -190,6 +236,8 @@ NETWORKS = {
     "standardised_convolutions": standardised_convolutions,
     "metaformer_blocks": metaformer_blocks,
     "dropout_before_stem": dropout_before_stem,
+    "fused_layer_norms": fused_layer_norms,
+    "folded_tokens": FoldedTokens,
 }
 
 
@@ -287,3 +335,21 @@ def test_constants_computed_from_parameters_and_sizes_are_named():
         "logit_bias.bias",
     }, list(e.constants)
     assert (e.residual.abs() <= 1e-4 * assert_signal(e)).all(), e.residual
+
+
+class Floor(nn.Module):
+    """``x.max(floor)``: a constant wherever the floor is the larger, so no selection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.floor = nn.Parameter(torch.zeros(1, 8, 1, 1))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).max(self.floor).mean((2, 3)))
+
+
+def test_the_larger_of_the_signal_and_a_constant_stays_refused():
+    with pytest.raises(bcosify.ConversionError, match="calls max"):
+        bcosify.convert(Floor(), input_mean=(0.5,) * 3, input_std=(0.5,) * 3)

@@ -93,6 +93,7 @@ _STRUCTURAL_FUNCTIONS: set[object] = {
     F.adaptive_max_pool2d,
     F.dropout,
     F.unfold,
+    F.fold,  # sums the overlapping patches unfold made: a fixed sum of the input's values
     F.interpolate,  # resampling: a fixed weighted sum of the input's values
     torch.tile,
     torch.repeat_interleave,
@@ -132,6 +133,9 @@ _STRUCTURAL_METHODS = {
     "repeat",  # copies: each output value is one input value
     "tile",
     "repeat_interleave",
+    "max",  # of one tensor: the largest values (a selection, as amax) and their indices
+    "append",  # a list the module was passed, grown (VoVNet's feature list)
+    "extend",
 }
 _STATIC_METHODS = {"size", "dim"}  # results are shapes and types, not signals
 _STATIC_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
@@ -513,6 +517,9 @@ def is_structural(node: fx.Node) -> bool:
         >>> [n.name for n in graph.nodes if is_structural(n)]
         ['flatten']
     """
+    if node.op == "call_method" and node.target == "max":
+        # x.max(other): the larger of two tensors, a constant where the other one is
+        return not any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values()))
     return (
         (node.op == "call_method" and node.target in _STRUCTURAL_METHODS)
         or (node.op == "call_function" and node.target in _STRUCTURAL_FUNCTIONS)

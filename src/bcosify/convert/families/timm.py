@@ -16,6 +16,8 @@ from ...nn import (
     BcosGELU,
     BcosGlobalResponseNorm,
     BcosHardswish,
+    BcosLayerNorm,
+    BcosLayerNorm2d,
     BcosMish,
     BcosQuickGELU,
     BcosSiLU,
@@ -42,6 +44,8 @@ from . import Family, Support
 __all__ = [
     "FAMILY",
     "BcosBatchNormAct2d",
+    "BcosLayerNormAct",
+    "BcosLayerNormAct2d",
     "Scale",
     "is_timm_classifier",
     "reset_classifier",
@@ -55,12 +59,28 @@ def _pooled(block: nn.Module, x: Tensor) -> Tensor:
     return pooled
 
 
-class BcosBatchNormAct2d(BcosBatchNorm2d):
-    """timm's ``BatchNormAct2d`` (batch norm, dropout and activation fused in one module) as an
-    uncentered batch norm that keeps the ``drop`` and ``act`` children under their names."""
+class _DropAct:
+    """timm's fused norm-activation modules: the norm, then the ``drop`` and ``act`` children
+    kept under their names."""
+
+    drop: nn.Module
+    act: nn.Module
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.drop(super().forward(x)))
+        return self.act(self.drop(super().forward(x)))  # type: ignore[misc]
+
+
+class BcosBatchNormAct2d(_DropAct, BcosBatchNorm2d):
+    """timm's ``BatchNormAct2d`` as an uncentered batch norm, then its dropout and activation."""
+
+
+class BcosLayerNormAct(_DropAct, BcosLayerNorm):
+    """timm's ``LayerNormAct`` as a B-cos layer norm, then its dropout and activation."""
+
+
+class BcosLayerNormAct2d(_DropAct, BcosLayerNorm2d):
+    """timm's ``LayerNormAct2d`` (ViTamin's stem) as a B-cos channel layer norm, then its
+    dropout and activation."""
 
 
 def _timm_batchnorm_act(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -68,6 +88,20 @@ def _timm_batchnorm_act(module: nn.Module, context: RuleContext) -> nn.Module:
     norm = BcosBatchNormAct2d.from_batchnorm(module, bias=context.options.keep_bias)
     norm.drop, norm.act = module.drop, act
     return norm
+
+
+def _norm_act(norm: Rule, fused: type[nn.Module]) -> Rule:
+    """The rule of a fused layer norm and activation: ``norm``'s result, as ``fused`` (a
+    subclass that adds no state), with the module's dropout and converted activation."""
+
+    def rule(module: nn.Module, context: RuleContext) -> nn.Module:
+        act = context.convert_child(module.act, "act")
+        converted = norm(module, context)
+        converted.__class__ = fused
+        converted.drop, converted.act = module.drop, act
+        return converted
+
+    return rule
 
 
 def global_response_norm(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -160,7 +194,11 @@ def _rules() -> dict[type[nn.Module], Rule]:
     return {
         layers.LayerNorm2d: layernorm2d,
         layers.BatchNormAct2d: _timm_batchnorm_act,
+        layers.LayerNormAct: _norm_act(layernorm, BcosLayerNormAct),
+        layers.LayerNormAct2d: _norm_act(layernorm2d, BcosLayerNormAct2d),
         BcosBatchNormAct2d: keep,
+        BcosLayerNormAct: keep,
+        BcosLayerNormAct2d: keep,
         layers.SEModule: squeeze_excitation(_se_module),
         layers.EffectiveSEModule: squeeze_excitation(_effective_se),
         SqueezeExcite: squeeze_excitation(_efficientnet_se),
