@@ -194,9 +194,14 @@ class NotBuildable(Exception):
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random running statistics and norm affines (timm zero-initialises some), in place."""
+    """Random running statistics and norm affines (timm zero-initialises some), and layer
+    scales (CaiT's start at 1e-5, which switches every residual branch off), in place."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for name, value in model.named_parameters():
+            scale = name.rpartition(".")[2].startswith(("gamma", "layer_scale", "ls"))
+            if scale and value.ndim == 1 and 0 < float(value.abs().max()) < 1e-3:
+                value.uniform_(0.5, 1.5, generator=generator)
         for module in model.modules():
             if isinstance(getattr(module, "running_var", None), torch.Tensor):
                 module.running_mean.uniform_(-0.5, 0.5, generator=generator)

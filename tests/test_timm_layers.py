@@ -353,3 +353,47 @@ class Floor(nn.Module):
 def test_the_larger_of_the_signal_and_a_constant_stays_refused():
     with pytest.raises(bcosify.ConversionError, match="calls max"):
         bcosify.convert(Floor(), input_mean=(0.5,) * 3, input_std=(0.5,) * 3)
+
+
+class ClassAttention(nn.Module):
+    """CaiT's class-attention block: the class token it is passed, put before the patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, x_cls: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([x_cls, x], dim=1)
+        return x_cls + self.mix(tokens).mean(1, keepdim=True)
+
+
+class ClassTokenPassed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 16, stride=16)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.blocks = nn.ModuleList([ClassAttention(), ClassAttention()])
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        for block in self.blocks:  # the first block gets the constant, the second the signal
+            cls = block(tokens, cls)
+        return self.head(cls[:, 0])
+
+
+def test_a_constant_passed_as_an_argument_is_a_named_constant_term():
+    torch.manual_seed(0)
+    original = ClassTokenPassed().eval()
+    stats = {"input_mean": (0.5,) * 3, "input_std": (0.25,) * 3}
+    x = torch.rand(2, 3, 32, 32)
+    same, _ = bcosify.convert(original, b=1.0, keep_bias=True, **stats)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), original((x - 0.5) / 0.25))
+    model, report = bcosify.convert(original, **stats)
+    assert any(c.startswith("network.blocks.0.x_cls:") for c in report.constants), report.constants
+    e = bcosify.explain(keep_signal_alive(model, x), x)
+    signal = assert_signal(e)
+    assert (e.residual.abs() <= 1e-5 * signal).all(), e.residual
+    assert e.constants["network.blocks.0.x_cls"].abs().sum() > 0

@@ -658,11 +658,13 @@ def _constant_sources(value: object) -> list[str] | None:
     reshaping, expanding or selecting them makes it; None (or empty) for anything else.
 
     A submodule called without the signal (a positional encoding computed from the input's
-    shape: XCiT, EdgeNeXt) is named by its path; the caller only asks about values that do not
-    depend on the signal."""
+    shape: XCiT, EdgeNeXt) is named by its path, an argument by the module's path and its
+    name; the caller only asks about values that do not depend on the signal."""
     if not isinstance(value, fx.Node):
         return None
-    if value.op in ("get_attr", "call_module"):
+    if value.op in ("get_attr", "call_module", "placeholder"):
+        # a placeholder: an argument its callers pass off the explained path (CaiT's class
+        # token into its first class-attention block, TNT's pixel position embedding)
         return [str(value.target)]
     if _from_shapes(value):
         return []
@@ -691,8 +693,8 @@ def _from_shapes(node: fx.Node) -> bool:
 
 
 def _varies_along_two_dims(graph: ModuleGraph, target: str) -> bool:
-    tensor = graph.attribute(target)
-    if isinstance(tensor, nn.Module):  # a module's output: its shape is not known here
+    tensor = graph.attribute(target) if hasattr(graph.module, target.split(".")[0]) else None
+    if not isinstance(tensor, torch.Tensor):  # a module's output, an argument: shape unknown
         return True
     return sum(size > 1 for size in tensor.shape) >= 2
 
