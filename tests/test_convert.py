@@ -26,7 +26,7 @@ TORCHVISION = [
     "mobilenet_v3_small",
     "regnet_y_400mf",
 ]
-TIMM = ["resnet18", "convnext_atto", "efficientnet_b0", "convnextv2_atto"]
+TIMM = ["resnet18", "convnext_atto", "efficientnet_b0", "convnextv2_atto", "tf_efficientnet_b0"]
 SIZE = 64
 
 

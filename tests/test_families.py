@@ -56,7 +56,6 @@ def test_every_exact_claim_is_tested_and_every_test_is_claimed():
 
 UNSUPPORTED = {
     ("torchvision", "swin_v2_t"): lambda: create("torchvision:swin_v2_t", num_classes=3),
-    ("timm", "tf_efficientnet_b0"): lambda: create("timm:tf_efficientnet_b0", num_classes=3),
     ("transformers", "ElectraForSequenceClassification"): lambda: tiny_electra(),
 }
 

@@ -12,11 +12,13 @@ applied per pixel of the patch whatever the layout.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import Tensor, fx, nn
 
+from .families import padded_convolutions
 from .graph import GraphProblems, is_linear_pad, is_static, is_structural
 from .options import ConversionOptions
 from .tracing import ModuleGraph, TraceFailure, is_torch_builtin, trace_call
@@ -62,7 +64,7 @@ def encode_first_layer(
     direct = (
         first is not None and first.args[:1] != () and _passed_on(graph, first.args[0]) is inputs[0]
     )
-    if type(module) is nn.Conv2d and direct:
+    if (type(module) is nn.Conv2d or isinstance(module, padded_convolutions())) and direct:
         new = _encode_conv(module, graph.full_path(str(first.target)), options, problems)
     elif type(module) is nn.Linear:
         new = _encode_patch_linear(graph, first, module, options, problems, input_size)
@@ -148,21 +150,9 @@ def _encode_conv(
         return None
     weight = conv.weight.detach()
     encoded = weight.repeat(1, 2, 1, 1) * _factors(options, weight).view(1, -1, 1, 1)
-    new = nn.Conv2d(
-        2 * channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        1,
-        conv.bias is not None,
-        conv.padding_mode,
-    ).to(weight.device, weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(encoded)
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
+    new = copy.deepcopy(conv)  # its own class: a convolution that pads in forward stays one
+    new.in_channels = 2 * channels
+    new.weight = nn.Parameter(encoded.clone())
     return new
 
 

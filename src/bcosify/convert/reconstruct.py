@@ -141,6 +141,8 @@ def _unfittable(layer: BcosConv2d | BcosLinear) -> str | None:
         return "MaxOut units (max_out > 1) have no single linear output to solve for"
     if layer.normalize_weights:
         return "normalised weights (normalize_weights=True) fix the scale a fit would set"
+    if getattr(layer, "pads_in_forward", False):
+        return "it pads its input itself (TensorFlow 'same' padding): not unfolded"
     if isinstance(layer, BcosConv2d) and layer.padding_mode != "zeros":
         return f"padding_mode={layer.padding_mode!r}: only zero padding is unfolded"
     return None

@@ -29,6 +29,7 @@ __all__ = [
     "family_rules",
     "image_tower",
     "model_input_size",
+    "padded_convolutions",
     "prepare",
     "supported",
     "supported_markdown",
@@ -79,6 +80,10 @@ def _no_size(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _no_types() -> tuple[type[nn.Module], ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Family:
     """What one model library contributes to the converter.
@@ -93,6 +98,9 @@ class Family:
         methods: the methods of a module to trace instead of ``forward`` (with arguments to
             fix), or None.
         input_size: the image size ``(H, W)`` a model of the library runs at, or None.
+        padded_convolutions: its ``nn.Conv2d`` subclasses that pad their input with zeros in
+            ``forward`` and then convolve (TensorFlow's 'same' padding): a first layer the
+            input encoding folds into as into a convolution.
         supported: the architectures the family claims.
     """
 
@@ -102,6 +110,7 @@ class Family:
     prepare: Callable[[nn.Module], list[str]] = _no_notes
     methods: Callable[[nn.Module, str], Methods | None] = _no_methods
     input_size: Callable[[nn.Module], tuple[int, int] | None] = _no_size
+    padded_convolutions: Callable[[], tuple[type[nn.Module], ...]] = _no_types
     supported: tuple[Support, ...] = field(default=())
 
 
@@ -157,6 +166,17 @@ def image_tower(model: nn.Module) -> tuple[nn.Module, str] | None:
 def prepare(model: nn.Module) -> list[str]:
     """Let every family switch ``model`` (a copy) to code paths the converter can trace."""
     return [note for family in families() for note in family.prepare(model)]
+
+
+def padded_convolutions() -> tuple[type[nn.Module], ...]:
+    """Every family's convolutions that pad their input with zeros in ``forward``.
+
+    Example:
+        >>> import timm
+        >>> timm.layers.Conv2dSame in padded_convolutions()
+        True
+    """
+    return tuple(t for family in families() for t in family.padded_convolutions())
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int] | None:

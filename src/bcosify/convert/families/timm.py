@@ -7,12 +7,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConversionError
 from ...models.sources import timm_input_size
 from ...nn import (
     BcosBatchNorm2d,
+    BcosConv2d,
     BcosGELU,
     BcosGlobalResponseNorm,
     BcosHardswish,
@@ -29,6 +31,7 @@ from ..rules import (
     RuleContext,
     UnsupportedModule,
     activation,
+    conv2d,
     converted_children,
     groupnorm,
     keep,
@@ -44,6 +47,7 @@ from . import Family, Support
 __all__ = [
     "FAMILY",
     "BcosBatchNormAct2d",
+    "BcosConv2dSame",
     "BcosLayerNormAct",
     "BcosLayerNormAct2d",
     "Scale",
@@ -143,6 +147,51 @@ def max_pool_same(module: nn.Module, context: RuleContext) -> nn.Module:
     return AvgPool2dSame(module.kernel_size, module.stride, ceil_mode=module.ceil_mode)
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding of one dimension (before, after): the output has
+    ``ceil(size / stride)`` positions, the odd pixel padded after.
+
+    Example:
+        >>> same_padding(64, 3, 2, 1), same_padding(7, 3, 1, 1)
+        ((0, 1), (1, 1))
+    """
+    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class BcosConv2dSame(BcosConv2d):
+    """timm's ``Conv2dSame`` (TensorFlow ports: tf_efficientnet, NASNet) as a B-cos convolution
+    that pads its input as TensorFlow's 'same' does, from the input's size, then convolves
+    (zeros added: the padding is linear, as a plain convolution's)."""
+
+    pads_in_forward = True  # its input is padded here: a per-layer fit cannot unfold it
+
+    def forward(self, x: Tensor) -> Tensor:
+        (top, bottom), (left, right) = (
+            same_padding(size, k, s, d)
+            for size, k, s, d in zip(
+                x.shape[-2:], self.kernel_size, self.stride, self.dilation, strict=True
+            )
+        )
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
+def _padded_convolutions() -> tuple[type[nn.Module], ...]:
+    try:
+        from timm.layers import Conv2dSame
+    except ImportError:
+        return ()
+    return (Conv2dSame, BcosConv2dSame)
+
+
+def conv2d_same(module: nn.Module, context: RuleContext) -> nn.Module:
+    """timm's ``Conv2dSame`` -> :class:`BcosConv2dSame` (its bias a named constant with
+    ``keep_bias``, after the padded convolution, as the original adds it)."""
+    converted = conv2d(module, context)
+    getattr(converted, "layer", converted).__class__ = BcosConv2dSame
+    return converted
+
+
 class Scale(nn.Module):
     """``scale * x``: HGNet's ``LearnableAffineBlock`` without its offset."""
 
@@ -185,12 +234,6 @@ def _rules() -> dict[type[nn.Module], Rule]:
     except ImportError:
         return {}
 
-    def conv2d_same(module: nn.Module, context: RuleContext) -> nn.Module:
-        raise UnsupportedModule(
-            "pads asymmetrically inside forward ('same' padding of TensorFlow ports); "
-            "use the PyTorch-native variant of the model"
-        )
-
     return {
         layers.LayerNorm2d: layernorm2d,
         layers.BatchNormAct2d: _timm_batchnorm_act,
@@ -204,6 +247,7 @@ def _rules() -> dict[type[nn.Module], Rule]:
         SqueezeExcite: squeeze_excitation(_efficientnet_se),
         layers.DropPath: keep,
         layers.Conv2dSame: conv2d_same,
+        BcosConv2dSame: keep,
         layers.LayerNorm: layernorm,
         GlobalResponseNorm: global_response_norm,
         # subclasses of torch.nn's norms and linear layer that call the same function on their
@@ -431,6 +475,7 @@ FAMILY = Family(
     prepare=prepare,
     methods=traced_methods,
     input_size=timm_input_size,
+    padded_convolutions=_padded_convolutions,
     supported=(
         Support("timm", "resnet18", "exact", "classifier applied before the global pooling"),
         Support("timm", "convnext_atto", "exact", "classifier after pooling (its norm)"),
@@ -451,8 +496,8 @@ FAMILY = Family(
         Support(
             "timm",
             "tf_efficientnet_b0",
-            "unsupported",
-            "TensorFlow 'same' padding inside forward (Conv2dSame); use efficientnet_b0",
+            "exact",
+            "TensorFlow 'same' padding (Conv2dSame) computed from the input's size",
         ),
     ),
 )
