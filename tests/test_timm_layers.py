@@ -73,6 +73,19 @@ def fused_layer_norms() -> nn.Module:
     )
 
 
+def tensorflow_same_padding() -> nn.Module:
+    # tf_efficientnet, NASNet: 'same' padding from the input's size (odd at stride 2); the
+    # hybrid ViTs' ResNet stem: a weight-standardised 'same' convolution and a group norm
+    layers = timm.layers
+    return nn.Sequential(
+        layers.Conv2dSame(3, 8, 3, stride=2),
+        nn.ReLU(),
+        layers.StdConv2dSame(8, 8, 3, stride=2, padding="SAME"),
+        layers.GroupNormAct(8, num_groups=2),
+        *head(8),
+    )
+
+
 class GrownList(nn.Module):
     """VoVNet's blocks: the features of each layer appended to a list the block was passed."""
 
@@ -237,6 +250,7 @@ NETWORKS = {
     "metaformer_blocks": metaformer_blocks,
     "dropout_before_stem": dropout_before_stem,
     "fused_layer_norms": fused_layer_norms,
+    "tensorflow_same_padding": tensorflow_same_padding,
     "folded_tokens": FoldedTokens,
 }
 

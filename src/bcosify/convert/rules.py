@@ -318,16 +318,19 @@ class _ConvolutionCall(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def plain_conv2d(module: nn.Conv2d) -> nn.Conv2d:
+def plain_conv2d(module: nn.Conv2d, padded: type[nn.Conv2d] | None = None) -> nn.Conv2d:
     """A convolution that computes its weight from its parameters on every call (timm's
     weight-standardised ``StdConv2d`` and ``ScaledStdConv2d``: NF-Nets, BiT) as a plain
     ``nn.Conv2d`` with that weight, computed once.
 
     The weight is the one the module's own forward passes to ``F.conv2d`` (recorded on one input
-    of zeros), so its arithmetic is not repeated here.
+    of zeros), so its arithmetic is not repeated here. A forward that pads its input itself
+    becomes ``padded``, a convolution class that pads the same way (the caller knows how: timm's
+    ``StdConv2dSame`` becomes its ``Conv2dSame``).
 
     Raises:
-        UnsupportedModule: if the forward pads the input itself or calls no ``F.conv2d``.
+        UnsupportedModule: if the forward pads the input itself and no ``padded`` class is
+            given, or calls no ``F.conv2d``.
 
     Example:
         >>> import torch, timm.layers
@@ -341,14 +344,14 @@ def plain_conv2d(module: nn.Conv2d) -> nn.Conv2d:
     probe = torch.zeros(1, module.in_channels, *size, device=module.weight.device)
     with torch.no_grad(), recorder:
         module(probe.to(module.weight.dtype))
-    if recorder.call is None or recorder.pads:
+    if recorder.call is None or (recorder.pads and padded is None):
         raise UnsupportedModule(
             "its forward does not call F.conv2d on its input alone (it pads inside forward, "
             "or computes something else)"
         )
     call = recorder.call
     weight, bias = call["weight"], call["bias"]
-    plain = nn.Conv2d(
+    plain = (padded if recorder.pads and padded is not None else nn.Conv2d)(
         module.in_channels,
         module.out_channels,
         module.kernel_size,

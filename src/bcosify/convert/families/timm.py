@@ -17,6 +17,7 @@ from ...nn import (
     BcosConv2d,
     BcosGELU,
     BcosGlobalResponseNorm,
+    BcosGroupNorm,
     BcosHardswish,
     BcosLayerNorm,
     BcosLayerNorm2d,
@@ -48,6 +49,7 @@ __all__ = [
     "FAMILY",
     "BcosBatchNormAct2d",
     "BcosConv2dSame",
+    "BcosGroupNormAct",
     "BcosLayerNormAct",
     "BcosLayerNormAct2d",
     "Scale",
@@ -80,6 +82,11 @@ class BcosBatchNormAct2d(_DropAct, BcosBatchNorm2d):
 
 class BcosLayerNormAct(_DropAct, BcosLayerNorm):
     """timm's ``LayerNormAct`` as a B-cos layer norm, then its dropout and activation."""
+
+
+class BcosGroupNormAct(_DropAct, BcosGroupNorm):
+    """timm's ``GroupNormAct`` and ``GroupNorm1Act`` (BiT's and the hybrid ViTs' stems) as a
+    B-cos group norm, then its dropout and activation."""
 
 
 class BcosLayerNormAct2d(_DropAct, BcosLayerNorm2d):
@@ -239,6 +246,9 @@ def _rules() -> dict[type[nn.Module], Rule]:
         layers.BatchNormAct2d: _timm_batchnorm_act,
         layers.LayerNormAct: _norm_act(layernorm, BcosLayerNormAct),
         layers.LayerNormAct2d: _norm_act(layernorm2d, BcosLayerNormAct2d),
+        layers.GroupNormAct: _norm_act(groupnorm, BcosGroupNormAct),
+        layers.GroupNorm1Act: _norm_act(groupnorm, BcosGroupNormAct),
+        BcosGroupNormAct: keep,
         BcosBatchNormAct2d: keep,
         BcosLayerNormAct: keep,
         BcosLayerNormAct2d: keep,
@@ -339,17 +349,23 @@ def plain_convolutions(model: nn.Module) -> list[str]:
         'Conv2d'
     """
     try:
-        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+        from timm.layers import (
+            Conv2dSame,
+            ScaledStdConv2d,
+            ScaledStdConv2dSame,
+            StdConv2d,
+            StdConv2dSame,
+        )
     except ImportError:
         return []
     standardised = (StdConv2d, ScaledStdConv2d, StdConv2dSame, ScaledStdConv2dSame)
     found = [(n, m) for n, m in model.named_modules() if type(m) in standardised]
     replaced = []
     for name, module in found:
-        try:
-            plain = plain_conv2d(module)
+        try:  # the 'same' variants pad in forward as Conv2dSame does
+            plain = plain_conv2d(module, Conv2dSame)
         except UnsupportedModule:
-            continue  # pads inside forward: refused with the reason, as Conv2dSame
+            continue  # computes something else: refused with the reason
         owner, _, child = name.rpartition(".")
         setattr(model.get_submodule(owner), child, plain)
         replaced.append(name)
