@@ -231,3 +231,42 @@ def test_tracing_leaves_the_module_as_it_was():
     for graph in graphs:  # each graph its own: no proxy of the first trace in the second
         graph.lint()
     assert module(torch.zeros(4)).tolist() == [2.0] * 4
+
+
+class Branches(nn.Module):
+    """HRNet's multi-resolution module: replaces the items of the list it is passed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1) for _ in range(2)])
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        for i, branch in enumerate(self.branches):
+            xs[i] = F.gelu(branch(xs[i]))
+        return xs
+
+
+class ListNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branches = Branches()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.stem(x).chunk(2, dim=1)
+        a, b = self.branches([a, b])
+        return self.head(torch.cat([a, b], 1).mean((2, 3)))
+
+
+def test_a_list_argument_whose_items_are_replaced_converts():
+    torch.manual_seed(0)
+    original = ListNet().eval()
+    options = {"input_mean": MEAN, "input_std": STD, "input_size": (8, 8)}
+    same, _ = bcosify.convert(original, b=1.0, keep_bias=True, **options)
+    x = torch.rand(3, 3, 8, 8)
+    assert_same_function(Normalised(original), x, same, atol=1e-5)
+    model, _ = bcosify.convert(original, **options)
+    keep_signal_alive(model, x)
+    explanation = bcosify.explain(model, x, target=torch.tensor([0, 1, 2]))
+    assert explanation.residual.abs().max() <= 1e-5 * explanation.scores.abs().max()

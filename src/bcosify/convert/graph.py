@@ -517,6 +517,9 @@ def is_structural(node: fx.Node) -> bool:
         >>> [n.name for n in graph.nodes if is_structural(n)]
         ['flatten']
     """
+    if node.op == "call_function" and node.target is operator.setitem:
+        # a computed value stored in a list or a tensor (a constant stored would be an offset)
+        return len(node.args) == 3 and (isinstance(node.args[2], fx.Node) or node.args[2] == 0)
     if node.op == "call_method" and node.target == "max":
         # x.max(other): the larger of two tensors, a constant where the other one is
         return not any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values()))

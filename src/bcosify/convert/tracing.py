@@ -388,6 +388,11 @@ class _ValuedProxy(_Concrete, fx.Proxy):
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
         return _ValuedAttribute(self, k)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # ``xs[i] = branch(xs[i])`` on a list the module was passed (HRNet): recorded, and run
+        # on the list at run time as the code does
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
 
 class _ValuedAttribute(_Concrete, fx.proxy.Attribute):  # ``x.shape``
     pass
@@ -426,9 +431,11 @@ class _ValuedTracer(_SubmodulesAsLeaves):
         return super().call_module(m, forward, args, kwargs)
 
     def _value(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
-        if kind == "placeholder":
+        if kind == "placeholder":  # copied: the code may change it in place
             value = self.values.get(str(target).lstrip("*"), _UNKNOWN)
-            return value.clone() if isinstance(value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor):
+                return value.clone()
+            return list(value) if type(value) is list else value
         unknown = False
 
         def value_of(a: Any) -> Any:
