@@ -411,3 +411,19 @@ def test_a_constant_passed_as_an_argument_is_a_named_constant_term():
     signal = assert_signal(e)
     assert (e.residual.abs() <= 1e-5 * signal).all(), e.residual
     assert e.constants["network.blocks.0.x_cls"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_in_another_floating_type_stays_in_it(dtype):
+    # norms were rebuilt in the default type: a float64 or bfloat16 ViT mixed types and failed
+    torch.manual_seed(0)
+    original = timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=32).eval()
+    original = randomise_statistics(original).to(dtype)
+    stats = {"input_mean": (0.5,) * 3, "input_std": (0.25,) * 3}
+    same, _ = bcosify.convert(original, b=1.0, keep_bias=True, **stats)
+    assert {p.dtype for p in same.parameters()} == {dtype}
+    x = torch.rand(2, 3, 32, 32, dtype=dtype)
+    with torch.no_grad():
+        expected = original((x - 0.5) / 0.25)
+        tolerance = 1e-10 if dtype == torch.float64 else 0.1
+        torch.testing.assert_close(same(x), expected, rtol=0, atol=tolerance * expected.abs().max())

@@ -238,7 +238,9 @@ def _copy_affine(source: nn.Module, target: nn.Module, keep_bias: bool) -> nn.Mo
             target.weight.copy_(source.weight)
         if keep_bias and getattr(source, "bias", None) is not None and target.bias is not None:
             target.bias.copy_(source.bias)
-    return target.to(device_of(source))
+    # the source's floating type too: a float64, float16 or bfloat16 model stays one
+    floating = next((p for p in source.parameters() if p.is_floating_point()), None)
+    return target.to(device_of(source), floating.dtype if floating is not None else None)
 
 
 def _has(module: nn.Module, name: str) -> bool:
