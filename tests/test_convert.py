@@ -209,6 +209,40 @@ def test_a_module_computing_a_softmax_gate_is_a_gate_by_its_structure():
     assert any("gated product" in note for note in report.notes), str(report)
 
 
+class PartialConv(nn.Module):
+    """FasterNet's block: picks its forward per instance in ``__init__``."""
+
+    def __init__(self, rewritten: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.forward = self.forward_gelu if rewritten else self.forward_split  # type: ignore
+
+    def forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(x, [3, 5], dim=1)
+        return torch.cat([self.conv(a), b], 1)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.forward_split(x))  # a functional activation: code that must change
+
+
+class PartialNet(nn.Module):
+    def __init__(self, rewritten: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = PartialConv(rewritten)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(F.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_a_forward_set_per_instance_is_traced_and_named_where_it_must_change():
+    stats = {"mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+    check_conversion(PartialNet().eval(), **stats)
+    with pytest.raises(ConversionError, match=r"'block' \(PartialConv\): sets its own forward"):
+        bcosify.convert(PartialNet(rewritten=True), input_mean=(0.5,) * 3, input_std=(0.2,) * 3)
+
+
 def test_paper_encoding_reports_its_offset_as_a_constant():
     original = randomise_statistics(create("torchvision:resnet18", num_classes=4))
     model, report = bcosify.convert(original, encoding="paper")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .tracing import matches_constant
+from .tracing import matches_constant, method_function
 
 __all__ = ["Examples"]
 
@@ -108,7 +108,8 @@ class Examples:
         recorders = []
         for path, module in network.named_modules():
             for method in dict.fromkeys(["forward", *self._methods(module, path)]):
-                recorders.append((module, method))
+                # an instance's own method (FasterNet's forward) is put back afterwards
+                recorders.append((module, method, vars(module).get(method)))
                 setattr(module, method, self._recorder(module, path, method))
         first = next((p for p in network.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -122,13 +123,15 @@ class Examples:
             self._error = f"{type(error).__name__}: {error}"
             return None
         finally:
-            for module, method in recorders:
+            for module, method, own in recorders:
                 delattr(module, method)
+                if own is not None:
+                    setattr(module, method, own)
         self._network = network
         return network
 
     def _recorder(self, module: nn.Module, path: str, method: str) -> Callable[..., Any]:
-        function = getattr(type(module), method)
+        function = method_function(module, method)
         signature = inspect.signature(function)
         calls = self._calls.setdefault((path, method), [])
 

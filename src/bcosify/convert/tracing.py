@@ -37,6 +37,7 @@ __all__ = [
     "install_methods",
     "is_torch_builtin",
     "matches_constant",
+    "method_function",
     "replace_methods",
     "rewritten_methods",
     "trace_call",
@@ -204,7 +205,7 @@ def trace_call(graph: ModuleGraph, node: fx.Node) -> ModuleGraph:
     info = CallInfo()
     nodes: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), nodes.append)
-    info.add(type(module).forward, node.args, node.kwargs, set(nodes))
+    info.add(method_function(module, "forward"), node.args, node.kwargs, set(nodes))
     (concrete,) = info.variants()
     path = graph.full_path(str(node.target))
     return trace_method(module, path, "forward", concrete, info.signal, graph.examples)
@@ -248,11 +249,11 @@ def trace_method(
         ['0', '1']
     """
     cls = type(module)
-    function = getattr(cls, method)
+    function = method_function(module, method)
     names = _parameters(function)
     usable = {k: v for k, v in concrete.items() if k in names and _is_simple(v)}
     traced, fixed = _without_variadics(function, usable)
-    if traced is not function or method != "forward":
+    if traced is not function or function is not cls.forward:
         # fx traces type(root).forward: a subclass lends it the method
         module.__class__ = type(cls.__name__, (cls,), {"forward": traced})
     state = _State(module)
@@ -320,6 +321,21 @@ def _same_items(now: list[Any] | None, before: list[Any]) -> bool:
         return pairs and x[0] == y[0] and x[1] is y[1]
 
     return now is not None and len(now) == len(before) and all(map(same, now, before))
+
+
+def method_function(module: nn.Module, method: str) -> Callable[..., Any]:
+    """The function that ``module.<method>`` runs, ``self`` first: the class's, or one the
+    instance set for itself (FasterNet's blocks pick ``forward`` in ``__init__``).
+
+    Example:
+        >>> import torch
+        >>> method_function(torch.nn.ReLU(), "forward") is torch.nn.ReLU.forward
+        True
+    """
+    bound = vars(module).get(method)
+    if inspect.ismethod(bound) and bound.__self__ is module:
+        return bound.__func__
+    return getattr(type(module), method)
 
 
 def _unpacks(graph: fx.Graph) -> bool:

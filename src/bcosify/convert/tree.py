@@ -36,6 +36,7 @@ from .tracing import (
     TraceFailure,
     install_methods,
     is_torch_builtin,
+    method_function,
     trace_call,
     trace_method,
 )
@@ -84,7 +85,7 @@ def root_call(network: nn.Module, method: str) -> CallInfo:
     """
     info = CallInfo()
     image = fx.Graph().placeholder("image")
-    info.add(getattr(type(network), method), (image,), {}, {image})
+    info.add(method_function(network, method), (image,), {}, {image})
     return info
 
 
@@ -151,6 +152,14 @@ class _Walker:
         for path, graphs in self.graphs.items():
             module = self._module(path)
             self._note_training_dependence(path, module, graphs)
+            own = [g.method for g in graphs if g.changed and g.method in vars(module)]
+            if own:  # the instance's attribute would hide a rewritten method of its class
+                self.problems.add(
+                    f"'{path}' ({type(module).__name__})",
+                    f"sets its own {own[0]} per instance, and that code must change; give the "
+                    "module a rule (convert(..., rules={TheModule: rule}))",
+                )
+                continue
             replaced = install_methods(module, graphs)
             if replaced:
                 self.result.rewritten[path] = replaced
@@ -310,7 +319,7 @@ class _Walker:
                 continue
             gate = node.name in graph.gates  # a gate keeps its function: not on the path
             self.calls.setdefault(path, CallInfo()).add(
-                type(child).forward, node.args, node.kwargs, set() if gate else signal
+                method_function(child, "forward"), node.args, node.kwargs, set() if gate else signal
             )
             self._push(path)
 
