@@ -86,6 +86,16 @@ def tensorflow_same_padding() -> nn.Module:
     )
 
 
+def transposed_convolution() -> nn.Module:
+    # LowFormer's attention upsamples with a transposed convolution: a plain linear map
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 8, 2, stride=2),
+        *head(8),
+    )
+
+
 class GrownList(nn.Module):
     """VoVNet's blocks: the features of each layer appended to a list the block was passed."""
 
@@ -251,6 +261,7 @@ NETWORKS = {
     "dropout_before_stem": dropout_before_stem,
     "fused_layer_norms": fused_layer_norms,
     "tensorflow_same_padding": tensorflow_same_padding,
+    "transposed_convolution": transposed_convolution,
     "folded_tokens": FoldedTokens,
 }
 

@@ -11,6 +11,7 @@ each model library's own building blocks have theirs in :mod:`bcosify.convert.fa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,23 @@ def conv2d(module: nn.Module, context: RuleContext) -> nn.Module:
     assert isinstance(module, nn.Conv2d)
     layer = BcosConv2d.from_conv(module, b=context.options.b)
     return with_bias(layer, module.bias, context.options, 1)
+
+
+def conv_transpose2d(module: nn.Module, context: RuleContext) -> nn.Module:
+    """A transposed convolution (upsampling in LowFormer's attention) stays a plain linear map,
+    as the published recipe keeps attention's projections: linear, so explanations stay
+    exact; its bias a named constant with ``keep_bias``, else dropped.
+
+    Example:
+        >>> from bcosify.convert import ConversionOptions
+        >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "up", lambda m, n: m)
+        >>> conv_transpose2d(torch.nn.ConvTranspose2d(4, 4, 2, stride=2), context).bias is None
+        True
+    """
+    assert isinstance(module, nn.ConvTranspose2d)
+    plain = copy.deepcopy(module)
+    plain.bias = None
+    return with_bias(plain, module.bias, context.options, 1)
 
 
 def linear(module: nn.Module, context: RuleContext) -> nn.Module:
@@ -441,6 +459,7 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
     """
     rules: dict[type[nn.Module], Rule] = {
         nn.Conv2d: conv2d,
+        nn.ConvTranspose2d: conv_transpose2d,
         nn.Linear: linear,
         nn.BatchNorm1d: batchnorm1d,
         nn.BatchNorm2d: batchnorm2d,
