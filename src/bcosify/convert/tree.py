@@ -139,7 +139,8 @@ class _Walker:
         # keeps its id from being reused by a module created later
         self.done: dict[int, tuple[nn.Module, nn.Module]] = {}
         self.head_owner: str | None = ""
-        self._gate_modules: dict[int, bool] = {}  # id(module) -> whether it computes a gate
+        # module -> whether it computes a gate (the module itself the key: an id could be reused)
+        self._gate_modules: dict[nn.Module, bool] = {}
         self._queue: list[tuple[int, int, str]] = []
         self._seen: set[str] = set()
 
@@ -274,14 +275,14 @@ class _Walker:
         rule = self.table.get(type(module))
         if rule is not None or is_torch_builtin(module):
             return bool(getattr(rule, "activation", False))
-        if id(module) not in self._gate_modules:
+        if module not in self._gate_modules:
             try:
                 traced = trace_method(module, "", "forward", {}, set())
             except TraceFailure:
-                self._gate_modules[id(module)] = False
+                self._gate_modules[module] = False
             else:
-                self._gate_modules[id(module)] = ends_in_bounded_gate(traced)
-        return self._gate_modules[id(module)]
+                self._gate_modules[module] = ends_in_bounded_gate(traced)
+        return self._gate_modules[module]
 
     def _move_head(self, graphs: list[ModuleGraph]) -> None:
         """Search the head in the graphs of the module (the last one first: timm's
