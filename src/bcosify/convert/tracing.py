@@ -257,6 +257,7 @@ def trace_method(
         # fx traces type(root).forward: a subclass lends it the method
         module.__class__ = type(cls.__name__, (cls,), {"forward": traced})
     state = _State(module)
+    graph: fx.Graph | None = None
     try:
         try:
             graph = _SubmodulesAsLeaves().trace(module, concrete_args=fixed or None)
@@ -271,12 +272,12 @@ def trace_method(
             # tensors, and so can carry the signal, only the values say
             call = examples.call(path, method, usable) if examples and _unpacks(graph) else None
             if call is not None:
-                state.restore()
+                state.restore(_read_attributes(graph))
                 with contextlib.suppress(TraceFailure):  # else the symbolic graph, as it was
                     graph = _trace_with_values(module, path, call, fixed)
     finally:
         module.__class__ = cls
-        state.restore()
+        state.restore(_read_attributes(graph) if graph is not None else set())
     return ModuleGraph(module, path, method, usable, graph, set(signal_inputs), examples=examples)
 
 
@@ -290,8 +291,10 @@ class _State:
         self.attributes = vars(module)
         self.saved = {k: (v, _items(v)) for k, v in self.attributes.items()}
 
-    def restore(self) -> None:
-        for name in [k for k in self.attributes if k not in self.saved]:
+    def restore(self, keep: set[str]) -> None:
+        """Put the attributes back, but for the new ones in ``keep`` (the tensor constants fx
+        stores on the module for its graph: ``_tensor_constant0``)."""
+        for name in [k for k in self.attributes if k not in self.saved and k not in keep]:
             del self.attributes[name]
         for name, (value, items) in self.saved.items():
             self.attributes[name] = value
@@ -301,6 +304,11 @@ class _State:
                     value.extend(items)
                 else:
                     value.update(items)
+
+
+def _read_attributes(graph: fx.Graph) -> set[str]:
+    """The module attributes a graph reads (the first name of each ``get_attr`` target)."""
+    return {str(n.target).split(".")[0] for n in graph.nodes if n.op == "get_attr"}
 
 
 def _items(value: Any) -> list[Any] | None:
