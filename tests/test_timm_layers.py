@@ -438,3 +438,34 @@ def test_a_model_in_another_floating_type_stays_in_it(dtype):
         expected = original((x - 0.5) / 0.25)
         tolerance = 1e-10 if dtype == torch.float64 else 0.1
         torch.testing.assert_close(same(x), expected, rtol=0, atol=tolerance * expected.abs().max())
+
+
+class PixelEmbed(nn.Module):
+    """TNT's pixel embedding: the batch reshaped to one row per patch, a position added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        patches = self.proj(x).unflatten(2, (2, -1)).transpose(1, 2).flatten(0, 1)
+        return patches + position  # (batch x 2 halves, ...)
+
+
+class PixelTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pixel_embed = PixelEmbed()
+        self.position = nn.Parameter(torch.randn(1, 4, 8, 16))
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.pixel_embed(x, self.position)
+        return self.head(tokens.unflatten(0, (x.shape[0], 2)).mean((1, 3, 4)))
+
+
+def test_a_constant_on_a_reshaped_batch_is_a_clear_error_when_explaining():
+    stats = {"input_mean": (0.5,) * 3, "input_std": (0.25,) * 3}
+    model, _ = bcosify.convert(PixelTokens().eval(), **stats)
+    with pytest.raises(bcosify.ExplanationError, match="reshapes its batch"):
+        bcosify.explain(model, torch.rand(2, 3, 16, 16))

@@ -244,6 +244,14 @@ def explained_pass(
         name: (leaf.detach() * _zeros_if_none(g, leaf)).flatten(1).sum(1)
         for (name, leaf), g in zip(trace.constants.items(), grads[1:], strict=True)
     }
+    for name, value in constants.items():
+        if value.shape != scores.shape:
+            raise ExplanationError(
+                f"the constant {name!r} is combined with a tensor whose first dimension "
+                f"({value.shape[0]}) is not the batch ({scores.shape[0]}): the model reshapes "
+                "its batch (as TNT's pixel tokens do), so that constant's contribution cannot "
+                "be given per example"
+            )
     scores = scores.detach()
     total = contributions.flatten(1).double().sum(1)
     for value in constants.values():
