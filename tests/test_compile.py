@@ -73,7 +73,7 @@ def fresh_compiler():
     "name",
     [
         "random_cnn_0",
-        "depthwise",
+        pytest.param("depthwise", marks=pytest.mark.slow),  # 12 s: grouped convolutions
         pytest.param("random_cnn_3", marks=pytest.mark.slow),  # other norm, activation, pool
     ],
 )

@@ -70,7 +70,10 @@ def test_the_model_is_written_when_max_steps_stops_the_run(tmp_path, capsys):
     assert "val_agreement" in records[-1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],  # 11 s each
+)
 def test_the_model_is_written_when_a_signal_stops_the_run(tmp_path, sig):
     data = photos(tmp_path / "photos", 6)
     out = tmp_path / "run"

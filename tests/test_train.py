@@ -231,6 +231,7 @@ def small_cnn(num_classes: int) -> nn.Module:
     )
 
 
+@pytest.mark.slow  # 26 s; the recipes' training loop runs in the default suite's other tests
 def test_standard_recipe_learns_and_a_bcos_model_trains(tmp_path):
     classes = ("circle", "cross", "triangle")
     train_data = SyntheticShapes(960, 48, seed=0, split="train", classes=classes)

@@ -19,18 +19,16 @@ import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import fx, nn
 
 from .dynamic import GeneratedCode, dynamic_class
 
-if TYPE_CHECKING:
-    from .examples import Examples
-
 __all__ = [
     "CallInfo",
+    "Examples",
     "ModuleGraph",
     "TraceFailure",
     "has_plain_example_value",
@@ -46,6 +44,19 @@ __all__ = [
 
 # the values a method can be specialised to when it is traced (``concrete_args``)
 _SIMPLE = (type(None), bool, int, float, str)
+
+
+class Examples(Protocol):
+    """The network run once on an example input (:class:`bcosify.convert.examples.Examples`),
+    as tracing uses it."""
+
+    def call(
+        self, path: str, method: str, concrete: dict[str, Any]
+    ) -> tuple[nn.Module, dict[str, Any]] | None:
+        """The original module at ``path`` and the arguments of its ``method``'s call."""
+
+    def missing(self, path: str, method: str) -> str:
+        """Why :meth:`call` had nothing, as a hint to add to an error."""
 
 
 class TraceFailure(Exception):
