@@ -469,3 +469,22 @@ def test_a_constant_on_a_reshaped_batch_is_a_clear_error_when_explaining():
     model, _ = bcosify.convert(PixelTokens().eval(), **stats)
     with pytest.raises(bcosify.ExplanationError, match="reshapes its batch"):
         bcosify.explain(model, torch.rand(2, 3, 16, 16))
+
+
+class RelativeTable(nn.Module):
+    """SAM's relative positions: ``einsum`` of the signal with a table (linear in it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.table = nn.Parameter(torch.randn(8, 8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        tokens = tokens + torch.einsum("bnc,cd->bnd", tokens, self.table)
+        return self.head(tokens.mean(1))
+
+
+def test_einsum_with_one_signal_operand_is_linear():
+    check_conversion(RelativeTable().eval())
