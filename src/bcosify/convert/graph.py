@@ -303,13 +303,13 @@ def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> se
     """The activations whose every use is an elementwise product with another signal, directly
     or through reshapes (ResNeSt's ``x * attn.reshape(...)``): the activation, the reshapes and
     the last of them, which the product detaches."""
-    signal, shapes = signal_nodes(graph), _shape_values(graph)
+    signal = signal_nodes(graph)
     found = set()
     for node in graph.graph.nodes:
         if node not in signal or not node.users:
             continue
         chain = [node]
-        while len(chain[-1].users) == 1 and _reshapes(next(iter(chain[-1].users)), shapes):
+        while len(chain[-1].users) == 1 and _reshapes(next(iter(chain[-1].users))):
             chain.append(next(iter(chain[-1].users)))
         if not all(_gates_product(user, chain[-1], signal) for user in chain[-1].users):
             continue
@@ -326,21 +326,10 @@ def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> se
     return found
 
 
-def _reshapes(node: fx.Node, shapes: set[fx.Node]) -> bool:
-    """A structural operation of one tensor's values (a view, a transpose); ``shapes``: the
-    graph's values computed from shapes alone (:func:`_shape_values`)."""
-    return is_structural(node) and len([a for a in _data_inputs(node) if a not in shapes]) == 1
-
-
-def _shape_values(graph: ModuleGraph) -> set[fx.Node]:
-    """The nodes computed from shapes, sizes and types alone (``B, C = x.shape[:2]``,
-    ``C // heads``)."""
-    found: set[fx.Node] = set()
-    for node in graph.graph.nodes:
-        computed = node.op in ("call_function", "call_method") and node.all_input_nodes
-        if is_static(node) or (computed and all(a in found for a in node.all_input_nodes)):
-            found.add(node)
-    return found
+def _reshapes(node: fx.Node) -> bool:
+    """A structural operation of one tensor's values (a view, a transpose), its other inputs
+    shapes (:func:`_from_shapes`)."""
+    return is_structural(node) and len([a for a in _data_inputs(node) if not _from_shapes(a)]) == 1
 
 
 def ends_in_bounded_gate(graph: ModuleGraph) -> bool:
@@ -358,27 +347,16 @@ def ends_in_bounded_gate(graph: ModuleGraph) -> bool:
         True
     """
     (value,) = (n.args[0] for n in graph.graph.nodes if n.op == "output")
-    shapes = _shape_values(graph)
-    while isinstance(value, fx.Node) and _reshapes(value, shapes):
-        value = next(a for a in _data_inputs(value) if a not in shapes)
+    while isinstance(value, fx.Node) and _reshapes(value):
+        value = next(a for a in _data_inputs(value) if not _from_shapes(a))
     if not isinstance(value, fx.Node):
         return False
     if value.op == "call_module":
         return isinstance(graph.submodule(str(value.target)), _BOUNDED_GATE_MODULES)
-    return (value.op == "call_function" and value.target in _BOUNDED_GATES) or (
-        value.op == "call_method" and value.target in _BOUNDED_GATES
-    )
+    return value.op in ("call_function", "call_method") and value.target in _BOUNDED_GATES
 
 
-_BOUNDED_GATES: set[object] = {
-    torch.sigmoid,
-    F.sigmoid,
-    F.hardsigmoid,
-    F.softmax,
-    torch.softmax,
-    "sigmoid",
-    "softmax",
-}
+_BOUNDED_GATES: set[object] = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", *_SOFTMAXES}
 _BOUNDED_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
 
 
