@@ -87,7 +87,8 @@ def test_reconstruction_errors_say_what_to_pass():
         calibrate(model, fit, method="layers", original=other)
 
 
-def test_alignment_can_start_from_reconstructed_layers(tmp_path):
+@pytest.mark.parametrize("start", ["layers", "blocks"])
+def test_alignment_can_start_from_reconstructed_layers(tmp_path, start):
     from test_label_free import photos
 
     from bcosify.train import align
@@ -95,8 +96,9 @@ def test_alignment_can_start_from_reconstructed_layers(tmp_path):
     original, normalised, _, _ = setting()
     data = bcosify.data.UnlabelledImages(photos(tmp_path / "photos", 8), 32)
     recipe = get_recipe(
-        "bcosify-align", b=1.0, keep_bias=True, align_start="layers", align_calibration=8,
+        "bcosify-align", b=1.0, keep_bias=True, align_start=start, align_calibration=8,
         epochs=1, batch_size=4, epoch_size=8, image_size=32, optimizer="sgd",
+        align_block_steps=5,
     )  # fmt: skip
     result = align(original, data, tmp_path / "run", recipe=recipe, val_data=data, progress=False)
     assert result.train.history[-1]["val_agreement"] == 1.0

@@ -31,7 +31,12 @@ bias. :func:`calibrate` changes scales only, from a few batches of images (no la
   ridge least-squares solution of ``w . x = z*`` over every position of the images, pulled
   towards the original's weight (:mod:`bcosify.convert.reconstruct`). It changes weights, not
   only scales; on Lite0 with biases, from 64 crops, it keeps 68% top-1 agreement at B = 1.1
-  and 47% at B = 1.25, where ``"original"`` keeps 60% and 34% (``benchmarks/bench_real.py``).
+  and 47% at B = 1.25, where ``"original"`` keeps 60% and 34% (``benchmarks/bench_real.py``);
+- ``"blocks"`` (with ``original=``): ``"layers"``, then every block of the network (its stages,
+  or their children) trained, in forward order, by ``block_steps`` Adam steps to reproduce the
+  original's block at the same path on what the converted network passes it (BRECQ's
+  block-wise reconstruction, :mod:`bcosify.convert.blockwise`). The layer fit solves each
+  layer alone; a block's errors also pass through its norms, activations and residual sum.
 
 Weights and statistics are constants of the explanation, so explanations stay exact.
 """
@@ -49,11 +54,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..device import device_of
 from ..errors import UsageError
 from ..nn import BcosBatchNorm2d, BcosConv2d, BcosLinear
+from .blockwise import fit_blocks
 from .reconstruct import fit_layers, run_side_by_side
 
 __all__ = ["CalibrationResult", "calibrate"]
 
-Method = Literal["auto", "norms", "lsuv", "original", "layers"]
+Method = Literal["auto", "norms", "lsuv", "original", "layers", "blocks"]
 Images = Tensor | Dataset | Iterable[Tensor] | Iterable[tuple[Tensor, ...]]
 
 
@@ -62,25 +68,31 @@ class CalibrationResult:
     """What :func:`calibrate` did.
 
     Attributes:
-        method: ``"norms"``, ``"lsuv"``, ``"original"`` or ``"layers"``.
+        method: ``"norms"``, ``"lsuv"``, ``"original"``, ``"layers"`` or ``"blocks"``.
         layers: how many norms (``"norms"``, ``"original"``) or layers (``"lsuv"``,
-            ``"layers"``) it recalibrated.
+            ``"layers"``, ``"blocks"``) it recalibrated.
         images: how many images it used.
-        skipped: the paths of the B-cos layers ``"layers"`` left as they were, each with why.
+        skipped: the paths of the B-cos layers ``"layers"`` and ``"blocks"`` left as they were,
+            and of the blocks ``"blocks"`` did not train, each with why.
+        blocks: how many blocks ``"blocks"`` trained.
     """
 
     method: str
     layers: int
     images: int
     skipped: tuple[str, ...] = ()
+    blocks: int = 0
 
     def __str__(self) -> str:
         what = {
             "norms": "batch norms re-estimated",
             "original": "batch norms fitted to the original",
             "layers": "layers fitted to the original",
+            "blocks": "layers fitted to the original",
         }.get(self.method, "layers rescaled")
         text = f"calibrated ({self.method}): {self.layers} {what} on {self.images} images"
+        if self.method == "blocks":
+            text += f", then {self.blocks} blocks trained to reproduce the original's"
         return text + "".join(f"\n  left as converted: {why}" for why in self.skipped)
 
 
@@ -93,6 +105,8 @@ def calibrate(
     batch_size: int = 64,
     original: nn.Module | None = None,
     ridge: float = 1e-2,
+    block_steps: int = 100,
+    block_lr: float = 1e-4,
 ) -> CalibrationResult:
     """Rescale a converted model from images (no labels) so that it is alive in eval mode.
 
@@ -101,21 +115,25 @@ def calibrate(
             evaluation mode.
         images: images in ``[0, 1]``: a tensor ``(N, 3, H, W)``, a dataset or an iterable of
             batches (items or batches may be ``(image, label, ...)`` tuples; labels are unused).
-        method: ``"norms"``, ``"lsuv"``, ``"original"``, ``"layers"`` or ``"auto"`` (see the
-            module docstring).
+        method: ``"norms"``, ``"lsuv"``, ``"original"``, ``"layers"``, ``"blocks"`` or
+            ``"auto"`` (see the module docstring).
         batch_size: for a tensor or a dataset. ``"original"`` and ``"layers"`` fit on the sums
             over this and the earlier batches, refined batch by batch; for ``"layers"`` a batch
             should hold more positions than the widest layer has inputs.
-        original: for ``"original"`` and ``"layers"``: the model ``model`` was converted from,
-            taking normalised images (its input normalisation is ``model``'s conversion
-            options').
-        ridge: for ``"layers"``: the pull towards the original's weights, relative to the mean
-            squared input of each layer.
+        original: for ``"original"``, ``"layers"`` and ``"blocks"``: the model ``model`` was
+            converted from, taking normalised images (its input normalisation is ``model``'s
+            conversion options').
+        ridge: for ``"layers"`` and ``"blocks"``: the pull towards the original's weights,
+            relative to the mean squared input of each layer.
+        block_steps: for ``"blocks"``: Adam steps per block (16 images each, drawn from
+            ``images``).
+        block_lr: for ``"blocks"``: their learning rate.
 
     Raises:
         UsageError: for no images, ``"norms"`` or ``"original"`` on a network without B-cos
-            batch norms, ``"original"`` or ``"layers"`` without ``original``, or ``"layers"``
-            when no B-cos layer has a counterpart in ``original``.
+            batch norms, ``"original"``, ``"layers"`` or ``"blocks"`` without ``original``,
+            ``"layers"`` or ``"blocks"`` when no B-cos layer has a counterpart in ``original``,
+            or a negative ``block_steps`` or ``block_lr``.
 
     Example:
         >>> import torch, bcosify
@@ -134,14 +152,19 @@ def calibrate(
     norms = [m for m in norms if m.running_var is not None]
     if method == "auto":
         method = "norms" if norms else "lsuv"
-    if method not in ("norms", "lsuv", "original", "layers"):
+    if method not in ("norms", "lsuv", "original", "layers", "blocks"):
         raise UsageError(
-            f"method must be 'auto', 'norms', 'lsuv', 'original' or 'layers', got {method!r}"
+            "method must be 'auto', 'norms', 'lsuv', 'original', 'layers' or 'blocks', got "
+            f"{method!r}"
         )
-    if method in ("original", "layers") and original is None:
+    if method in ("original", "layers", "blocks") and original is None:
         raise UsageError(f"method={method!r} fits the model to the original: pass original=")
     if not ridge > 0:
         raise UsageError(f"ridge must be positive, got {ridge!r}")
+    if block_steps < 0 or not block_lr > 0:
+        raise UsageError(
+            f"block_steps must be >= 0 and block_lr positive, got {block_steps!r} and {block_lr!r}"
+        )
     if method in ("norms", "original") and not norms:
         raise UsageError(
             "method='norms' re-estimates batch-norm statistics, and this model has no B-cos "
@@ -159,10 +182,15 @@ def calibrate(
     if method == "original":
         assert original is not None
         return CalibrationResult("original", _fit_to_original(model, original, batches), count)
-    if method == "layers":
+    if method in ("layers", "blocks"):
         assert original is not None
         fitted, skipped = fit_layers(model, original, batches, ridge)
-        return CalibrationResult("layers", fitted, count, skipped)
+        if method == "layers":
+            return CalibrationResult("layers", fitted, count, skipped)
+        trained, left = fit_blocks(
+            model, original, batches, steps=block_steps, lr=block_lr, ridge=ridge
+        )
+        return CalibrationResult("blocks", fitted, count, skipped + left, trained)
     return CalibrationResult("lsuv", _rescale_layers(model, batches), count)
 
 

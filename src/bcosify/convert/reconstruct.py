@@ -17,7 +17,7 @@ small problem per channel).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -70,15 +70,22 @@ class _Problem:
 
 
 def fit_layers(
-    model: nn.Module, original: nn.Module, batches: list[Tensor], ridge: float
+    model: nn.Module,
+    original: nn.Module,
+    batches: list[Tensor],
+    ridge: float,
+    only: Collection[str] | None = None,
 ) -> tuple[int, tuple[str, ...]]:
     """Fit every B-cos layer of ``model`` with a counterpart in ``original`` (see the module
-    docstring); returns how many were fitted and why the others were not."""
+    docstring), or those at the paths ``only``; returns how many were fitted and why the
+    others were not."""
     network = getattr(model, "network", model)
     problems: dict[str, _Problem] = {}
     skipped: list[str] = []
     for path, layer in network.named_modules():
         if not isinstance(layer, (BcosConv2d, BcosLinear)):
+            continue
+        if only is not None and path not in only:
             continue
         why = _unfittable(layer)
         found = _counterpart(original, network, path, layer) if why is None else None

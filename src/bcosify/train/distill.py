@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..convert import BcosModel
+from ..convert.blockwise import stage_sequence
 from ..convert.clip import BcosCLIP, convert_clip
 from ..device import device_of
 from ..errors import CheckpointError, ModelSourceError
@@ -484,10 +485,9 @@ def prediction_agreement(student: Tensor, teacher: Tensor, k: int = 5) -> tuple[
 def alignment_paths(root: nn.Module, run: Callable[[], Any], count: int = 3) -> tuple[str, ...]:
     """``count`` module paths spread over the depth of a network, for :func:`align`.
 
-    ``run()`` runs the network's forward once. Among the modules with children that it calls,
-    the one calling the most of its own children that have children (a ResNet's
-    ``layer1..4``, a ViT's ``blocks``, an EfficientNet's ``features``) is the network's sequence
-    of stages; the paths are its stages at ``1/count, 2/count, ..., 1`` of their number.
+    ``run()`` runs the network's forward once; the paths are the network's stages
+    (:func:`bcosify.convert.blockwise.stage_sequence`: a ResNet's ``layer1..4``, a ViT's
+    ``blocks``, an EfficientNet's ``features``) at ``1/count, 2/count, ..., 1`` of their number.
 
     Example:
         >>> import torch
@@ -496,29 +496,12 @@ def alignment_paths(root: nn.Module, run: Callable[[], Any], count: int = 3) -> 
         >>> alignment_paths(net, lambda: net(torch.rand(1, 3, 32, 32)))
         ('layer2', 'layer3', 'layer4')
     """
-    order: list[str] = []
-    containers = {p: m for p, m in root.named_modules() if p and next(m.children(), None)}
-    handles = [
-        module.register_forward_hook(lambda *_, p=path: order.append(p))
-        for path, module in containers.items()
-    ]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    called = list(dict.fromkeys(order[::-1]))[::-1]  # first calls, in the order they end
-    stages: dict[str, list[str]] = {}
-    for path in sorted(called, key=order.index):
-        parent = path.rpartition(".")[0]
-        stages.setdefault(parent, []).append(path)
-    if not stages:
+    sequence = stage_sequence(root, run)
+    if not sequence:
         raise RecipeError(
             f"{type(root).__name__} calls no submodule with submodules of its own: name the "
             "module paths to align (align_paths)"
         )
-    sequence = max(stages.values(), key=len)
     if len(sequence) < count:
         return tuple(sequence)
     return tuple(sequence[math.ceil(k * len(sequence) / count) - 1] for k in range(1, count + 1))
@@ -691,9 +674,9 @@ def align(
 def _fit_to_the_original(
     student: nn.Module, original: nn.Module, data: Dataset, recipe: Recipe
 ) -> None:
-    """The closed-form start: the student's batch norms (``recipe.align_start == "norms"``,
-    where it has any) or B-cos layers (``"layers"``) fitted to the original's on
-    ``recipe.align_calibration`` training images (drawn with the run's seed)."""
+    """The start: the student's batch norms (``recipe.align_start == "norms"``, where it has
+    any), B-cos layers (``"layers"``) or layers and blocks (``"blocks"``) fitted to the
+    original's on ``recipe.align_calibration`` training images (drawn with the run's seed)."""
     from ..convert.calibrate import calibrate
 
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -702,8 +685,11 @@ def _fit_to_the_original(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         images = torch.stack([data[i][0] for i in indices]).to(device_of(student))
-    if recipe.align_start == "layers":
-        calibrate(student, images, method="layers", original=original, batch_size=32)
+    if recipe.align_start in ("layers", "blocks"):
+        calibrate(
+            student, images, method=recipe.align_start, original=original, batch_size=32,
+            block_steps=recipe.align_block_steps,
+        )  # fmt: skip
     elif any(isinstance(m, BcosBatchNorm2d) for m in student.modules()):
         calibrate(student, images, method="original", original=original)
 

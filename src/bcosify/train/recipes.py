@@ -95,9 +95,11 @@ class Recipe:
             converted student is fitted to the original on before the first step, in closed
             form (``align_start``); 0: none.
         align_start: what that fit changes: ``"norms"``, the batch norms' statistics
-            (:func:`bcosify.calibrate` with ``method="original"``), or ``"layers"``, the
+            (:func:`bcosify.calibrate` with ``method="original"``), ``"layers"``, the
             weights of every B-cos layer, reconstructed layer by layer
-            (``method="layers"``).
+            (``method="layers"``), or ``"blocks"``, those layers and then every block trained
+            to reproduce the original's (``method="blocks"``).
+        align_block_steps: for ``align_start="blocks"``: the Adam steps per block.
     """
 
     name: str
@@ -133,7 +135,8 @@ class Recipe:
     align_forcing: float = 0.0
     temperature: float = 2.0
     align_calibration: int = 0
-    align_start: Literal["norms", "layers"] = "norms"
+    align_start: Literal["norms", "layers", "blocks"] = "norms"
+    align_block_steps: int = 100
 
     def __post_init__(self) -> None:
         if isinstance(self.align_paths, str) or not all(
@@ -154,7 +157,7 @@ class Recipe:
             "activations": ("keep", "identity"),
             "align_features": ("cosine", "mse"),
             "norms": ("batch", "frozen"),
-            "align_start": ("norms", "layers"),
+            "align_start": ("norms", "layers", "blocks"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -179,6 +182,7 @@ class Recipe:
             "align_depths",
             "epoch_size",
             "align_calibration",
+            "align_block_steps",
         )
         for name in nonnegative:
             if getattr(self, name) < 0:
