@@ -44,6 +44,7 @@ from torch import Tensor, nn
 import bcosify
 from bcosify.data import UnlabelledImages
 from bcosify.models import class_names_of, create
+from bcosify.nn import BcosConv2d
 from bcosify.train import Normalized, align, get_recipe
 from bcosify.train.distill import prediction_agreement
 from bcosify.train.prepare import input_normalization
@@ -70,6 +71,12 @@ VARIANTS = (
     Variant(
         "default",
         "`bcosify-align` defaults (B = 1.1, biases kept, layers reconstructed on 64 crops)",
+    ),
+    Variant(
+        "blocks",
+        "layers, then blocks trained to the original's (100 steps each) as the start, the "
+        "training budget 8 minutes shorter (else the defaults)",
+        {"align_start": "blocks", "time_budget": 660.0},
     ),
     Variant("layers-b1.25", "B = 1.25 (else the defaults)", {"b": 1.25}),
     Variant("layers-lr", "B = 1.25, lr 1e-5 (else the defaults)", {"b": 1.25, "lr": 1e-5}),
@@ -109,14 +116,36 @@ VARIANTS = (
         },
     ),
 )
-# the closed-form reconstruction alone (no training): key -> (B, biases kept, crop size)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The reconstruction alone (no training): B, whether the biases are kept, the crops'
+    size, which layers stay linear (B = 1), to find where B costs the agreement
+    (``"pointwise"`` the 1 x 1 convolutions: expansions, projections, the head, the classifier;
+    ``"depthwise"`` the depthwise convolutions; ``None`` none), and the ``calibrate`` method
+    (``"layers"``, or ``"blocks"``: the layers, then every block trained)."""
+
+    b: float
+    keep_bias: bool
+    size: int = 224
+    linear: str | None = None
+    method: str = "layers"
+
+
 RECONSTRUCTED = {
-    "fit-b1.1": (1.1, True, 224),
-    "fit-b1.25": (1.25, True, 224),
-    "fit-b2": (2.0, False, 224),
+    "fit-b1.1": Fit(1.1, True),
+    "fit-b1.25": Fit(1.25, True),
+    "fit-b2": Fit(2.0, False),
     # the crops the recipe fits on (its image_size)
-    "fit-b1.1-160": (1.1, True, 160),
-    "fit-b1.25-160": (1.25, True, 160),
+    "fit-b1.1-160": Fit(1.1, True, 160),
+    "fit-b1.25-160": Fit(1.25, True, 160),
+    "fit-b1.25-depthwise-linear": Fit(1.25, True, linear="depthwise"),
+    "fit-b1.25-pointwise-linear": Fit(1.25, True, linear="pointwise"),
+    "fit-b1.5-pointwise-linear": Fit(1.5, True, linear="pointwise"),
+    "fit-b2-pointwise-linear": Fit(2.0, True, linear="pointwise"),
+    "fit-b1.1-blocks": Fit(1.1, True, method="blocks"),
+    "fit-b1.25-blocks": Fit(1.25, True, method="blocks"),
 }
 STAGES = ("exact", "defaults", "norms", "fitted", *RECONSTRUCTED, *(v.key for v in VARIANTS))
 # crops the closed-form stages fit on
@@ -249,6 +278,25 @@ class Setting:
         return agreement(logits_of(model, self.test), self.target, self.count)
 
 
+def _make_linear(model: nn.Module, kind: str | None) -> int:
+    """Set B = 1 in the B-cos convolutions of ``kind`` (see :class:`Fit`); how many."""
+    if kind is None:
+        return 0
+    chosen = [
+        layer
+        for layer in model.modules()
+        if isinstance(layer, BcosConv2d)
+        and (
+            layer.groups > 1
+            if kind == "depthwise"
+            else layer.groups == 1 and layer.kernel_size == (1, 1)
+        )
+    ]
+    for layer in chosen:
+        layer.b = 1.0
+    return len(chosen)
+
+
 def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
     """One row of the table: the stage's model measured on the held-out crops."""
     original = setting.original
@@ -262,20 +310,25 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
         name = "`convert()` defaults (B = 2, no biases)"
         model, _ = bcosify.convert(original)
     elif key in RECONSTRUCTED:
-        b, keep, size = RECONSTRUCTED[key]
-        model, _ = bcosify.convert(original, b=b, keep_bias=keep)
+        fit = RECONSTRUCTED[key]
+        model, _ = bcosify.convert(original, b=fit.b, keep_bias=fit.keep_bias)
+        linear = _make_linear(model, fit.linear)
+        then = ", then blocks trained (100 steps each)" if fit.method == "blocks" else ""
         name = (
-            f"`calibrate` layers reconstructed from the original on {CALIBRATION_CROPS} "
-            f"{size}-px crops (B = {b:g}, {'biases kept' if keep else 'no biases'}; no training)"
+            f"`calibrate` layers reconstructed{then} from the original on {CALIBRATION_CROPS} "
+            f"{fit.size}-px crops (B = {fit.b:g}"
+            f"{f', the {linear} {fit.linear} convolutions at B = 1' if fit.linear else ''}, "
+            f"{'biases kept' if fit.keep_bias else 'no biases'}; no training)"
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            data = UnlabelledImages(setting.photos.root / "train", size)
+            data = UnlabelledImages(setting.photos.root / "train", fit.size)
             images = torch.stack([data[i % len(data)][0] for i in range(CALIBRATION_CROPS)])
-        bcosify.calibrate(model, images, method="layers", original=original, batch_size=32)
-        model.save_pretrained(Path(args.runs) / key / "model")  # for --figure
-        extra = {"b": b, "keep_bias": keep}
-        if keep:
+        bcosify.calibrate(model, images, method=fit.method, original=original, batch_size=32)
+        if fit.linear is None:  # a saved model's config holds one B: the others are not saved
+            model.save_pretrained(Path(args.runs) / key / "model")  # for --figure
+        extra = {"b": fit.b, "keep_bias": fit.keep_bias}
+        if fit.keep_bias:
             extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
     elif key in ("norms", "fitted"):
         model, _ = bcosify.convert(original)
@@ -289,8 +342,8 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
     else:
         variant = next(v for v in VARIANTS if v.key == key)
         recipe = get_recipe(
-            "bcosify-align", time_budget=args.budget, image_size=args.image_size,
-            **variant.overrides,
+            "bcosify-align", **{"time_budget": args.budget, "image_size": args.image_size,
+            **variant.overrides},
         )  # fmt: skip
         train_data = UnlabelledImages(setting.photos.root / "train", args.image_size)
         result = align(
