@@ -119,3 +119,16 @@ def test_bad_block_settings_are_refused_before_any_work():
     with pytest.raises(UsageError, match="method='blocks' fits the model to the original"):
         calibrate(model, fit, method="blocks")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_network_without_blocks_says_so():
+    torch.manual_seed(0)
+    original = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+    model, _ = bcosify.convert(
+        original, b=1.5, keep_bias=True, input_mean=(0.5,) * 3, input_std=(0.25,) * 3
+    )
+    result = calibrate(model, torch.rand(16, 3, 8, 8), method="blocks", original=original)
+    assert result.blocks == 0
+    assert result.skipped[-1].startswith("no blocks: the original's forward calls no module")

@@ -97,6 +97,8 @@ def fit_blocks(
     run = lambda: run_side_by_side(model, original, [batches[0][:1]], lambda: None)  # noqa: E731
     # found in the original: the converted network wraps kept biases in modules of their own
     paths = reconstruction_blocks(original, run)
+    if not paths:
+        return 0, ("no blocks: the original's forward calls no module with submodules",)
     skipped: list[str] = []
     trained = 0
     generator = torch.Generator().manual_seed(seed)
@@ -108,9 +110,12 @@ def fit_blocks(
             skipped.append(f"{path}: no module at this path in the original")
             continue
         params = [p for p in student.parameters() if p.requires_grad]
+        if not params:
+            skipped.append(f"{path}: no parameters to train")
+            continue
         pairs = _inputs_and_targets(model, original, student, teacher, batches)
-        if isinstance(pairs, str) or not params:
-            skipped.append(f"{path}: {pairs if isinstance(pairs, str) else 'no parameters'}")
+        if isinstance(pairs, str):
+            skipped.append(f"{path}: {pairs}")
             continue
         inputs, targets = pairs
         if _train(student, params, inputs, targets, steps, lr, generator):
