@@ -39,6 +39,8 @@ def test_an_exact_conversion_stays_exact():
     assert (result.method, result.layers, result.blocks) == ("blocks", 21, 0)
     assert len(result.skipped) == 8
     assert all("did not lower its error" in why for why in result.skipped)
+    # and no gradient left for a training loop to add to its first step
+    assert all(p.grad is None for p in exact.parameters())
     with torch.no_grad():
         assert torch.allclose(exact(held_out), normalised(held_out), atol=1e-4)
 

@@ -577,3 +577,22 @@ def test_classes_must_agree_between_the_splits_and_with_the_model(tmp_path):
     with pytest.raises(DataError, match=r"not in the model: square, star"):  # ...and checked
         train(model, data(others), recipe, tmp_path / "e", progress=False)
     assert first.finished
+
+
+def test_gradients_the_model_brings_do_not_enter_the_first_step(tmp_path):
+    # the loop zeroes gradients after each step; a model handed over with .grad set (the
+    # user's own backward, a calibration's) must still take the same steps as a clean one
+    data = small_data()
+    recipe = get_recipe("standard", epochs=1, batch_size=16, image_size=32, optimizer="sgd")
+    results = []
+    for dirty in (False, True):
+        torch.manual_seed(0)
+        model = create("torchvision:resnet18", num_classes=10)
+        if dirty:
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 100.0)
+        results.append(
+            train(model, data, recipe, tmp_path / f"{dirty}", max_steps=2, progress=False)
+        )
+    a, b = (weights(r.model) for r in results)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]

@@ -244,6 +244,9 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    # no gradient left behind: a training loop that zeroes them after its steps would add
+    # its first one to the block's last
+    optimizer.zero_grad(set_to_none=True)
     if error() < before:
         return True
     with torch.no_grad():

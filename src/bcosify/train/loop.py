@@ -258,6 +258,9 @@ class _Run:
         )
         self.train_data, self.val_data, self.objective = train_data, val_data, objective
         self.optimizer = build_optimizer(recipe, prepared.parameters())
+        # a step adds its gradients to what the parameters hold: whatever the model brings
+        # (the user's own backward, a calibration) is not this run's
+        self.optimizer.zero_grad(set_to_none=True)
         self.ema = (
             ExponentialMovingAverage(prepared, recipe.ema_decay) if recipe.ema_decay else None
         )
