@@ -125,15 +125,15 @@ def calibrate(
             conversion options').
         ridge: for ``"layers"`` and ``"blocks"``: the pull towards the original's weights,
             relative to the mean squared input of each layer.
-        block_steps: for ``"blocks"``: Adam steps per block (16 images each, drawn from
-            ``images``).
+        block_steps: for ``"blocks"``: Adam steps per block, of 16 images each drawn from
+            three quarters of ``images``; the other quarter decides whether a block is kept.
         block_lr: for ``"blocks"``: their learning rate.
 
     Raises:
         UsageError: for no images, ``"norms"`` or ``"original"`` on a network without B-cos
             batch norms, ``"original"``, ``"layers"`` or ``"blocks"`` without ``original``,
             ``"layers"`` or ``"blocks"`` when no B-cos layer has a counterpart in ``original``,
-            or a negative ``block_steps`` or ``block_lr``.
+            a negative ``block_steps`` or a ``block_lr`` that is not positive.
 
     Example:
         >>> import torch, bcosify
