@@ -107,7 +107,15 @@ class GeneratedCode:
                 modules[name] = value.__name__
             elif name != "__builtins__":
                 names[name] = value
-        return cls(code.src, names, modules)
+        source = code.src
+        pytree = getattr(graph._codegen, "pytree_info", None)
+        if pytree is not None:
+            # arguments traced as pytrees (CoaT's ``size`` tuple): the code reads their specs
+            # from the GraphModule it expects as ``self``; here they are its own globals
+            for spec in ("in_spec", "out_spec"):
+                source = source.replace(f"self._{spec}", f"_bcosify_{spec}")
+                names[f"_bcosify_{spec}"] = getattr(pytree, spec)
+        return cls(source, names, modules)
 
     def function(self) -> Callable[..., Any]:
         """The compiled function (compiled once per object)."""

@@ -149,18 +149,19 @@ def conv2d(module: nn.Module, context: RuleContext) -> nn.Module:
     return with_bias(layer, module.bias, context.options, 1)
 
 
-def conv_transpose2d(module: nn.Module, context: RuleContext) -> nn.Module:
-    """A transposed convolution (upsampling in LowFormer's attention) stays a plain linear map,
-    as the published recipe keeps attention's projections: linear, so explanations stay
-    exact; its bias a named constant with ``keep_bias``, else dropped.
+def plain_linear_map(module: nn.Module, context: RuleContext) -> nn.Module:
+    """A layer that has no B-cos form here, a transposed convolution (upsampling in
+    LowFormer's attention) or a 1-D convolution (CoaT's aggregation of its class tokens),
+    stays a plain linear map, as the published recipe keeps attention's projections: linear,
+    so explanations stay exact; its bias a named constant with ``keep_bias``, else dropped.
 
     Example:
         >>> from bcosify.convert import ConversionOptions
         >>> context = RuleContext(ConversionOptions((0.5,), (0.5,)), "up", lambda m, n: m)
-        >>> conv_transpose2d(torch.nn.ConvTranspose2d(4, 4, 2, stride=2), context).bias is None
+        >>> plain_linear_map(torch.nn.ConvTranspose2d(4, 4, 2, stride=2), context).bias is None
         True
     """
-    assert isinstance(module, nn.ConvTranspose2d)
+    assert isinstance(module, (nn.ConvTranspose2d, nn.Conv1d))
     plain = copy.deepcopy(module)
     plain.bias = None
     return with_bias(plain, module.bias, context.options, 1)
@@ -459,7 +460,8 @@ def generic_rules() -> dict[type[nn.Module], Rule]:
     """
     rules: dict[type[nn.Module], Rule] = {
         nn.Conv2d: conv2d,
-        nn.ConvTranspose2d: conv_transpose2d,
+        nn.ConvTranspose2d: plain_linear_map,
+        nn.Conv1d: plain_linear_map,
         nn.Linear: linear,
         nn.BatchNorm1d: batchnorm1d,
         nn.BatchNorm2d: batchnorm2d,

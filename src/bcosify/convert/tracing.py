@@ -264,6 +264,8 @@ def trace_method(
     names = _parameters(function)
     usable = {k: v for k, v in concrete.items() if k in names and _is_simple(v)}
     traced, fixed = _without_variadics(function, usable)
+    lists = _tensor_lists(examples, path, method, usable, names, function)
+    fixed = {**fixed, **{name: [fx.PH] * size for name, size in lists.items()}}
     if traced is not function or function is not cls.forward:
         # fx traces type(root).forward: a subclass lends it the method
         module.__class__ = type(cls.__name__, (cls,), {"forward": traced})
@@ -289,7 +291,43 @@ def trace_method(
     finally:
         module.__class__ = cls
         state.restore(_read_attributes(graph) if graph is not None else set())
-    return ModuleGraph(module, path, method, usable, graph, set(signal_inputs), examples=examples)
+    signal = set(signal_inputs) | {
+        f"{name}_{i}"
+        for name, size in lists.items()
+        if name in signal_inputs
+        for i in range(1, size + 1)
+    }
+    return ModuleGraph(module, path, method, usable, graph, signal, examples=examples)
+
+
+def _tensor_lists(
+    examples: Examples | None,
+    path: str,
+    method: str,
+    concrete: dict[str, Any],
+    names: list[str],
+    function: Callable[..., Any],
+) -> dict[str, int]:
+    """For code that asks ``isinstance`` (SelecSLS's blocks, CoaT's head: ``if
+    isinstance(x, list)``, which a placeholder never is), the arguments that were lists of
+    tensors in the example run, with their lengths: they are traced as lists of placeholders
+    (fx names them ``<name>_1``, ``<name>_2``, ...), so that the code takes the branch it
+    takes at run time; the generated code checks the list's length."""
+    code = getattr(function, "__code__", None)
+    if examples is None or code is None or "isinstance" not in code.co_names:
+        return {}
+    call = examples.call(path, method, concrete)
+    if call is None:
+        return {}
+    return {
+        name: len(value)
+        for name, value in call[1].items()
+        if name in names
+        and name not in concrete
+        and isinstance(value, list)
+        and value
+        and all(isinstance(v, torch.Tensor) for v in value)
+    }
 
 
 class _State:
@@ -370,6 +408,9 @@ def _trace_with_values(
     module: nn.Module, path: str, call: tuple[nn.Module, dict[str, Any]], fixed: dict[str, Any]
 ) -> fx.Graph:
     original, values = call
+    for name, value in fixed.items():  # a list traced as placeholders: each has its value
+        if isinstance(value, list) and value and all(v is fx.PH for v in value):
+            values = {**values, **{f"{name}_{i}": v for i, v in enumerate(values[name], 1)}}
     tracer = _ValuedTracer(original, values, path)
     try:
         return tracer.trace(module, concrete_args=fixed or None)

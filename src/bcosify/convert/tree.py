@@ -218,6 +218,9 @@ class _Walker:
             return
         entry = (path, old.__name__, type(new).__name__)
         self.done[id(module)] = (module, new)
+        # a module shared between parents (CoaT's position encodings): met again at another
+        # path, through a parent traced twice, the replacement is already converted
+        self.done[id(new)] = (new, new)
         if new is module and type(new) is old:
             self.result.kept.append(entry)
             return
