@@ -355,18 +355,6 @@ class AttentionNet(nn.Module):
         return self.head(self.attention(tokens).mean((1, 2)))
 
 
-class LinearAttention(nn.Module):
-    """Attention weights without a softmax, ``(q k^T) v``: a product of three signals."""
-
-    def __init__(self, dim: int = 8) -> None:
-        super().__init__()
-        self.qkv = nn.Linear(dim, 3 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return (q @ k.transpose(-2, -1)) @ v
-
-
 @pytest.mark.parametrize("relative_bias", [False, True], ids=["softmax", "position_bias"])
 def test_explicit_softmax_attention_is_exact(relative_bias):
     # softmax(q k^T [+ bias]) @ v written out: the weights are detached when explaining
@@ -389,17 +377,13 @@ def test_explicit_softmax_attention_is_exact(relative_bias):
 @pytest.mark.parametrize(
     ("attention", "message"),
     [
-        (
-            LinearAttention(),
-            "'attention' (LinearAttention): multiplies input-dependent tensors (matmul)",
-        ),
         (  # Swin V2: cosine attention with a position bias computed by an MLP
             ShiftedWindowAttentionV2(8, [2, 2], [1, 1], num_heads=2),
             "'attention' (ShiftedWindowAttentionV2): calls shifted_window_attention, which has "
             "no dynamic-linear form",
         ),
     ],
-    ids=["no_softmax", "swin_v2_window_attention"],
+    ids=["swin_v2_window_attention"],
 )
 def test_unrecognised_attention_is_named(attention, message):
     with pytest.raises(ConversionError) as info:

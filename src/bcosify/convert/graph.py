@@ -5,11 +5,13 @@ Each module that has no rule is traced on its own, its submodules as leaves
 and linear operations pass, functional activations and ``F.scaled_dot_product_attention`` are
 rewritten to calls of their dynamic-linear modules, parameters and buffers added to or
 concatenated with the token sequence (positional embeddings, class and register tokens) are
-routed through :class:`~bcosify.nn.ConstantTerms` so that explanations report them by name, and
-everything else (a functional sigmoid, a product of two input-dependent tensors, an explicitly
-computed attention, a bias added to the signal) is reported with the path of the module whose
-``forward`` does it. Computations that do not depend on the signal (shape arithmetic, a position
-bias computed from a table, an attention mask) are not on the explained path and are left alone.
+routed through :class:`~bcosify.nn.ConstantTerms` so that explanations report them by name, a
+product of two input-dependent tensors detaches one factor when explaining (a gate, attention
+weights, a norm's scale: :func:`check_and_rewrite` says which), and everything else (a
+functional sigmoid on the signal, a square, a bias added to the signal) is reported with the
+path of the module whose ``forward`` does it. Computations that do not depend on the signal
+(shape arithmetic, a position bias computed from a table, an attention mask) are not on the
+explained path and are left alone.
 """
 
 from __future__ import annotations
@@ -211,9 +213,11 @@ def check_and_rewrite(
     own. A product of two input-dependent tensors one of which is an activation's output (the
     ``x_a * act(x_b)`` of SwiGLU, GEGLU and sigmoid gates; ``is_activation`` says which modules
     are activations) is a gated product: the gate is detached in explanation mode
-    (:class:`~bcosify.nn.DetachedFactor`) and its activation left as it is (``graph.gates``);
-    any other such product is reported. Adds a line to ``problems`` for everything that cannot
-    be converted.
+    (:class:`~bcosify.nn.DetachedFactor`) and its activation left as it is (``graph.gates``).
+    Any other product of two input-dependent factors detaches one of them, chosen as
+    :func:`_detached_factors` says (attention weights, a norm's scale, a divisor, ...), and
+    the operations that only compute it are off the explained path. Adds a line to
+    ``problems`` for everything that cannot be converted.
 
     Example:
         >>> import torch
@@ -231,8 +235,9 @@ def check_and_rewrite(
         ["  - 'block' (Block): calls tanh, which has no dynamic-linear form"]
     """
     rewrites = GraphRewrites()
-    weights, gate_only = _attention_weights(graph)
-    gates = _gates(graph, is_activation) | weights
+    gates = _gates(graph, is_activation)
+    factors, only = _detached_factors(graph, gates)
+    rewritten: dict[fx.Node, fx.Node] = {}  # a node replaced by a module's call: by that call
     signal: set[fx.Node] = set()
     for node in list(graph.graph.nodes):
         depends = any(arg in signal for arg in _data_inputs(node))
@@ -240,9 +245,9 @@ def check_and_rewrite(
             if node.target in graph.signal_inputs:
                 signal.add(node)
             continue
-        if node in gate_only:
-            # computes attention weights only (q k^T, its bias, softmax): detached where they
-            # weight the values, off the explained path; its modules keep their function
+        if node in only:
+            # computes a detached factor only (q k^T, its bias, softmax; a norm's scale): off
+            # the explained path; its modules keep their function
             if node.op == "call_module":
                 graph.gates.add(node.name)
             signal.add(node)  # it depends on the signal: the weights it computes are gates
@@ -256,6 +261,9 @@ def check_and_rewrite(
             graph.gates.add(node.name)  # left as it is: the product detaches it
         elif gate is not None:
             _detach_gate(graph, node, gate, rewrites)
+        elif node in factors:
+            factor, why = factors[node]
+            _detach_factor(graph, node, rewritten.get(factor, factor), why, rewrites)
         elif node.op in ("get_attr", "output"):
             pass
         elif node.op == "call_module":  # converted on its own; constants passed with the signal
@@ -263,11 +271,14 @@ def check_and_rewrite(
             if problem:
                 problems.add(graph.label, problem)
         elif node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS:
-            node = _rewrite_activation(graph, node, options, rewrites)
+            rewritten[node] = _rewrite_activation(graph, node, options, rewrites)
+            node = rewritten[node]
         elif node.op == "call_function" and node.target is F.scaled_dot_product_attention:
-            node = _rewrite_attention(graph, node, rewrites)
+            rewritten[node] = _rewrite_attention(graph, node, rewrites)
+            node = rewritten[node]
         elif node.op == "call_function" and node.target is F.normalize:
-            node = _rewrite_normalize(graph, node, rewrites)
+            rewritten[node] = _rewrite_normalize(graph, node, rewrites)
+            node = rewritten[node]
         else:
             problem = _route_constants(graph, node, signal, rewrites) or _check_operation(
                 node, signal
@@ -388,28 +399,143 @@ def _from_softmax(graph: ModuleGraph, value: object) -> bool:
     return isinstance(value, fx.Node)
 
 
-def _attention_weights(graph: ModuleGraph) -> tuple[set[fx.Node], set[fx.Node]]:
-    """Attention computed explicitly: the softmax outputs that weight the signal in a matrix
-    product (``softmax(q k^T + bias) @ v``, either operand), which are gates of that product
-    (detached when explaining, as :class:`~bcosify.nn.DynamicAttention` detaches queries and
-    keys); and the nodes that only compute them (``q k^T``, a position bias, the softmax)."""
+def _detached_factors(
+    graph: ModuleGraph, gates: set[fx.Node]
+) -> tuple[dict[fx.Node, tuple[fx.Node, str]], set[fx.Node]]:
+    """The products of two input-dependent tensors not gated by an activation, each with the
+    factor it detaches when explaining (and why); and the nodes that only compute detached
+    factors, which are off the explained path (``q k^T`` and its softmax, a norm's root mean
+    square, a modulator's context).
+
+    The factor detached is, in this order: the divisor of a division; an attention's weights
+    (a softmax's output); the one factor computed through an operation that is not dynamic
+    linear (a product of input-dependent tensors, a root, a power: a norm's scale, linear
+    attention's ``q k^T``); else, in a matrix product, the left operand, the weights of the
+    values on the right (CoaT's ``q @ (softmax(k)^T v)``), and in an elementwise one the one
+    factor computed through a sum or mean (a global context, SwiftFormer's), else the right
+    operand (``x * gate``). A tensor multiplied by itself (a square) is not a product of two
+    factors and stays an error.
+    """
     signal = signal_nodes(graph)
-    weights = set()
+    nonlinear: set[fx.Node] = set()  # not dynamic linear in the signal, as rewritten so far
+    reduced: set[fx.Node] = set()  # computed through a sum or mean over some dimension
+    found: dict[fx.Node, tuple[fx.Node, str]] = {}
     for node in graph.graph.nodes:
-        operands = node.args[:2] if _is_matmul(node) else ()
-        if len(operands) == 2 and all(a in signal for a in operands):
-            found = [a for a in operands if _from_softmax(graph, a)]
-            if len(found) == 1:
-                weights.add(found[0])
-    only: set[fx.Node] = set()
-    for node in reversed(list(graph.graph.nodes)):
-        if node in weights or node.op in ("placeholder", "output"):
+        if node not in signal:
             continue
-        users = list(node.users)
-        if users and all(u in only or u in weights for u in users):
-            only.add(node)
-    # a weight's own computation is off the path; the weight node itself is the gate
-    return weights, {n for n in only if n in signal}
+        choice = _factor(graph, node, signal, gates, nonlinear, reduced)
+        if choice is not None:
+            found[node] = choice
+        detached = {choice[0]} if choice else {a for a in node.all_input_nodes if a in gates}
+        inputs = [a for a in _data_inputs(node) if a not in detached]
+        if any(a in nonlinear for a in inputs) or (
+            not detached and _is_nonlinear(graph, node, signal)
+        ):
+            nonlinear.add(node)
+        if any(a in reduced for a in inputs) or _name(node) in _REDUCTIONS:
+            reduced.add(node)
+    only = _computing_only(graph, signal, {p: f for p, (f, _) in found.items()})
+    return {p: f for p, f in found.items() if p not in only}, only
+
+
+def _factor(
+    graph: ModuleGraph,
+    node: fx.Node,
+    signal: set[fx.Node],
+    gates: set[fx.Node],
+    nonlinear: set[fx.Node],
+    reduced: set[fx.Node],
+) -> tuple[fx.Node, str] | None:
+    """The factor a product of two input-dependent tensors detaches, and why (see
+    :func:`_detached_factors`); None for any other node."""
+    factors = [a for a in _product_operands(node) if a in signal]
+    if len(factors) < 2 or any(a in gates for a in factors):
+        divisor = node.args[1] if _divides_by(node, signal) else None
+        if isinstance(divisor, fx.Node) and node.args[0] in signal - {divisor}:
+            return divisor, "the divisor"
+        return None
+    if len(factors) != 2 or factors[0] is factors[1]:
+        return None
+    weights = [a for a in factors if _from_softmax(graph, a)]
+    if len(weights) == 1:
+        return weights[0], "the attention weights"
+    scales = [a for a in factors if a in nonlinear]
+    if len(scales) == 1:
+        return scales[0], "computed through operations that are not dynamic linear"
+    if _is_matmul(node) or node.target is torch.einsum:
+        return factors[0], "the left operand: the weights of the values on the right"
+    summaries = [a for a in factors if a in reduced]
+    if len(summaries) == 1:
+        return summaries[0], "a sum or mean over some dimension, broadcast over it"
+    return factors[1], "the right operand"
+
+
+_REDUCTIONS = {"mean", "sum", "amax"}  # names of the functions and methods
+
+
+def _product_operands(node: fx.Node) -> list[object]:
+    """The operands of an elementwise or matrix product (not of a division), else none."""
+    products = (node.op == "call_function" and node.target in _PRODUCTS) or (
+        node.op == "call_method" and node.target in _PRODUCT_METHODS
+    )
+    if not products or _name(node) in ("truediv", "itruediv", "div", "div_"):
+        return []
+    operands = list(node.args[1:] if node.target is torch.einsum else node.args)
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):  # einsum(eq, [a, b])
+        operands = list(operands[0])
+    return operands
+
+
+def _divides_by(node: fx.Node, signal: set[fx.Node]) -> bool:
+    """Whether ``node`` divides by an input-dependent tensor."""
+    division = node.op in ("call_function", "call_method") and _name(node) in (
+        "truediv",
+        "itruediv",
+        "div",
+        "div_",
+    )
+    return division and len(node.args) == 2 and node.args[1] in signal
+
+
+def _is_nonlinear(graph: ModuleGraph, node: fx.Node, signal: set[fx.Node]) -> bool:
+    """Whether the operation itself is not dynamic linear in the signal (its inputs aside):
+    a product of input-dependent tensors, a division by one, a softmax or bounded gate, or
+    any operation without a dynamic-linear form or rewrite."""
+    if node.op == "call_module":
+        return isinstance(graph.submodule(str(node.target)), (*_BOUNDED_GATE_MODULES, nn.Tanh))
+    if node.op not in ("call_function", "call_method") or is_static(node):
+        return False
+    if len([a for a in _product_operands(node) if a in signal]) > 1 or _divides_by(node, signal):
+        return True
+    rewritten = node.target in _FUNCTIONAL_ACTIVATIONS or node.target in (
+        F.scaled_dot_product_attention,
+        F.normalize,
+    )
+    return not (rewritten or _is_addition(node) or is_structural(node) or _product_operands(node))
+
+
+def _computing_only(
+    graph: ModuleGraph, signal: set[fx.Node], detached: dict[fx.Node, fx.Node]
+) -> set[fx.Node]:
+    """The input-dependent nodes whose every use computes a factor that a product detaches
+    (``detached``: product -> factor); an in-place ``x[i] = v`` counts as a use of ``x``
+    (MViT adds its relative position bias to ``q k^T`` so)."""
+
+    def uses(node: fx.Node) -> list[fx.Node]:
+        if node.op == "call_function" and node.target is operator.setitem:
+            return [a for a in node.args[:1] if isinstance(a, fx.Node)]
+        return list(node.users)
+
+    only = {n for n in signal if n.op not in ("placeholder", "output")}
+    changed = True
+    while changed:  # the largest such set: in-place writes make the uses circular
+        changed = False
+        for node in list(only):
+            used = uses(node)
+            if not used or not all(u in only or detached.get(u) is node for u in used):
+                only.discard(node)
+                changed = True
+    return only
 
 
 def _gates_product(user: fx.Node, gate: fx.Node, signal: set[fx.Node]) -> bool:
@@ -425,15 +551,37 @@ def _gates_product(user: fx.Node, gate: fx.Node, signal: set[fx.Node]) -> bool:
 def _detach_gate(
     graph: ModuleGraph, product: fx.Node, gate: fx.Node, rewrites: GraphRewrites
 ) -> None:
+    what = f"'{gate.target}'" if gate.op == "call_module" else _name(gate)
+    _insert_detached(graph, product, gate, rewrites, f"gated product, gate {what}")
+
+
+def _detach_factor(
+    graph: ModuleGraph, product: fx.Node, factor: fx.Node, why: str, rewrites: GraphRewrites
+) -> None:
+    what = f"'{factor.target}'" if factor.op == "call_module" else _name(factor)
+    if why == "the attention weights":
+        _insert_detached(graph, product, factor, rewrites, f"gated product, gate {what} ({why})")
+        return
+    _insert_detached(
+        graph,
+        product,
+        factor,
+        rewrites,
+        f"product of input-dependent tensors ({_name(product)}), factor {what} ({why})",
+    )
+
+
+def _insert_detached(
+    graph: ModuleGraph, product: fx.Node, factor: fx.Node, rewrites: GraphRewrites, what: str
+) -> None:
+    """Route ``factor`` into ``product`` through a new :class:`~bcosify.nn.DetachedFactor`."""
     name = graph.add_submodule("bcos_gate", DetachedFactor())
     with graph.graph.inserting_before(product):
-        detached = graph.graph.call_module(name, (gate,))
-    detached.meta = dict(gate.meta)
-    product.replace_input_with(gate, detached)
-    what = f"'{gate.target}'" if gate.op == "call_module" else _name(gate)
+        detached = graph.graph.call_module(name, (factor,))
+    detached.meta = dict(factor.meta)
+    product.replace_input_with(factor, detached)
     rewrites.notes.append(
-        f"{graph.label}: gated product, gate {what} detached when explaining "
-        f"(module '{name}', DetachedFactor)"
+        f"{graph.label}: {what} detached when explaining (module '{name}', DetachedFactor)"
     )
 
 
@@ -548,13 +696,16 @@ def _check_operation(node: fx.Node, signal: set[fx.Node]) -> str | None:
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):  # einsum(eq, [a, b])
             operands = tuple(operands[0])
         factors = [a for a in operands if a in signal]
-        divisor_depends = name in ("truediv", "itruediv", "div", "div_") and node.args[1] in signal
-        if len(factors) > 1 and name in ("matmul", "bmm", "einsum"):
-            return f"multiplies input-dependent tensors ({name}): {_ATTENTION_HINT}"
-        if len(factors) > 1 or divisor_depends:
+        if len(factors) > 1:  # two factors are detached one (_detached_factors): not these
             return (
-                f"multiplies input-dependent tensors ({name}): a gate that must be detached in "
-                "explanation mode. Give the module a rule (e.g. a DetachedGate)"
+                f"multiplies input-dependent tensors ({name}) that are not two factors (a "
+                "tensor by itself, or three at once), which has no dynamic-linear form. Give "
+                "the module a rule"
+            )
+        if _divides_by(node, signal):
+            return (
+                f"divides a constant by an input-dependent tensor ({name}), which has no "
+                "dynamic-linear form. Give the module a rule"
             )
         return None
     if node.target in _SOFTMAXES:
