@@ -195,14 +195,19 @@ class NotBuildable(Exception):
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random running statistics and norm affines (timm zero-initialises some), and layer
-    scales (CaiT's start at 1e-5, which switches every residual branch off), in place."""
+    """Random running statistics and norm affines (timm zero-initialises some), layer
+    scales (CaiT's start at 1e-5, which switches every residual branch off) and weight
+    matrices initialised near zero (gMLP's spatial gate: std 1e-6, its bias 1, which the
+    defaults remove), in place: the values a trained network has, not those of its init."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, value in model.named_parameters():
             scale = name.rpartition(".")[2].startswith(("gamma", "layer_scale", "ls"))
             if scale and value.ndim == 1 and 0 < float(value.abs().max()) < 1e-3:
                 value.uniform_(0.5, 1.5, generator=generator)
+            if value.ndim >= 2 and float(value.abs().max()) < 1e-3:
+                bound = 1 / value[0].numel() ** 0.5  # nn.Linear's and nn.Conv2d's own init
+                value.uniform_(-bound, bound, generator=generator)
         for module in model.modules():
             if isinstance(getattr(module, "running_var", None), torch.Tensor):
                 module.running_mean.uniform_(-0.5, 0.5, generator=generator)
