@@ -101,6 +101,11 @@ def _configs() -> dict[str, tuple[str, object]]:
             "ArceeForSequenceClassification",
             transformers.ArceeConfig(**decoder, **common),
         ),
+        # token embeddings scaled by sqrt(hidden_size), RMS norms scaled by 1 + weight (Gemma)
+        "gemma": (
+            "GemmaForSequenceClassification",
+            transformers.GemmaConfig(**decoder, head_dim=4, **common),
+        ),
         "gpt2": (
             "GPT2ForSequenceClassification",
             transformers.GPT2Config(
@@ -118,7 +123,7 @@ def _configs() -> dict[str, tuple[str, object]]:
 
 CONFIGS = _configs()
 FAMILIES = list(CONFIGS)
-ROTARY = {"llama", "qwen2", "qwen3", "mistral", "olmo", "arcee"}
+ROTARY = {"llama", "qwen2", "qwen3", "mistral", "olmo", "arcee", "gemma"}
 
 
 def randomise_text(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -318,6 +323,17 @@ def test_an_attention_built_like_llamas_that_computes_otherwise_is_refused():
     for layer in model.model.layers:
         layer.self_attn.__class__ = ScaledAttention
     with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
+        bcosify.convert(model)
+
+
+def test_soft_capped_attention_is_refused():
+    # Gemma 2's tanh on the scores: random weights too small to reach the cap would pass the
+    # forward's check; real ones would not compute the same
+    config = transformers.Gemma2Config(
+        **{**CONFIGS["gemma"][1].to_dict(), "model_type": "gemma2"}, attn_logit_softcapping=50.0
+    )
+    model = transformers.Gemma2ForSequenceClassification(config).eval()
+    with pytest.raises(ConversionError, match="not a text classifier bcosify converts"):
         bcosify.convert(model)
 
 

@@ -221,6 +221,10 @@ def _llama_like_attention(attention: nn.Module | None) -> bool:
         True for _ in attention.parameters(recurse=False)
     ):
         return False
+    # nor a tanh on the scores (Gemma 2's soft-capping), which random weights too small to
+    # reach it would let pass the forward's check
+    if any("softcap" in name and value is not None for name, value in vars(attention).items()):
+        return False
     head_dim = getattr(attention, "head_dim", None)
     for name in ("q_norm", "k_norm"):  # Qwen3: per head; OLMo 2 normalises whole projections
         norm = getattr(attention, name, None)
@@ -442,6 +446,8 @@ def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
             rules[type(module)] = rmsnorm
         elif _weightless_layer_norm(module):
             rules[type(module)] = weightless_layer_norm
+        elif isinstance(module, nn.Embedding) and type(module) is not nn.Embedding:
+            rules[type(module)] = scaled_token_embedding
         elif _bert_like_attention(module):
             rules[type(module)] = _attention_rule(_bert_attention, ("query", "key", "value"))
         elif _bert_like_embeddings(module):
@@ -539,6 +545,46 @@ def token_embedding(module: nn.Module, context: RuleContext) -> nn.Module:
     if module.max_norm is not None:
         raise UnsupportedModule("an embedding with max_norm renormalises its rows when called")
     return BcosTokenEmbedding.from_embedding(module)
+
+
+def scaled_token_embedding(module: nn.Module, context: RuleContext) -> nn.Module:
+    """A subclass of ``nn.Embedding`` whose forward is its table times one number (Gemma's
+    ``GemmaTextScaledWordEmbedding``: ``sqrt(hidden_size)``) -> :class:`~bcosify.nn.
+    BcosTokenEmbedding` of the scaled table; the number is measured on the first token ids
+    and checked on them, so any other forward is refused.
+
+    Example:
+        >>> from bcosify.convert import TextConversionOptions
+        >>> class Scaled(torch.nn.Embedding):
+        ...     def forward(self, ids):
+        ...         return super().forward(ids) * 4.0
+        >>> context = RuleContext(TextConversionOptions(), "embed_tokens", lambda m, n: m)
+        >>> layer, ids = Scaled(5, 3), torch.tensor([[1, 4]])
+        >>> torch.equal(scaled_token_embedding(layer, context)(ids), layer(ids))
+        True
+    """
+    assert isinstance(module, nn.Embedding)
+    weight = module.weight.detach()
+    ids = torch.arange(min(module.num_embeddings, 256), device=weight.device)
+    with torch.no_grad():
+        found, table = module(ids), weight[ids]
+        scale = float((found * table).sum() / (table * table).sum().clamp_min(1e-30))
+        if not torch.allclose(found, table * scale, rtol=1e-5, atol=1e-6):
+            raise UnsupportedModule(
+                f"{type(module).__name__} computes something other than its table times one "
+                "number; give it a rule"
+            )
+    plain = nn.Embedding(
+        module.num_embeddings,
+        module.embedding_dim,
+        module.padding_idx,
+        module.max_norm,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        plain.weight.copy_(weight * scale)
+    return token_embedding(plain, context)
 
 
 def _position_ids(module: nn.Module, input_ids: Tensor) -> Tensor:
@@ -827,6 +873,7 @@ FAMILY = Family(
                 ("Mistral", ", sliding-window attention"),
                 ("Olmo", ", layer norms without parameters"),
                 ("Arcee", ", squared-ReLU MLP"),
+                ("Gemma", ", token embeddings scaled by one number, RMS norms by 1 + weight"),
             )
         ),
         *(
