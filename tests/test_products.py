@@ -149,7 +149,16 @@ class TokenNet(nn.Module):
         (Scaled(), "(the divisor)"),
         (InPlaceBias(), "(the attention weights)"),
     ],
-    ids=["gmlp_gate", "rewritten_factor", "global_query", "rms_norm", "linear_attention", "factorised_attention", "divisor", "mvit"],
+    ids=[
+        "gmlp_gate",
+        "rewritten_factor",
+        "global_query",
+        "rms_norm",
+        "linear_attention",
+        "factorised_attention",
+        "divisor",
+        "mvit",
+    ],
 )
 def test_a_product_of_two_signals_detaches_one_factor(block, detached):
     torch.manual_seed(0)
