@@ -106,6 +106,28 @@ def _configs() -> dict[str, tuple[str, object]]:
             "GemmaForSequenceClassification",
             transformers.GemmaConfig(**decoder, head_dim=4, **common),
         ),
+        # query and key norms of the whole projections (OLMo 2); layers of two types, with
+        # a sliding window shorter than the texts and rotary embeddings of their own (OLMo 3)
+        "olmo2": ("Olmo2ForSequenceClassification", transformers.Olmo2Config(**decoder, **common)),
+        "olmo3": (
+            "Olmo3ForSequenceClassification",
+            transformers.Olmo3Config(
+                **decoder,
+                sliding_window=3,
+                layer_types=["sliding_attention", "full_attention"],
+                **common,
+            ),
+        ),
+        "gemma3_text": (
+            "Gemma3TextForSequenceClassification",
+            transformers.Gemma3TextConfig(
+                **decoder,
+                head_dim=4,
+                sliding_window=3,
+                layer_types=["sliding_attention", "full_attention"],
+                **common,
+            ),
+        ),
         "gpt2": (
             "GPT2ForSequenceClassification",
             transformers.GPT2Config(
@@ -123,7 +145,18 @@ def _configs() -> dict[str, tuple[str, object]]:
 
 CONFIGS = _configs()
 FAMILIES = list(CONFIGS)
-ROTARY = {"llama", "qwen2", "qwen3", "mistral", "olmo", "arcee", "gemma"}
+ROTARY = {
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "olmo",
+    "arcee",
+    "gemma",
+    "olmo2",
+    "olmo3",
+    "gemma3_text",
+}
 
 
 def randomise_text(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -60,9 +60,11 @@ _SIZE = Integer(-1, 2**20)  # sizes, ids (-1 is "none" in some configs)
 _FLOAT = Number(-1e9, 1e9)
 _SCALAR = AnyOf(Boolean(), _SIZE, _FLOAT, _NAME)
 _SMALL_LIST = ListOf(Nullable(_SCALAR), 0, 64)
-# a field whose default is None: a scalar, or a small object or list of scalars (rope settings)
+# a field whose default is None: a scalar, or a small object or list of scalars (rope
+# settings), or an object of such objects (rope settings per layer type: OLMo 3, Gemma 3)
+_FLAT = Nullable(AnyOf(_SCALAR, _SMALL_LIST))
 _OPEN = Nullable(
-    AnyOf(_SCALAR, _SMALL_LIST, MapOf(_NAME, Nullable(AnyOf(_SCALAR, _SMALL_LIST)), 64))
+    AnyOf(_SCALAR, _SMALL_LIST, MapOf(_NAME, AnyOf(_FLAT, MapOf(_NAME, _FLAT, 64)), 64))
 )
 _LABEL_INDEX = AnyOf(Integer(0, MAX_CLASSES), Text(pattern=r"[0-9]{1,6}"))
 _SPECIAL = {

@@ -27,6 +27,7 @@ Decoders classify at the last token whose attention mask is 1.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -190,7 +191,8 @@ def _llama_like(model: nn.Module) -> bool:
     """A decoder classifier built as Llama is (found by structure, whatever its class name:
     Qwen2, Qwen3, Mistral, ...): a linear ``score`` on a base model of ``embed_tokens``,
     ``layers`` whose ``self_attn`` has ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj`` (and
-    optionally per-head ``q_norm``/``k_norm``) with rotary embeddings, ``norm`` and
+    optionally ``q_norm``/``k_norm``, per head or of the whole projection) with rotary
+    embeddings, ``norm`` and
     ``rotary_emb``. :func:`bcosify.convert.text.convert_text` checks that the forward it then
     runs computes the original's logits before converting."""
     base = _base_model(model)
@@ -229,7 +231,8 @@ def _llama_like_attention(attention: nn.Module | None) -> bool:
     for name in ("q_norm", "k_norm"):  # Qwen3: per head; OLMo 2 normalises whole projections
         norm = getattr(attention, name, None)
         weight = getattr(norm, "weight", None)
-        if norm is not None and (weight is None or tuple(weight.shape) != (head_dim,)):
+        whole = getattr(attention, f"{name[0]}_proj").out_features
+        if norm is not None and (weight is None or weight.shape[0] not in (head_dim, whole)):
             return False
     return True
 
@@ -330,14 +333,25 @@ def _gpt2_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> T
 def _llama_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     hidden = self.embed_tokens(input_ids)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-    # cos and sin of the rotary embedding: constants (the weight only lends its dtype)
-    rotary = self.rotary_emb(self.embed_tokens.weight, positions)
     layers = self.layers[: self.config.num_hidden_layers]
-    for layer, mask in zip(layers, _layer_masks(self.config, attention_mask), strict=False):
+    masks = _layer_masks(self.config, attention_mask)
+    for layer, mask, rotary in zip(layers, masks, _rotary(self, positions), strict=False):
         hidden = layer(
             hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary
         )
     return self.norm(hidden)
+
+
+def _rotary(self: nn.Module, positions: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Each decoder layer's cos and sin of the rotary embedding: constants (the weight only
+    lends its dtype); one per layer type where the embedding takes it (OLMo 3, Gemma 3:
+    sliding-window layers rotate with another base)."""
+    count, weight = int(self.config.num_hidden_layers), self.embed_tokens.weight
+    if "layer_type" not in inspect.signature(self.rotary_emb.forward).parameters:
+        return [self.rotary_emb(weight, positions)] * count
+    kinds = self.config.layer_types[:count]
+    found = {kind: self.rotary_emb(weight, positions, kind) for kind in dict.fromkeys(kinds)}
+    return [found[kind] for kind in kinds]
 
 
 def _layer_masks(config: Any, attention_mask: Tensor) -> list[Tensor]:
@@ -677,9 +691,14 @@ def _llama_attention(
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     size = self.head_dim
-    q, k, v = (_heads(p(hidden_states), size) for p in (self.q_proj, self.k_proj, self.v_proj))
-    if getattr(self, "q_norm", None) is not None:  # Qwen3: RMS norms of each head's q and k
-        q, k = self.q_norm(q), self.k_norm(k)
+    q, k, v = (p(hidden_states) for p in (self.q_proj, self.k_proj, self.v_proj))
+    norms = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
+    per_head = norms[0] is not None and norms[0].weight.shape[0] == size
+    if norms[0] is not None and not per_head:  # OLMo 2: RMS norms of the whole q and k
+        q, k = norms[0](q), norms[1](k)
+    q, k, v = (_heads(t, size) for t in (q, k, v))
+    if per_head:  # Qwen3: RMS norms of each head's q and k
+        q, k = norms[0](q), norms[1](k)
     if position_embeddings is None:
         raise ValueError(f"{type(self).__name__} needs its rotary position embeddings")
     # the model's own RoPE (queries and keys only), from the module that defines its class
@@ -874,6 +893,9 @@ FAMILY = Family(
                 ("Olmo", ", layer norms without parameters"),
                 ("Arcee", ", squared-ReLU MLP"),
                 ("Gemma", ", token embeddings scaled by one number, RMS norms by 1 + weight"),
+                ("Olmo2", ", query and key norms of the whole projections"),
+                ("Olmo3", ", sliding-window and full layers with rotary embeddings of their own"),
+                ("Gemma3Text", ", scaled token embeddings, per-head norms, two layer types"),
             )
         ),
         *(
