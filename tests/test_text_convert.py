@@ -118,6 +118,17 @@ def _configs() -> dict[str, tuple[str, object]]:
                 **common,
             ),
         ),
+        # rotary embeddings on half of each head, a parallel MLP, ``dense`` out (Phi); one
+        # fused query-key-value projection (Phi-3); half-turned heads again (StableLM)
+        "phi": (
+            "PhiForSequenceClassification",
+            transformers.PhiConfig(**decoder, partial_rotary_factor=0.5, **common),
+        ),
+        "phi3": ("Phi3ForSequenceClassification", transformers.Phi3Config(**decoder, **common)),
+        "stablelm": (
+            "StableLmForSequenceClassification",
+            transformers.StableLmConfig(**decoder, partial_rotary_factor=0.5, **common),
+        ),
         "gemma3_text": (
             "Gemma3TextForSequenceClassification",
             transformers.Gemma3TextConfig(
@@ -156,6 +167,9 @@ ROTARY = {
     "olmo2",
     "olmo3",
     "gemma3_text",
+    "phi",
+    "phi3",
+    "stablelm",
 }
 
 

@@ -203,23 +203,40 @@ def _llama_like(model: nn.Module) -> bool:
         return False
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         return False
-    if getattr(base, "norm", None) is None or getattr(base, "rotary_emb", None) is None:
+    if _final_norm(base) is None or getattr(base, "rotary_emb", None) is None:
         return False
     return all(_llama_like_attention(getattr(layer, "self_attn", None)) for layer in layers)
 
 
+def _llama_projections(attention: nn.Module | None) -> tuple[tuple[str, ...], str] | None:
+    """The names of a Llama-like attention's query, key and value projections (three, or
+    Phi-3's one fused ``qkv_proj``) and of its output projection (``o_proj``, Phi's
+    ``dense``); None if it has not these linear layers."""
+
+    def linear(*names: str) -> bool:
+        return all(isinstance(getattr(attention, n, None), nn.Linear) for n in names)
+
+    qkv = ("q_proj", "k_proj", "v_proj") if linear("q_proj", "k_proj", "v_proj") else None
+    qkv = qkv or (("qkv_proj",) if linear("qkv_proj") else None)
+    out = next((name for name in ("o_proj", "dense") if linear(name)), None)
+    return (qkv, out) if qkv and out else None
+
+
+def _final_norm(base: nn.Module) -> nn.Module | None:
+    """A decoder's norm after its last layer (``norm``; Phi's ``final_layernorm``)."""
+    return getattr(base, "norm", None) or getattr(base, "final_layernorm", None)
+
+
 def _llama_like_attention(attention: nn.Module | None) -> bool:
-    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
-    if attention is None or not all(
-        isinstance(getattr(attention, name, None), nn.Linear) for name in projections
-    ):
+    projections = _llama_projections(attention)
+    if attention is None or projections is None:
         return False
     if not hasattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb"):
         return False
     # nothing else to compute with: no other submodule (HunYuan's query_layernorm), no
     # parameter of its own (DiffLlama's lambdas, GPT-OSS's sinks)
     children = {name for name, _ in attention.named_children()}
-    if children - {*projections, "q_norm", "k_norm"} or any(
+    if children - {*projections[0], projections[1], "q_norm", "k_norm"} or any(
         True for _ in attention.parameters(recurse=False)
     ):
         return False
@@ -231,7 +248,7 @@ def _llama_like_attention(attention: nn.Module | None) -> bool:
     for name in ("q_norm", "k_norm"):  # Qwen3: per head; OLMo 2 normalises whole projections
         norm = getattr(attention, name, None)
         weight = getattr(norm, "weight", None)
-        whole = getattr(attention, f"{name[0]}_proj").out_features
+        whole = getattr(getattr(attention, f"{name[0]}_proj", None), "out_features", None)
         if norm is not None and (weight is None or weight.shape[0] not in (head_dim, whole)):
             return False
     return True
@@ -335,11 +352,13 @@ def _llama_model(self: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> 
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
     layers = self.layers[: self.config.num_hidden_layers]
     masks = _layer_masks(self.config, attention_mask)
+    if getattr(self, "embed_dropout", None) is not None:  # Phi
+        hidden = self.embed_dropout(hidden)
     for layer, mask, rotary in zip(layers, masks, _rotary(self, positions), strict=False):
         hidden = layer(
             hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary
         )
-    return self.norm(hidden)
+    return _final_norm(self)(hidden)
 
 
 def _rotary(self: nn.Module, positions: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -430,7 +449,8 @@ def structural_attention(network: nn.Module) -> Iterator[None]:
     ]
     try:
         for module, _, forward in swapped:
-            _in_place(module, (TextAttention,), {"forward": forward})
+            names = {"projections": _llama_projections(module)}  # as the rule records them
+            _in_place(module, (TextAttention,), {"forward": forward, **names})
         yield
     finally:
         for module, cls, _ in swapped:
@@ -453,9 +473,8 @@ def structural_rules(model: nn.Module) -> dict[type[nn.Module], Rule]:
     rules: dict[type[nn.Module], Rule] = {}
     for module in model.modules():
         if _llama_like_attention(module):
-            rules[type(module)] = _attention_rule(
-                _llama_attention, ("q_proj", "k_proj", "v_proj"), ("o_proj",)
-            )
+            qkv, out = _llama_projections(module)  # type: ignore[misc]
+            rules[type(module)] = _attention_rule(_llama_attention, qkv, (out,))
         elif type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
             rules[type(module)] = rmsnorm
         elif _weightless_layer_norm(module):
@@ -691,7 +710,13 @@ def _llama_attention(
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     size = self.head_dim
-    q, k, v = (p(hidden_states) for p in (self.q_proj, self.k_proj, self.v_proj))
+    qkv, out = self.projections
+    if len(qkv) == 1:  # Phi-3: one projection, the queries' heads then the keys' and values'
+        fused = self.qkv_proj(hidden_states)
+        kv = self.config.num_key_value_heads * size
+        q, k, v = fused.split([fused.shape[-1] - 2 * kv, kv, kv], dim=-1)
+    else:
+        q, k, v = (getattr(self, name)(hidden_states) for name in qkv)
     norms = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
     per_head = norms[0] is not None and norms[0].weight.shape[0] == size
     if norms[0] is not None and not per_head:  # OLMo 2: RMS norms of the whole q and k
@@ -701,11 +726,21 @@ def _llama_attention(
         q, k = norms[0](q), norms[1](k)
     if position_embeddings is None:
         raise ValueError(f"{type(self).__name__} needs its rotary position embeddings")
-    # the model's own RoPE (queries and keys only), from the module that defines its class
+    # the model's own RoPE (queries and keys only), from the module that defines its class,
+    # on the first dimensions of each head where it turns only those (Phi, StableLM)
     rotary = sys.modules[self._bcosify_original.__module__].apply_rotary_pos_emb
-    q, k = rotary(q, k, *position_embeddings)
-    out = self.attend(q, k, v, attention_mask, self.scaling, self.attention_dropout)
-    return self.o_proj(out), None
+    turned = position_embeddings[0].shape[-1]
+    if turned < size:
+        (q, q_pass), (k, k_pass) = (
+            q.split([turned, size - turned], -1),
+            k.split([turned, size - turned], -1),
+        )
+        q, k = rotary(q, k, *position_embeddings)
+        q, k = torch.cat([q, q_pass], -1), torch.cat([k, k_pass], -1)
+    else:
+        q, k = rotary(q, k, *position_embeddings)
+    attended = self.attend(q, k, v, attention_mask, self.scaling, self.attention_dropout)
+    return getattr(self, out)(attended), None
 
 
 def _convert_projections(
@@ -727,7 +762,8 @@ def _attention_rule(
         if getattr(module, "is_cross_attention", False):
             raise UnsupportedModule("cross-attention is not converted (only self-attention)")
         _convert_projections(module, context, qkv, out)
-        return _in_place(module, (TextAttention,), {"forward": forward})
+        names = {"projections": (qkv, out[0] if out else None)}  # the forward reads them
+        return _in_place(module, (TextAttention,), {"forward": forward, **names})
 
     return rule
 
@@ -896,6 +932,9 @@ FAMILY = Family(
                 ("Olmo2", ", query and key norms of the whole projections"),
                 ("Olmo3", ", sliding-window and full layers with rotary embeddings of their own"),
                 ("Gemma3Text", ", scaled token embeddings, per-head norms, two layer types"),
+                ("Phi", ", rotary embeddings on part of each head, a parallel MLP"),
+                ("Phi3", ", one fused query-key-value projection"),
+                ("StableLm", ", rotary embeddings on part of each head"),
             )
         ),
         *(
