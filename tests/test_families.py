@@ -56,22 +56,25 @@ def test_every_exact_claim_is_tested_and_every_test_is_claimed():
 
 UNSUPPORTED = {
     ("torchvision", "swin_v2_t"): lambda: create("torchvision:swin_v2_t", num_classes=3),
-    ("transformers", "ElectraForSequenceClassification"): lambda: tiny_electra(),
+    ("transformers", "BartForSequenceClassification"): lambda: tiny_bart(),
 }
 
 
-def tiny_electra() -> nn.Module:
+def tiny_bart() -> nn.Module:
     import transformers
 
-    config = transformers.ElectraConfig(
+    config = transformers.BartConfig(
         vocab_size=30,
-        embedding_size=16,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=16,
     )
-    return transformers.ElectraForSequenceClassification(config)
+    return transformers.BartForSequenceClassification(config)
 
 
 @pytest.mark.parametrize(

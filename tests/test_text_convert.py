@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 import torch
-from nets import assert_same_function, keep_signal_alive
+from nets import assert_same_function, assert_signal, keep_signal_alive
 from torch import nn
 
 import bcosify
@@ -139,6 +139,33 @@ def _configs() -> dict[str, tuple[str, object]]:
                 **common,
             ),
         ),
+        # no family knows them: their own code runs, made dynamic linear at run time
+        "electra": (
+            "ElectraForSequenceClassification",
+            transformers.ElectraConfig(**bert, embedding_size=8, **common),
+        ),
+        "opt": (
+            "OPTForSequenceClassification",
+            transformers.OPTConfig(
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                ffn_dim=32,
+                max_position_embeddings=32,
+                word_embed_proj_dim=16,
+                bos_token_id=1,
+                eos_token_id=1,
+                **common,
+            ),
+        ),
+        "bloom": (
+            "BloomForSequenceClassification",
+            transformers.BloomConfig(hidden_size=16, n_layer=2, n_head=2, **common),
+        ),
+        "mixtral": (
+            "MixtralForSequenceClassification",
+            transformers.MixtralConfig(**decoder, num_local_experts=4, **common),
+        ),
         "gpt2": (
             "GPT2ForSequenceClassification",
             transformers.GPT2Config(
@@ -170,6 +197,8 @@ ROTARY = {
     "phi",
     "phi3",
     "stablelm",
+    "bloom",  # ALiBi: position biases on the detached attention scores
+    "mixtral",
 }
 
 
@@ -287,7 +316,7 @@ def test_the_module_tree_and_its_hooks_are_the_originals(family):
             assert isinstance(ours[path], type(theirs[path])), (path, type(ours[path]))
     ids, mask = batch()
     paths = ["", *containers]
-    mine = _hook_counts(model.network, paths, lambda: model.network(ids, mask))
+    mine = _hook_counts(model.network, paths, lambda: model(ids, mask))
     assert mine == _hook_counts(source, paths, lambda: source(input_ids=ids, attention_mask=mask))
 
 
@@ -320,23 +349,23 @@ def test_image_options_and_wrong_inputs_are_refused():
         converted("bert")(ids.float(), mask)
     with pytest.raises(ConversionError, match="not a text classifier"):
         bcosify.convert_text(transformers.BertModel(CONFIGS["bert"][1]))
-    electra = transformers.ElectraForSequenceClassification(
-        transformers.ElectraConfig(
+    bart = transformers.BartForSequenceClassification(
+        transformers.BartConfig(
             vocab_size=VOCAB,
-            embedding_size=16,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
         )
     )
-    with pytest.raises(
-        ConversionError, match="ElectraForSequenceClassification is not a text classifier bcosify"
-    ):
-        bcosify.convert(electra)  # a text model, refused by name (not taken for an image model)
+    with pytest.raises(ConversionError, match="BartForSequenceClassification: an encoder-decoder"):
+        bcosify.convert(bart)  # a text model, refused with its reason (not as an image model)
 
 
-def test_a_classifier_built_like_llama_that_computes_otherwise_is_refused():
+def _doubled_qwen2() -> nn.Module:
     class DoubledForSequenceClassification(transformers.Qwen2ForSequenceClassification):
         # a library class (by its module) whose output is not Llama's computation
         __module__ = "transformers.models.qwen2.modeling_qwen2"
@@ -346,14 +375,10 @@ def test_a_classifier_built_like_llama_that_computes_otherwise_is_refused():
             output.logits = 2 * output.logits
             return output
 
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = DoubledForSequenceClassification(CONFIGS["qwen2"][1]).eval()
-    with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
-        bcosify.convert(model)
+    return DoubledForSequenceClassification(CONFIGS["qwen2"][1])
 
 
-def test_an_attention_built_like_llamas_that_computes_otherwise_is_refused():
+def _scaled_attention_qwen2() -> nn.Module:
     from transformers.models.qwen2 import modeling_qwen2
 
     class ScaledAttention(modeling_qwen2.Qwen2Attention):
@@ -364,34 +389,55 @@ def test_an_attention_built_like_llamas_that_computes_otherwise_is_refused():
             output, weights = super().forward(*args, **kwargs)
             return 2 * output, weights
 
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = transformers.Qwen2ForSequenceClassification(CONFIGS["qwen2"][1]).eval()
+    model = transformers.Qwen2ForSequenceClassification(CONFIGS["qwen2"][1])
     for layer in model.model.layers:
         layer.self_attn.__class__ = ScaledAttention
-    with pytest.raises(ConversionError, match="built like Llama, but computes something else"):
-        bcosify.convert(model)
+    return model
 
 
-def test_soft_capped_attention_is_refused():
-    # Gemma 2's tanh on the scores: random weights too small to reach the cap would pass the
-    # forward's check; real ones would not compute the same
-    config = transformers.Gemma2Config(
-        **{**CONFIGS["gemma"][1].to_dict(), "model_type": "gemma2"}, attn_logit_softcapping=50.0
-    )
-    model = transformers.Gemma2ForSequenceClassification(config).eval()
-    with pytest.raises(ConversionError, match="not a text classifier bcosify converts"):
-        bcosify.convert(model)
-
-
-def test_an_encoder_built_like_berts_that_computes_otherwise_is_refused():
+def _pre_layer_norm_roberta() -> nn.Module:
     # RoBERTa-PreLayerNorm: BERT's modules, its layer norms before attention
     config = transformers.RobertaPreLayerNormConfig(**{**_configs_bert(), "vocab_size": VOCAB})
+    return transformers.RobertaPreLayerNormForSequenceClassification(config)
+
+
+def _soft_capped_gemma2() -> nn.Module:
+    # Gemma 2's tanh on the scores, capped low so that random weights reach it: not taken for
+    # Llama's attention, which would drop it
+    config = transformers.Gemma2Config(
+        **{**CONFIGS["gemma"][1].to_dict(), "model_type": "gemma2", "num_labels": 3},
+        attn_logit_softcapping=0.5,
+    )
+    return transformers.Gemma2ForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "note"),
+    [
+        (_doubled_qwen2, "built like Llama, but computes something else"),
+        (_scaled_attention_qwen2, "built like Llama, but computes something else"),
+        (_pre_layer_norm_roberta, "built like BERT, but computes something else"),
+        (_soft_capped_gemma2, None),
+    ],
+    ids=["doubled_logits", "scaled_attention", "pre_layer_norm", "soft_capped_attention"],
+)
+def test_a_look_alike_that_computes_otherwise_runs_its_own_code(build, note):
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = randomise_text(transformers.RobertaPreLayerNormForSequenceClassification(config))
-    with pytest.raises(ConversionError, match="built like BERT, but computes something else"):
-        bcosify.convert(model)
+        model = randomise_text(build())
+    ids, mask = batch()
+    same, report = bcosify.convert(model, b=1.0, keep_bias=True)
+    assert same.config.own_code
+    if note is not None:
+        assert any(note in line and "its own code runs" in line for line in report.notes)
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(same(ids, mask), reference, rtol=1e-4, atol=1e-6)
+    converted_model = keep_signal_alive(bcosify.convert(model)[0], ids)
+    with torch.no_grad():  # the class each text's tokens move most from the logit bias
+        target = (converted_model(ids, mask) - converted_model.logit_bias.bias).abs().argmax(1)
+    e = explain_tokens(converted_model, ids, mask, target=target)
+    assert (e.residual.abs() <= 1e-4 * assert_signal(e)).all(), e.residual
 
 
 def _configs_bert() -> dict[str, int]:

@@ -1,16 +1,20 @@
-"""Converting transformers text classifiers (BERT, DistilBERT, RoBERTa, GPT-2, Llama).
+"""Converting transformers text classifiers.
 
-:func:`bcosify.convert` hands a sequence classifier to :func:`convert_text`. The model's own
-module tree is converted in place as for images (:mod:`bcosify.convert.tree`), after the text
-family (:mod:`bcosify.convert.families.transformers_text`) switched its classifier, base model
-and encoder stack to forwards on tensors. The explained signal starts at the token ids; the
+:func:`bcosify.convert` hands a sequence classifier to :func:`convert_text`. For one the text
+family knows (BERT, DistilBERT, RoBERTa, GPT-2, Llama, and those built as they are:
+:mod:`bcosify.convert.families.transformers_text`), the model's own module tree is converted in
+place as for images (:mod:`bcosify.convert.tree`), after its classifier, base model and encoder
+stack were switched to forwards on tensors. The explained signal starts at the token ids; the
 attention mask and the token-type ids are other tensors (they shape the attention matrix and
-select constants); the token embedding's output is the explained input.
+select constants); the token embedding's output is the explained input. Any other classifier
+runs its own code, its modules swapped and its operations made dynamic linear while it is
+explained (:mod:`bcosify.convert.text_swaps`); encoder-decoders are refused.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +34,10 @@ from .families.transformers_text import (
 )
 from .graph import GraphProblems
 from .report import ConversionReport, logit_bias_constant, logit_bias_value, record_tree
-from .rules import Rule
+from .rules import Rule, UnsupportedModule
 from .table import rule_table
 from .text_model import BcosTextModel, TextConversionOptions, TextModelConfig, read_text_config
+from .text_swaps import swap_modules
 from .tracing import CallInfo
 from .tree import convert_tree
 
@@ -41,8 +46,8 @@ __all__ = ["convert_text", "is_text_classifier", "load_text"]
 
 def is_text_classifier(model: nn.Module) -> bool:
     """Whether ``model`` is a transformers sequence classifier, which :func:`bcosify.convert`
-    hands to :func:`convert_text` (that converts the supported ones and refuses the others by
-    name, rather than treating them as image models).
+    hands to :func:`convert_text` (which converts it, or refuses it with its reason, rather
+    than treating it as an image model).
 
     Example:
         >>> import torch
@@ -87,21 +92,55 @@ def convert_text(
         >>> bool((same(ids, mask) - reference).abs().max() < 1e-5)
         True
     """
-    architecture = text_architecture(model)
-    if architecture is None:
-        raise ConversionError(
-            f"{type(model).__name__} is not a text classifier bcosify converts; supported: "
-            f"{', '.join(ARCHITECTURES)}, and, under any name, decoders built as Llama is "
-            "(embed_tokens, layers of q/k/v/o projections with rotary embeddings, norm, score) "
-            "and encoders built as BERT or RoBERTa is (load your checkpoint into one of these, "
-            "or convert its modules with rules=)"
-        )
     options = TextConversionOptions(b, keep_bias, activations, qkv_projection, logit_bias)
+    return _convert(model, options, rules, class_names)
+
+
+def _convert(
+    model: nn.Module,
+    options: TextConversionOptions,
+    rules: dict[type[nn.Module], Rule] | None,
+    class_names: list[str] | None,
+    own_code: bool | None = None,
+) -> tuple[BcosTextModel, Any]:
+    """:func:`convert_text`; ``own_code`` (a saved model's) forces the way, else it is chosen:
+    a known or structure-found classifier's forward on tensors where it converts, else the
+    classifier's own code."""
+    if not is_text_classifier(model):
+        raise ConversionError(
+            f"{type(model).__name__} is not a text classifier bcosify converts (a transformers "
+            "...ForSequenceClassification model)"
+        )
+    architecture = None if own_code else text_architecture(model)
+    if architecture is None:
+        return _convert_own_code(model, options, rules, class_names)
+    try:
+        return _convert_known(model, architecture, options, rules, class_names, own_code is None)
+    except ConversionError as error:
+        if architecture.name in ARCHITECTURES or own_code is not None:
+            raise
+        # found by structure, but not all of it converts as its look-alike's would (a
+        # mixture of experts, another norm): its own code runs instead
+        why = str(error).splitlines()[0]
+        return _convert_own_code(model, options, rules, class_names, why)
+
+
+def _convert_known(
+    model: nn.Module,
+    architecture: Any,
+    options: TextConversionOptions,
+    rules: dict[type[nn.Module], Rule] | None,
+    class_names: list[str] | None,
+    check: bool = True,
+) -> tuple[BcosTextModel, Any]:
+    """A classifier a family knows, or found by structure: its forward on tensors (for one
+    found by structure, checked against the original's unless rebuilt from a saved model),
+    its module tree converted as for images."""
     table = rule_table({**structural_rules(model), **(rules or {})})
     report = ConversionReport(type(model).__name__)
     network = copy.deepcopy(model).eval()
     report.notes += prepare(network)
-    if architecture.name not in ARCHITECTURES:
+    if architecture.name not in ARCHITECTURES and check:
         report.notes.append(_check_forward(model, network, architecture))
     problems = GraphProblems()
     tree = convert_tree(
@@ -118,6 +157,48 @@ def convert_text(
         class_names or _class_names(hf_config),
         architecture.token_types,
         getattr(hf_config, "pad_token_id", None),
+    )
+    converted = BcosTextModel(network, config, bias).to(device_of(model))
+    if bias is not None:
+        report.constants.append(logit_bias_constant(options, bias, num_classes))
+    return converted.eval(), report
+
+
+def _convert_own_code(
+    model: nn.Module,
+    options: TextConversionOptions,
+    rules: dict[type[nn.Module], Rule] | None,
+    class_names: list[str] | None,
+    why: str | None = None,
+) -> tuple[BcosTextModel, Any]:
+    """A classifier no family knows (or one found by structure that does not convert as its
+    look-alike, ``why``): its modules swapped, its own code run
+    (:mod:`bcosify.convert.text_swaps`)."""
+    if options.activations != "keep":
+        raise ConversionError(
+            f"{type(model).__name__} runs its own code, whose activations are not modules to "
+            "replace: convert it with activations='keep'"
+        )
+    report = ConversionReport(type(model).__name__)
+    if why is not None:
+        report.notes.append(f"not converted as found by structure ({why}): its own code runs")
+    network = copy.deepcopy(model).eval()
+    try:
+        swap_modules(network, options, report, rules)
+    except UnsupportedModule as error:
+        raise ConversionError(f"cannot convert {type(model).__name__}: {error}") from None
+    hf_config = model.config
+    num_classes = int(hf_config.num_labels)
+    bias = logit_bias_value(options, num_classes)
+    forward = inspect.signature(type(model).forward).parameters
+    config = TextModelConfig(
+        options,
+        getattr(type(model), "_bcosify_original", type(model)).__name__,
+        hf_config.to_dict(),
+        class_names or _class_names(hf_config),
+        "token_type_ids" in forward,
+        getattr(hf_config, "pad_token_id", None),
+        own_code=True,
     )
     converted = BcosTextModel(network, config, bias).to(device_of(model))
     if bias is not None:
@@ -212,7 +293,7 @@ def load_text(directory: str | Path) -> BcosTextModel:
 
     def build() -> BcosTextModel:
         original = build_model(config.architecture, config.hf_config)
-        rebuilt, _ = convert_text(original, **options.to_dict(), class_names=config.class_names)
+        rebuilt, _ = _convert(original, options, None, config.class_names, config.own_code)
         rebuilt.config = config
         return rebuilt
 

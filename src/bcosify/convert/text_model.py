@@ -3,6 +3,7 @@ safetensors plus JSON."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -15,6 +16,8 @@ from ..models.text import padding_mask
 from ..models.transformers_config import TransformersConfig, build_config
 from ..nn import LogitBias
 from ..nn.bcos import check_b
+from ..nn.dynamic_mode import DynamicLinearMode
+from ..nn.mode import ExplanationAware
 from ..schema import Boolean, Field, FieldError, Integer, Nullable, Record, Text, class_names
 from ..serialization import CONFIG_FILE, read_checked_config, write_pretrained
 from .hub import HubMixin
@@ -95,6 +98,9 @@ class TextModelConfig:
         class_names: the class names, when known.
         token_types: whether the model takes ``token_type_ids``.
         pad_token_id: the padding token, from which a missing attention mask is derived.
+        own_code: the classifier runs its own forward, converted by module swaps and made
+            dynamic linear at run time (:mod:`bcosify.convert.text_swaps`), rather than the
+            forward on tensors of a family that knows it.
     """
 
     options: TextConversionOptions
@@ -103,6 +109,7 @@ class TextModelConfig:
     class_names: list[str] | None = None
     token_types: bool = False
     pad_token_id: int | None = None
+    own_code: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +120,7 @@ class TextModelConfig:
             "class_names": self.class_names,
             "token_types": self.token_types,
             "pad_token_id": self.pad_token_id,
+            "own_code": self.own_code,
             "options": self.options.to_dict(),
         }
 
@@ -126,13 +134,14 @@ class TextModelConfig:
             class_names=data.get("class_names"),
             token_types=data.get("token_types", False),
             pad_token_id=data.get("pad_token_id"),
+            own_code=data.get("own_code", False),
         )
 
 
 def _architectures() -> dict[str, str]:
     """The text classifiers a saved model may name: transformers' sequence classifiers (class
     name -> model type). Building one from a checked config runs only the library's code; the
-    conversion then converts it (a known class, or one built as Llama is) or refuses it."""
+    conversion then converts it (the way the saved model records) or refuses it."""
     from ..models.transformers_config import sequence_classifiers
 
     return dict(sequence_classifiers())
@@ -144,12 +153,13 @@ TEXT_CONFIG_FIELDS: dict[str, Field] = {
     "class_names": class_names(),
     "token_types": Boolean(),
     "pad_token_id": Nullable(Integer(0, 2**20)),
+    "own_code": Boolean(),
     "options": Record(SHARED_OPTION_FIELDS),
 }
 """What a saved text model's ``config.json`` may hold, besides its format and hash."""
 
 
-class BcosTextModel(HubMixin, nn.Module):
+class BcosTextModel(HubMixin, ExplanationAware, nn.Module):
     """A B-cos text classifier made by :func:`bcosify.convert` from a transformers sequence
     classifier: takes ``input_ids`` (and an ``attention_mask``), returns the logits.
 
@@ -217,11 +227,24 @@ class BcosTextModel(HubMixin, nn.Module):
                 f"the attention mask {tuple(attention_mask.shape)} must have the shape of the "
                 f"token ids {tuple(input_ids.shape)}"
             )
+        if not self.config.token_types and token_type_ids is not None:
+            raise ValueError(f"{self.config.architecture} takes no token_type_ids")
+        if self.config.own_code:
+            return self.logit_bias(self._own_code(input_ids, attention_mask, token_type_ids))
         if not self.config.token_types:
-            if token_type_ids is not None:
-                raise ValueError(f"{self.config.architecture} takes no token_type_ids")
             return self.logit_bias(self.network(input_ids, attention_mask))
         return self.logit_bias(self.network(input_ids, attention_mask, token_type_ids))
+
+    def _own_code(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None
+    ) -> Tensor:
+        """The logits of the classifier's own forward; dynamic linear while explained."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        with DynamicLinearMode(self.network) if self.explaining else contextlib.nullcontext():
+            output = self.network(**inputs, return_dict=True)
+        return output.logits
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` to ``directory``; returns it.

@@ -243,6 +243,7 @@ def explained_pass(
     constants = {
         name: (leaf.detach() * _zeros_if_none(g, leaf)).flatten(1).sum(1)
         for (name, leaf), g in zip(trace.constants.items(), grads[1:], strict=True)
+        if g is not None or name not in trace.optional
     }
     for name, value in constants.items():
         if value.shape != scores.shape:

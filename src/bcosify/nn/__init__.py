@@ -23,6 +23,7 @@ from .attention import (
 from .attention_pool import BcosAttentionPool2d
 from .bcos import MAX_B, BcosConv2d, BcosLinear, check_b
 from .constants import ConstantTerms
+from .dynamic_mode import DynamicLinearMode
 from .embedding import BcosTokenEmbedding
 from .encoding import InputEncoding, InputNormalization
 from .gate import DetachedFactor, DetachedGate
@@ -69,6 +70,7 @@ __all__ = [
     "DetachedFactor",
     "DetachedGate",
     "DynamicAttention",
+    "DynamicLinearMode",
     "ExplanationAware",
     "ExplanationTrace",
     "GatedActivation",

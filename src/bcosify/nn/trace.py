@@ -45,6 +45,7 @@ class ExplanationTrace:
     encoded_input: Tensor | None = None
     fold_input: Callable[[Tensor], Tensor] | None = None
     constants: dict[str, Tensor] = field(default_factory=dict)
+    optional: set[str] = field(default_factory=set)
     _names: dict[int, str] = field(default_factory=dict)
 
     def __enter__(self) -> ExplanationTrace:
@@ -90,15 +91,18 @@ def traced_input(module: nn.Module, encoded: Tensor, fold: Callable[[Tensor], Te
     leaf = encoded.detach().requires_grad_(True)
     trace.encoded_input = leaf
     trace.fold_input = fold
-    return leaf
+    return leaf.clone()  # not the leaf itself: code may scale it in place (CTRL's embeddings)
 
 
-def traced_constant(module: nn.Module, name: str, value: Tensor, like: Tensor) -> Tensor:
+def traced_constant(
+    module: nn.Module, name: str, value: Tensor, like: Tensor, optional: bool = False
+) -> Tensor:
     """Return ``value`` (a constant to be combined with ``like``) as a traced per-example leaf.
 
     During an explanation the constant is expanded to ``like``'s shape (batch first) and made a
     leaf tensor requiring grad, recorded under ``<module path>.<name>``. Otherwise ``value`` is
-    returned as it is.
+    returned as it is. An ``optional`` constant is left out of the explanation when the scores
+    do not depend on it (an attention mask, added to scores whose softmax is detached).
 
     Example:
         >>> import torch
@@ -116,4 +120,6 @@ def traced_constant(module: nn.Module, name: str, value: Tensor, like: Tensor) -
         key = f"{base}#{count}"
     leaf = value.detach().expand_as(like).clone().requires_grad_(True)
     trace.constants[key] = leaf
+    if optional:
+        trace.optional.add(key)
     return leaf

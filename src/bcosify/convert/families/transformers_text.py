@@ -947,11 +947,26 @@ FAMILY = Family(
             )
             for name, like in (("Camembert", "RoBERTa"), ("Ernie", "BERT"))
         ),
+        *(
+            Support(
+                "transformers",
+                f"{name}ForSequenceClassification",
+                "exact",
+                f"runs its own code{note}: modules swapped, its operations made dynamic "
+                "linear while explained (bcosify.nn.DynamicLinearMode)",
+            )
+            for name, note in (
+                ("Electra", ""),
+                ("OPT", ", learned positions"),
+                ("Bloom", ", ALiBi attention biases"),
+                ("Mixtral", " (built as Llama is, but a mixture of experts)"),
+            )
+        ),
         Support(
             "transformers",
-            "ElectraForSequenceClassification",
+            "BartForSequenceClassification",
             "unsupported",
-            "text classifiers neither of the five above nor built as Llama is are refused",
+            "encoder-decoder classifiers: the tokens enter the encoder and, shifted, the decoder",
         ),
     ),
 )
