@@ -22,9 +22,13 @@ SAMPLE = [
     ("timm", "metaformer", "poolformerv2_s12"),  # norm subclasses, StarReLU
     ("timm", "pit", "pit_ti_224"),  # the class token passed along with the signal in a tuple
     ("timm", "vision_transformer", "test_vit"),  # branches on the grid size: traced at it
+    ("timm", "focalnet", "focalnet_tiny_srf"),  # products of input-dependent tensors
+    ("timm", "selecsls", "selecsls42"),  # isinstance(x, list): traced with lists
     ("transformers", "bert", "BertForSequenceClassification"),
     ("transformers", "gpt2", "GPT2ForSequenceClassification"),
     ("transformers", "qwen2", "Qwen2ForSequenceClassification"),  # found by structure
+    ("transformers", "electra", "ElectraForSequenceClassification"),  # runs its own code
+    ("transformers", "mixtral", "MixtralForSequenceClassification"),  # a look-alike that does too
 ]
 
 

@@ -19,6 +19,7 @@ from test_convert import TIMM, TORCHVISION
 from test_convert_vit import SPECS as VITS
 from test_convert_vit import randomise
 from test_text_convert import CONFIGS as TEXT_CONFIGS
+from test_text_convert import tiny_bart
 from torch import nn
 
 import bcosify
@@ -56,25 +57,8 @@ def test_every_exact_claim_is_tested_and_every_test_is_claimed():
 
 UNSUPPORTED = {
     ("torchvision", "swin_v2_t"): lambda: create("torchvision:swin_v2_t", num_classes=3),
-    ("transformers", "BartForSequenceClassification"): lambda: tiny_bart(),
+    ("transformers", "BartForSequenceClassification"): tiny_bart,
 }
-
-
-def tiny_bart() -> nn.Module:
-    import transformers
-
-    config = transformers.BartConfig(
-        vocab_size=30,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=16,
-    )
-    return transformers.BartForSequenceClassification(config)
 
 
 @pytest.mark.parametrize(

@@ -349,20 +349,24 @@ def test_image_options_and_wrong_inputs_are_refused():
         converted("bert")(ids.float(), mask)
     with pytest.raises(ConversionError, match="not a text classifier"):
         bcosify.convert_text(transformers.BertModel(CONFIGS["bert"][1]))
-    bart = transformers.BartForSequenceClassification(
-        transformers.BartConfig(
-            vocab_size=VOCAB,
-            d_model=16,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=32,
-            decoder_ffn_dim=32,
-        )
-    )
     with pytest.raises(ConversionError, match="BartForSequenceClassification: an encoder-decoder"):
-        bcosify.convert(bart)  # a text model, refused with its reason (not as an image model)
+        bcosify.convert(tiny_bart())  # a text model, refused with its reason (not as an image)
+
+
+def tiny_bart() -> nn.Module:
+    """An encoder-decoder classifier (refused: its tokens enter twice)."""
+    config = transformers.BartConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=16,
+    )
+    return transformers.BartForSequenceClassification(config)
 
 
 def _doubled_qwen2() -> nn.Module:

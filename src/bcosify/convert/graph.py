@@ -551,24 +551,21 @@ def _gates_product(user: fx.Node, gate: fx.Node, signal: set[fx.Node]) -> bool:
 def _detach_gate(
     graph: ModuleGraph, product: fx.Node, gate: fx.Node, rewrites: GraphRewrites
 ) -> None:
-    what = f"'{gate.target}'" if gate.op == "call_module" else _name(gate)
-    _insert_detached(graph, product, gate, rewrites, f"gated product, gate {what}")
+    _insert_detached(graph, product, gate, rewrites, f"gated product, gate {_label(gate)}")
 
 
 def _detach_factor(
     graph: ModuleGraph, product: fx.Node, factor: fx.Node, why: str, rewrites: GraphRewrites
 ) -> None:
-    what = f"'{factor.target}'" if factor.op == "call_module" else _name(factor)
-    if why == "the attention weights":
-        _insert_detached(graph, product, factor, rewrites, f"gated product, gate {what} ({why})")
-        return
-    _insert_detached(
-        graph,
-        product,
-        factor,
-        rewrites,
-        f"product of input-dependent tensors ({_name(product)}), factor {what} ({why})",
-    )
+    kind = "gated product, gate" if why == "the attention weights" else "factor"
+    what = f"{kind} {_label(factor)} ({why})"
+    if kind == "factor":
+        what = f"product of input-dependent tensors ({_name(product)}), {what}"
+    _insert_detached(graph, product, factor, rewrites, what)
+
+
+def _label(node: fx.Node) -> str:
+    return f"'{node.target}'" if node.op == "call_module" else _name(node)
 
 
 def _insert_detached(
@@ -688,24 +685,20 @@ def _check_operation(node: fx.Node, signal: set[fx.Node]) -> str | None:
     name = _name(node)
     if _is_addition(node) or is_structural(node):
         return None
-    is_product = (node.op == "call_function" and node.target in _PRODUCTS) or (
-        node.op == "call_method" and node.target in _PRODUCT_METHODS
-    )
-    if is_product:
-        operands = node.args[1:] if node.target is torch.einsum else node.args
-        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):  # einsum(eq, [a, b])
-            operands = tuple(operands[0])
-        factors = [a for a in operands if a in signal]
-        if len(factors) > 1:  # two factors are detached one (_detached_factors): not these
+    if _divides_by(node, signal):  # a signal divided by one is a detached factor's product
+        return (
+            f"divides a constant by an input-dependent tensor ({name}), which has no "
+            "dynamic-linear form. Give the module a rule"
+        )
+    if name in ("truediv", "itruediv", "div", "div_"):
+        return None
+    if _product_operands(node):
+        if len([a for a in _product_operands(node) if a in signal]) > 1:
+            # two factors are a detached factor's product (_detached_factors): not these
             return (
                 f"multiplies input-dependent tensors ({name}) that are not two factors (a "
                 "tensor by itself, or three at once), which has no dynamic-linear form. Give "
                 "the module a rule"
-            )
-        if _divides_by(node, signal):
-            return (
-                f"divides a constant by an input-dependent tensor ({name}), which has no "
-                "dynamic-linear form. Give the module a rule"
             )
         return None
     if node.target in _SOFTMAXES:

@@ -274,7 +274,7 @@ def _detach_at(
 def _linearised(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict) -> Tensor:
     """``f(x) = x * [f(x) / x]``, the bracket detached (0 where ``x`` is 0)."""
     x = args[0]
-    out = func(*args, **kwargs)
+    out = func(*args, **{k: v for k, v in kwargs.items() if k != "inplace"})
     ratio = torch.where(x != 0, out.detach() / x.detach(), torch.zeros_like(out))
     return x * ratio
 
