@@ -14,6 +14,8 @@ computes the original's logits.
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from ..nn import BcosGELU, BcosTokenEmbedding
@@ -61,7 +63,10 @@ QKV_NAMES = frozenset(
 """Names of the linear layers that compute queries, keys or values in transformers' code."""
 
 
+@functools.cache
 def _conv1d_types() -> tuple[type[nn.Module], ...]:
+    """GPT-style ``Conv1D``: a linear layer with its weight transposed (transformers is imported
+    only when a text model is converted)."""
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:  # pragma: no cover - only text models come here
@@ -69,12 +74,9 @@ def _conv1d_types() -> tuple[type[nn.Module], ...]:
     return (Conv1D,)
 
 
-_CONV1D = _conv1d_types()  # GPT-style ``Conv1D``: a linear layer with its weight transposed
-
-
 def _rules() -> dict[type[nn.Module], Rule]:
     rules: dict[type[nn.Module], Rule] = {nn.Linear: linear, nn.LayerNorm: layernorm}
-    rules.update({cls: conv1d for cls in _CONV1D})
+    rules.update({cls: conv1d for cls in _conv1d_types()})
     try:  # BLOOM's GELU is an autograd function, whose operations no mode sees
         from transformers.models.bloom.modeling_bloom import BloomGelu
     except ImportError:  # pragma: no cover - only text models come here
@@ -133,7 +135,7 @@ def swap_modules(
             rule: Rule | None = (
                 token_embedding if type(module) is nn.Embedding else scaled_token_embedding
             )
-        elif type(module) in (nn.Linear, *_CONV1D) and path.rpartition(".")[2] in QKV_NAMES:
+        elif type(module) in (nn.Linear, *_conv1d_types()) and path.rpartition(".")[2] in QKV_NAMES:
             rule = _qkv
         else:
             rule = rules.get(type(module))
