@@ -159,6 +159,7 @@ _PRODUCTS = {
     torch.einsum,  # linear in each operand: a product of the signal with constants
 }
 _PRODUCT_METHODS = {"mul", "mul_", "div", "div_", "matmul", "bmm"}
+_DIVISIONS = {"truediv", "itruediv", "div", "div_"}  # names of the functions and methods
 _SOFTMAXES = {F.softmax, torch.softmax, "softmax"}
 _ATTENTION_HINT = (
     "attention computed explicitly (softmax of q k^T) is not recognised: compute it with "
@@ -235,8 +236,9 @@ def check_and_rewrite(
         ["  - 'block' (Block): calls tanh, which has no dynamic-linear form"]
     """
     rewrites = GraphRewrites()
-    gates = _gates(graph, is_activation)
-    factors, only = _detached_factors(graph, gates)
+    computed = signal_nodes(graph)  # what depends on the input, before any rewrite
+    gates = _gates(graph, computed, is_activation)
+    factors, only = _detached_factors(graph, computed, gates)
     rewritten: dict[fx.Node, fx.Node] = {}  # a node replaced by a module's call: by that call
     signal: set[fx.Node] = set()
     for node in list(graph.graph.nodes):
@@ -310,11 +312,12 @@ _GATE_MODULES = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softplus, GatedActivati
 _ELEMENTWISE_PRODUCTS = {operator.mul, operator.imul, torch.mul}
 
 
-def _gates(graph: ModuleGraph, is_activation: Callable[[nn.Module], bool]) -> set[fx.Node]:
+def _gates(
+    graph: ModuleGraph, signal: set[fx.Node], is_activation: Callable[[nn.Module], bool]
+) -> set[fx.Node]:
     """The activations whose every use is an elementwise product with another signal, directly
     or through reshapes (ResNeSt's ``x * attn.reshape(...)``): the activation, the reshapes and
     the last of them, which the product detaches."""
-    signal = signal_nodes(graph)
     found = set()
     for node in graph.graph.nodes:
         if node not in signal or not node.users:
@@ -400,7 +403,7 @@ def _from_softmax(graph: ModuleGraph, value: object) -> bool:
 
 
 def _detached_factors(
-    graph: ModuleGraph, gates: set[fx.Node]
+    graph: ModuleGraph, signal: set[fx.Node], gates: set[fx.Node]
 ) -> tuple[dict[fx.Node, tuple[fx.Node, str]], set[fx.Node]]:
     """The products of two input-dependent tensors not gated by an activation, each with the
     factor it detaches when explaining (and why); and the nodes that only compute detached
@@ -416,7 +419,6 @@ def _detached_factors(
     operand (``x * gate``). A tensor multiplied by itself (a square) is not a product of two
     factors and stays an error.
     """
-    signal = signal_nodes(graph)
     nonlinear: set[fx.Node] = set()  # not dynamic linear in the signal, as rewritten so far
     reduced: set[fx.Node] = set()  # computed through a sum or mean over some dimension
     found: dict[fx.Node, tuple[fx.Node, str]] = {}
@@ -478,7 +480,7 @@ def _product_operands(node: fx.Node) -> list[object]:
     products = (node.op == "call_function" and node.target in _PRODUCTS) or (
         node.op == "call_method" and node.target in _PRODUCT_METHODS
     )
-    if not products or _name(node) in ("truediv", "itruediv", "div", "div_"):
+    if not products or _name(node) in _DIVISIONS:
         return []
     operands = list(node.args[1:] if node.target is torch.einsum else node.args)
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):  # einsum(eq, [a, b])
@@ -488,12 +490,7 @@ def _product_operands(node: fx.Node) -> list[object]:
 
 def _divides_by(node: fx.Node, signal: set[fx.Node]) -> bool:
     """Whether ``node`` divides by an input-dependent tensor."""
-    division = node.op in ("call_function", "call_method") and _name(node) in (
-        "truediv",
-        "itruediv",
-        "div",
-        "div_",
-    )
+    division = node.op in ("call_function", "call_method") and _name(node) in _DIVISIONS
     return division and len(node.args) == 2 and node.args[1] in signal
 
 
@@ -690,7 +687,7 @@ def _check_operation(node: fx.Node, signal: set[fx.Node]) -> str | None:
             f"divides a constant by an input-dependent tensor ({name}), which has no "
             "dynamic-linear form. Give the module a rule"
         )
-    if name in ("truediv", "itruediv", "div", "div_"):
+    if name in _DIVISIONS:
         return None
     if _product_operands(node):
         if len([a for a in _product_operands(node) if a in signal]) > 1:

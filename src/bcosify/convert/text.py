@@ -147,21 +147,9 @@ def _convert_known(
         network, table, options, problems, traced_methods, root=_root_call(network, architecture)
     )
     record_tree(report, tree, network, model, problems)
-    hf_config = model.config
-    num_classes = int(hf_config.num_labels)
-    bias = logit_bias_value(options, num_classes)
-    config = TextModelConfig(
-        options,
-        architecture.name,
-        hf_config.to_dict(),
-        class_names or _class_names(hf_config),
-        architecture.token_types,
-        getattr(hf_config, "pad_token_id", None),
+    return _assemble(
+        model, network, options, report, class_names, architecture.name, architecture.token_types
     )
-    converted = BcosTextModel(network, config, bias).to(device_of(model))
-    if bias is not None:
-        report.constants.append(logit_bias_constant(options, bias, num_classes))
-    return converted.eval(), report
 
 
 def _convert_own_code(
@@ -187,18 +175,34 @@ def _convert_own_code(
         swap_modules(network, options, report, rules)
     except UnsupportedModule as error:
         raise ConversionError(f"cannot convert {type(model).__name__}: {error}") from None
+    name = getattr(type(model), "_bcosify_original", type(model)).__name__
+    token_types = "token_type_ids" in inspect.signature(type(model).forward).parameters
+    return _assemble(model, network, options, report, class_names, name, token_types, True)
+
+
+def _assemble(
+    model: nn.Module,
+    network: nn.Module,
+    options: TextConversionOptions,
+    report: ConversionReport,
+    class_names: list[str] | None,
+    architecture: str,
+    token_types: bool,
+    own_code: bool = False,
+) -> tuple[BcosTextModel, Any]:
+    """The converted ``network`` as a :class:`BcosTextModel` with its config and logit bias,
+    on the original's device."""
     hf_config = model.config
     num_classes = int(hf_config.num_labels)
     bias = logit_bias_value(options, num_classes)
-    forward = inspect.signature(type(model).forward).parameters
     config = TextModelConfig(
         options,
-        getattr(type(model), "_bcosify_original", type(model)).__name__,
+        architecture,
         hf_config.to_dict(),
         class_names or _class_names(hf_config),
-        "token_type_ids" in forward,
+        token_types,
         getattr(hf_config, "pad_token_id", None),
-        own_code=True,
+        own_code,
     )
     converted = BcosTextModel(network, config, bias).to(device_of(model))
     if bias is not None:

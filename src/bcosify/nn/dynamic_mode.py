@@ -104,10 +104,6 @@ def _tagged(value: object) -> bool:
     return isinstance(value, Tensor) and getattr(value, _TAG, False)
 
 
-def _detached(value: Tensor) -> Tensor:
-    return value.detach()
-
-
 class DynamicLinearMode(TorchFunctionMode):
     """Run a model's own code with every operation on the signal in its dynamic-linear form
     (see the module's description). Active only while a model converted by module swaps is
@@ -129,6 +125,7 @@ class DynamicLinearMode(TorchFunctionMode):
         super().__init__()
         self.model = model
         self._stack: list[nn.Module] = [model]
+        self._inside_bcos = 0  # B-cos modules on the stack: their code is dynamic linear
         self._frozen: list[nn.Parameter] = []
         self._hooks: list[Any] = []
         # the outputs of modules that do not depend on the input (a position embedding), by
@@ -155,10 +152,12 @@ class DynamicLinearMode(TorchFunctionMode):
 
     def _enter_module(self, module: nn.Module, args: Any) -> None:
         self._stack.append(module)
+        self._inside_bcos += isinstance(module, ExplanationAware)
 
     def _leave_module(self, module: nn.Module, args: Any, output: Any) -> None:
         if len(self._stack) > 1 and self._stack[-1] is module:
             self._stack.pop()
+            self._inside_bcos -= isinstance(module, ExplanationAware)
         if isinstance(output, Tensor) and not output.requires_grad:
             self._made[id(output)] = (module, output)
 
@@ -170,9 +169,10 @@ class DynamicLinearMode(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if self._inside_bcos:
+            return func(*args, **kwargs)
         leaves = tree_flatten((args, kwargs))[0]
-        inside_bcos = any(isinstance(m, ExplanationAware) for m in self._stack[1:])
-        if inside_bcos or not any(_signal(v) for v in leaves):
+        if not any(_signal(v) for v in leaves):
             return func(*args, **kwargs)
         name, reflected = _canonical(func)
         if name in _PRODUCTS or name in _DIVISIONS:
@@ -238,7 +238,7 @@ class DynamicLinearMode(TorchFunctionMode):
         bias: Tensor | None = None,
         eps: float = 1e-5,
     ) -> Tensor:
-        dims = tuple(range(-len(tuple(normalized_shape)), 0))
+        dims = _last_dims(normalized_shape)
         scale = (x.detach().var(dims, unbiased=False, keepdim=True) + eps).rsqrt()
         out = (x - x.mean(dims, keepdim=True)) * scale
         if weight is not None:
@@ -279,10 +279,15 @@ def _linearised(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict) -
     return x * ratio
 
 
+def _last_dims(normalized_shape: Any) -> tuple[int, ...]:
+    """The dimensions a norm over ``normalized_shape`` reduces: the last ones."""
+    return tuple(range(-len(tuple(normalized_shape)), 0))
+
+
 def _rms_norm(
     x: Tensor, normalized_shape: Any, weight: Tensor | None = None, eps: float | None = None
 ) -> Tensor:
-    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    dims = _last_dims(normalized_shape)
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     out = x * (x.detach().pow(2).mean(dims, keepdim=True) + eps).rsqrt()
     return out * weight if weight is not None else out
