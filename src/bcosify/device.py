@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import torch
 from torch import nn
 
 from .errors import UsageError
 
-__all__ = ["check_device", "default_device", "device_of", "idle_cores", "load_average"]
+__all__ = [
+    "busy_cores",
+    "check_device",
+    "default_device",
+    "device_of",
+    "idle_cores",
+    "load_average",
+]
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -67,24 +75,62 @@ def default_device() -> torch.device:
 def idle_cores() -> int:
     """The CPU threads torch would use, less the cores other work keeps busy (at least 1).
 
-    The busy cores are the 1-minute load average (Unix; elsewhere none): torch's threads wait
-    for each other at every operation, and when other work holds one of the cores a small
-    model's operations take many times longer than on a single thread.
+    torch's threads wait for each other at every operation, and when other work holds one of
+    the cores a small model's operations take many times longer than on a single thread. The
+    busy cores are what the 1-minute load average says; when it says some are busy, the CPU
+    time the system counts over a moment (``/proc/stat``, Linux) decides instead, since the
+    average still counts work that ended up to a minute ago.
 
     Example:
         >>> 1 <= idle_cores() <= torch.get_num_threads()
         True
     """
-    busy = load_average() or 0.0
     cores = os.cpu_count() or 1
+    busy = load_average() or 0.0
+    if busy >= 0.5:
+        measured = busy_cores()
+        busy = busy if measured is None else measured
     return max(1, min(torch.get_num_threads(), round(cores - busy)))
 
 
-def _load() -> float | None:
+_PROC_STAT = "/proc/stat"
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """Busy and total CPU time over all cores since boot, in clock ticks (None without
+    ``/proc/stat``)."""
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
+        with open(_PROC_STAT, encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
         return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is inside user and nice)
+    ticks = [int(value) for value in fields[1:9]]
+    idle = sum(ticks[3:5])
+    return sum(ticks) - idle, sum(ticks)
+
+
+def busy_cores(seconds: float = 0.2) -> float | None:
+    """How many cores were busy over the next ``seconds``, from the CPU time the system counts
+    (Linux ``/proc/stat``; None elsewhere). This process sleeps meanwhile, so it counts other
+    work only.
+
+    Example:
+        >>> busy = busy_cores(0.05)
+        >>> busy is None or 0 <= busy <= (os.cpu_count() or 1)
+        True
+    """
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _cpu_times()
+    if after is None or after[1] <= before[1]:
+        return None
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    return max(0.0, min(1.0, share)) * (os.cpu_count() or 1)
 
 
 def load_average() -> float | None:

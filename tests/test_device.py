@@ -1,0 +1,97 @@
+"""How many CPU threads a command takes: the idle cores, measured now rather than averaged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bcosify import device
+
+# /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice
+_STAT = "cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+
+
+def _stat_sequence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lines: list[str]) -> None:
+    """``/proc/stat`` holds ``lines[0]``, and ``lines[1]`` once the measurement has slept."""
+    stat = tmp_path / "stat"
+    stat.write_text(lines[0])
+    monkeypatch.setattr(device, "_PROC_STAT", str(stat))
+    monkeypatch.setattr(device.time, "sleep", lambda seconds: stat.write_text(lines[-1]))
+
+
+@pytest.fixture
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_busy_cores_counts_the_cpu_time_between_two_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_cores: None
+) -> None:
+    # 100 ticks passed on all cores together; 50 of them busy (user, system), 50 idle
+    _stat_sequence(
+        monkeypatch,
+        tmp_path,
+        [
+            _STAT.format(user=1000, system=500, idle=8000, iowait=500),
+            _STAT.format(user=1030, system=520, idle=8040, iowait=510),
+        ],
+    )
+    assert device.busy_cores() == pytest.approx(1.0)
+
+
+def test_a_just_idle_machine_gets_every_core_despite_its_load_average(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_cores: None
+) -> None:
+    # the 1-minute average still counts work that just ended; the cores are idle now
+    monkeypatch.setattr(device, "load_average", lambda: 1.6)
+    _stat_sequence(
+        monkeypatch,
+        tmp_path,
+        [
+            _STAT.format(user=1000, system=500, idle=8000, iowait=0),
+            _STAT.format(user=1000, system=501, idle=8099, iowait=0),
+        ],
+    )
+    assert device.idle_cores() == 2
+
+
+def test_a_busy_core_is_left_to_the_work_that_holds_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_cores: None
+) -> None:
+    monkeypatch.setattr(device, "load_average", lambda: 1.0)
+    _stat_sequence(
+        monkeypatch,
+        tmp_path,
+        [
+            _STAT.format(user=1000, system=500, idle=8000, iowait=0),
+            _STAT.format(user=1045, system=505, idle=8050, iowait=0),
+        ],
+    )
+    assert device.idle_cores() == 1
+
+
+def test_without_proc_stat_the_load_average_decides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_cores: None
+) -> None:
+    monkeypatch.setattr(device, "load_average", lambda: 1.2)
+    monkeypatch.setattr(device, "_cpu_times", lambda: None)
+    assert device.busy_cores() is None
+    assert device.idle_cores() == 1
+    monkeypatch.setattr(device, "load_average", lambda: None)
+    assert device.idle_cores() == 2
+
+
+def test_an_unreadable_proc_stat_is_no_measurement(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _stat_sequence(monkeypatch, tmp_path, ["intr 1 2 3\n"])
+    assert device.busy_cores() is None
+    monkeypatch.setattr(device, "_PROC_STAT", str(tmp_path / "absent"))
+    assert device.busy_cores() is None
