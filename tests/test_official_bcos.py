@@ -162,3 +162,32 @@ def test_zoo_errors_name_what_is_wrong(tmp_path):
     torch.save(_official_zoo_model("resnet18", 0).state_dict(), wrong)
     with pytest.raises(ModelSourceError, match=r"missing keys: network\.layer1\.2"):
         bcosify.models.create("bcos:resnet34", weights=wrong)
+
+
+@pytest.mark.parametrize("smooth", [0, 5, 15])
+def test_colour_explanation_is_the_official_visualisation(smooth):
+    """The demo's colours are not an artefact of our drawing: on a B-cosified network's own
+    explanations, :func:`bcosify.explain.colour_explanation` draws what the official
+    ``gradient_to_image`` draws (up to rounding, and its 1e-12 alpha where the evidence is
+    negative)."""
+    gradient_to_image = pytest.importorskip("bcos.common").gradient_to_image
+    from bcosify import convert, explain
+    from bcosify.explain import colour_explanation
+
+    torch.manual_seed(0)
+    original = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 5, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    ).eval()
+    model = convert(original, input_mean=(0.5,) * 3, input_std=(0.25,) * 3).model.eval()
+    images = torch.rand(3, 3, 20, 20)
+    e = explain(model, images, torch.tensor([0, 2, 4]))
+    ours = colour_explanation(e.inputs, e.weights, smooth=smooth)
+    for i in range(len(images)):
+        theirs = torch.as_tensor(gradient_to_image(e.inputs[i], e.weights[i], smooth=smooth))
+        assert torch.equal(ours[i, ..., :3], theirs[..., :3])
+        torch.testing.assert_close(ours[i, ..., 3], theirs[..., 3], atol=1e-6, rtol=0)
