@@ -12,6 +12,7 @@ each target was met, the colour fidelity of the B-cos explanations, and the wall
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -188,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where the demos write (default: a temp dir)")
     parser.add_argument("--write", help="markdown file whose section to (re)write")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: as the demo)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the metrics of seeds whose folder under --out holds a finished run instead "
+        "of running them again (to rerun one seed whose time other work disturbed)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or idle_cores())
     out = args.out or Path(tempfile.mkdtemp(prefix="bcosify-demo-"))
@@ -198,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(PRESETS[args.preset], seed=seed)
         # a fresh cache for every seed: the times are those of a first run
         folder = out / f"seed-{seed}"
+        if args.reuse and (folder / "metrics.json").exists():
+            runs.append(json.loads((folder / "metrics.json").read_text()))
+            print(f"seed {seed}: read from {folder}")
+            continue
         runs.append(run_demo(settings, folder, cache=folder / "cache", progress=False))
         print(f"seed {seed}: {time.perf_counter() - started:.0f} s; output in {folder}")
     command = command_line("bench_demo.py", argv)
