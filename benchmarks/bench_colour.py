@@ -27,13 +27,17 @@ from typing import Any
 import torch
 from common import command_line, load_average, machine, publish
 from torch import nn
+from torch.nn.utils import parametrize
 
+from bcosify import convert
 from bcosify.demo import PRESETS
 from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.settings import DemoSettings
 from bcosify.demo.training import Trainer, datasets, train_original
+from bcosify.device import in_processes
 from bcosify.evaluate import colour_fidelity_of_model, correct
 from bcosify.train import get_recipe, prepare_model, train
+from bcosify.train.prepare import input_normalization
 
 SECTION = "bench_colour"
 
@@ -41,13 +45,16 @@ SECTION = "bench_colour"
 @dataclass(frozen=True)
 class Lever:
     """One way of making the B-cosified model: recipe fields, demo settings (a wider network
-    trains its own original), a fresh B-cos model instead of the original's weights, or the
-    first layer turned into colour templates before fine-tuning."""
+    or larger images train their own original), a fresh B-cos model instead of the original's
+    weights, the first layer turned into colour templates before fine-tuning, the encoding of
+    the conversion, or the first layer's learning rate multiplied."""
 
     recipe: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     scratch: bool = False
     templates: bool = False
+    encoding: str = "fold"
+    first_layer_lr: float = 1.0
 
 
 LEVERS = {
@@ -60,6 +67,9 @@ LEVERS = {
     "no activations (B-cos v2 design)": Lever({"activations": "identity"}),
     "first layer as colour templates": Lever(templates=True),
     "wider: widths 32, 32, 64, 64": Lever(settings={"widths": (32, 32, 64, 64)}),
+    "64 px images": Lever(settings={"image_size": 64}),
+    "paper encoding ([W, -W] / 2 behind a normalisation)": Lever(encoding="paper"),
+    "first layer's learning rate x 30": Lever(first_layer_lr=30.0),
     "B-cos from scratch (8 epochs, lr 1e-3)": Lever({"epochs": 8, "lr": 1e-3}, scratch=True),
 }
 
@@ -86,6 +96,41 @@ def as_colour_templates(model: nn.Module) -> None:
         conv.weight.copy_(torch.cat([half + level, level - half], 1))
 
 
+class _Scaled(nn.Module):
+    """``weight = factor * v``: Adam's steps on ``v`` move the weight ``factor`` times as far."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.factor * v
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / self.factor
+
+
+def start_model(lever: Lever, original: nn.Module, trainer: Trainer, recipe: Any) -> nn.Module:
+    """The model the lever fine-tunes: converted here when the lever changes the conversion or
+    the converted first layer (else ``train`` converts it as the demo does)."""
+    if lever.scratch:
+        return trainer.architecture()
+    start = copy.deepcopy(original)
+    if lever.encoding != "fold":
+        mean, std = input_normalization(start)
+        start = convert(start, input_mean=mean, input_std=std, b=recipe.b, encoding=lever.encoding)
+        start = start.model
+    elif lever.templates or lever.first_layer_lr != 1:
+        start = prepare_model(start, recipe)
+    if lever.templates:
+        as_colour_templates(start)
+    if lever.first_layer_lr != 1:
+        parametrize.register_parametrization(
+            first_conv(start), "weight", _Scaled(lever.first_layer_lr)
+        )
+    return start
+
+
 def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[str, Any]:
     model.eval()
     items = [test[i] for i in range(images)]
@@ -108,11 +153,24 @@ def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[s
     }
 
 
+ORIGINALS = Path(".bench/colour")
+
+
+def lever_settings(lever: Lever, seed: int) -> DemoSettings:
+    return replace(PRESETS["default"], seed=seed, grids=50, grid_sizes=(2,), **lever.settings)
+
+
+def cache_original(lever: Lever, seed: int, work: Path) -> None:
+    """Train (or find) the original the lever starts from, in the cache the levers share."""
+    s = lever_settings(lever, seed)
+    train_original(s, Trainer(s, datasets(s), work, progress=False), ORIGINALS)
+
+
 def run_lever(lever: Lever, seed: int, work: Path, images: int) -> dict[str, Any]:
-    s = replace(PRESETS["default"], seed=seed, grids=50, grid_sizes=(2,), **lever.settings)
+    s = lever_settings(lever, seed)
     data = datasets(s)
     trainer = Trainer(s, data, work, progress=False)
-    original, _, _ = train_original(s, trainer, Path(".bench/colour"))
+    original, _, _ = train_original(s, trainer, ORIGINALS)
     fields = {"epochs": s.finetune_epochs, "lr": s.lr_finetune, **lever.recipe}
     recipe = get_recipe(
         "bcos-scratch" if lever.scratch else "bcosify-cnn",
@@ -122,12 +180,8 @@ def run_lever(lever: Lever, seed: int, work: Path, images: int) -> dict[str, Any
         checkpoint_every=10**9,
         **fields,
     )
-    start = trainer.architecture() if lever.scratch else copy.deepcopy(original)
-    if lever.templates:
-        start = prepare_model(start, recipe)
-        as_colour_templates(start)
     result = train(
-        start,
+        start_model(lever, original, trainer, recipe),
         data["train"],
         recipe,
         work / f"seed-{seed}",
@@ -195,17 +249,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levers", nargs="+", choices=tuple(LEVERS), default=tuple(LEVERS))
     parser.add_argument("--images", type=int, default=200, help="test images for the colours")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="levers run at once, each in its own process with one thread (1: here, on --threads)",
+    )
     parser.add_argument("--write", help="markdown file whose section to (re)write")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     before = load_average()
     work = Path(tempfile.mkdtemp(prefix="bcosify-colour-"))
+    levers = [(name, seed) for name in args.levers for seed in args.seeds]
+    # the originals first, each trained once, so that no two processes train the same one
+    firsts = {(tuple(sorted(LEVERS[n].settings.items())), seed): n for n, seed in levers}
+    originals = [
+        (LEVERS[name], seed, work / "originals" / str(index))
+        for index, ((_, seed), name) in enumerate(firsts.items())
+    ]
+    list(in_processes(cache_original, originals, args.jobs))
+    jobs = [
+        (LEVERS[name], seed, work / str(index), args.images)
+        for index, (name, seed) in enumerate(levers)
+    ]
+    outcomes = list(in_processes(run_lever, jobs, args.jobs))
     results: dict[str, list[dict[str, Any]]] = {}
-    for name in args.levers:
-        for seed in args.seeds:
-            result = run_lever(LEVERS[name], seed, work / name.replace(" ", "_"), args.images)
-            results.setdefault(name, []).append(result)
-            print(f"{name}, seed {seed}: {result}", flush=True)
+    for (name, seed), result in zip(levers, outcomes, strict=True):
+        results.setdefault(name, []).append(result)
+        print(f"{name}, seed {seed}: {result}", flush=True)
     command = command_line("bench_colour.py", argv)
     text = report(results, args.seeds, command, (before, load_average()))
     return publish(text, SECTION, args.write)

@@ -181,14 +181,16 @@ def in_processes(
             initializer(*initargs)
         yield from (function(*job) for job in jobs)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         min(processes, len(jobs)),
-        mp_context=context,
+        mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
         initargs=(initializer, initargs),
-    ) as pool:
+    )
+    try:
         yield from pool.map(_call, [(function, job) for job in jobs])
+    finally:  # an error or an interruption here: the jobs not started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
