@@ -53,7 +53,7 @@ bench-real: $(STAMP)
 	$(BIN)/python benchmarks/bench_real.py --write docs/benchmarks.md
 
 bench-colour: $(STAMP)
-	$(BIN)/python benchmarks/bench_colour.py --write docs/benchmarks.md
+	$(BIN)/python benchmarks/bench_colour.py --jobs 2 --write docs/benchmarks.md
 
 # Every timm family (its smallest model) and every transformers text classifier, converted and
 # checked; each case in its own process with a time limit, cached under .bench/coverage (an
