@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import command_line, load_average, machine, publish
+from common import command_line, in_processes, load_average, machine, publish
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -37,7 +37,6 @@ from bcosify.demo import PRESETS
 from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.settings import DemoSettings
 from bcosify.demo.training import Trainer, datasets, train_original
-from bcosify.device import in_processes
 from bcosify.evaluate import colour_fidelity_of_model, correct
 from bcosify.train import get_recipe, prepare_model, train
 from bcosify.train.prepare import input_normalization

@@ -7,13 +7,16 @@ Each script owns one section of ``docs/benchmarks.md``, between the markers
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -98,3 +101,36 @@ def publish(text: str, name: str, write: str | Path | None) -> int:
     if write:
         write_section(write, name, text)
     return 0
+
+
+T = TypeVar("T")
+
+
+def in_processes(
+    function: Callable[..., T], jobs: Sequence[tuple[Any, ...]], processes: int
+) -> Iterator[T]:
+    """``function(*job)`` for every job, in order, in ``processes`` worker processes of one
+    torch thread each (here, one after another, with ``processes <= 1`` or a single job).
+
+    The workers are spawned, not forked (a forked child of a process whose torch thread pool
+    has run can hang), so ``function`` and the jobs must be picklable, and a script must not
+    change while its workers start. Jobs not yet started are dropped when the caller stops.
+    """
+    if processes <= 1 or len(jobs) <= 1:
+        yield from (function(*job) for job in jobs)
+        return
+    pool = ProcessPoolExecutor(
+        min(processes, len(jobs)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(1,),
+    )
+    try:
+        yield from pool.map(_call, [(function, job) for job in jobs])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _call(task: tuple[Callable[..., T], tuple[Any, ...]]) -> T:
+    function, job = task
+    return function(*job)

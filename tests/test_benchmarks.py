@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import operator
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert")
@@ -145,3 +148,13 @@ def test_compiled_targets_set_each_model_in_its_faster_mode(scripts):
     assert "| slow-compiled-original |" in text and "| 1.40x |" in text  # 1.4 / 1.0
     assert "not met (1 of 2, worst 1.40x)" in text
     assert "median at most 1.15x: not met (1.25x)" in text  # median of 1.40 and 1.10
+
+
+def test_jobs_in_processes_come_back_in_order_each_on_one_thread(scripts):
+    in_processes = scripts["common"].in_processes
+    jobs = [(partial(pow, 2, 3),), (torch.get_num_threads,), (partial(pow, 5, 0),)]
+    call = operator.methodcaller("__call__")
+    assert list(in_processes(call, jobs, 2)) == [8, 1, 1]
+    assert list(in_processes(pow, [(2, 3)], 2)) == [8]  # one job: here
+    with pytest.raises(ValueError, match="invalid literal"):  # a worker's error reaches us
+        list(in_processes(int, [("1",), ("one",)], 2))

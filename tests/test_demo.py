@@ -10,12 +10,10 @@ import pytest
 import torch
 from browser import CHROMIUM, measure_page
 from commands import run_cli
-from torch.utils.data import TensorDataset
 
 import bcosify
 from bcosify.cli import main
 from bcosify.demo import PRESETS
-from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.training import Trainer, datasets, train_original
 from bcosify.evaluate import EXPLAINER_NAMES, correct
 from bcosify.report import Figure, Report, Table
@@ -209,49 +207,6 @@ def test_the_trained_original_is_cached_by_its_settings(demo_run, tmp_path, caps
         torch.equal(x, y)
         for x, y in zip(trained.state_dict().values(), control.state_dict().values(), strict=True)
     )
-
-
-def test_evaluation_in_worker_processes_equals_the_evaluation_here():
-    """The demo spreads its explanation methods over worker processes: each job's result,
-    attributions and pointing games are what the same job gives in this process."""
-    settings = PRESETS["test"]
-    items = [datasets(settings)["test"][i] for i in range(settings.num_test)]
-    images, masks = torch.stack([i[0] for i in items]), torch.stack([i[2] for i in items])
-    torch.manual_seed(0)
-    net = bcosify.models.create("bcosify:small_cnn", num_classes=10, widths=[8, 8]).eval()
-    model = Normalized(net, *input_normalization(net)).eval()
-    with torch.no_grad():  # a random network, its logits centred so its answers spread
-        net.fc.bias -= model(images).mean(0)
-        answers = model(images).argmax(1)
-    # labelled with the model's own answers: every image is classified correctly, so the
-    # grids of 4 distinct classes are made without training a model
-    test = TensorDataset(images, answers, masks)
-    assert len(answers.unique()) >= 4
-    jobs = [(model, "original", method, {}) for method in ("saliency", "occlusion", "rise")]
-    here, there = Evaluation(settings, test), Evaluation(settings, test)
-    alone = {label: result for label, result, _ in here.run_many(jobs, processes=1)}
-    spread = {label: result for label, result, _ in there.run_many(jobs, processes=2)}
-    labels = ["saliency (original)", "occlusion (original)", "rise (original)"]
-    assert list(alone) == list(spread) == labels
-    for label, result in alone.items():
-        assert "mean" in result["pointing_game"]["2x2"]
-        for key in ("pointing_game", "mask_localisation", "deletion_auc"):
-            assert _close(result[key], spread[label][key]), (label, key)
-        torch.testing.assert_close(here.attributions[label], there.attributions[label])
-    assert sorted(here.games) == sorted(there.games) == sorted(f"{x} 2x2" for x in labels)
-    for key, game in here.games.items():
-        torch.testing.assert_close(game.per_grid, there.games[key].per_grid)
-
-
-def _close(a: object, b: object) -> bool:
-    """Nested dicts and lists of numbers equal up to float rounding (one thread or two)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-5 * max(1.0, abs(a))
-    return a == b
 
 
 def test_explain_cli_writes_pictures_and_names_unreadable_images(demo_run, tmp_path, capsys):

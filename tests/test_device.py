@@ -1,11 +1,8 @@
-"""How many CPU threads a command takes (the idle cores, measured now rather than averaged),
-and independent jobs spread over worker processes."""
+"""How many CPU threads a command takes: the idle cores, measured now rather than averaged."""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -98,16 +95,3 @@ def test_an_unreadable_proc_stat_is_no_measurement(
     assert device.busy_cores() is None
     monkeypatch.setattr(device, "_PROC_STAT", str(tmp_path / "absent"))
     assert device.busy_cores() is None
-
-
-def test_jobs_in_processes_come_back_in_order_each_on_one_thread() -> None:
-    jobs = [(partial(pow, 2, 3),), (torch.get_num_threads,), (partial(pow, 5, 0),)]
-    call = operator.methodcaller("__call__")
-    assert list(device.in_processes(call, jobs, processes=2)) == [8, 1, 1]
-    # a single job runs here, on this process's threads
-    assert list(device.in_processes(pow, [(2, 3)], processes=2)) == [8]
-
-
-def test_an_error_in_a_worker_reaches_the_caller() -> None:
-    with pytest.raises(ValueError, match="invalid literal"):
-        list(device.in_processes(int, [("1",), ("one",)], processes=2))

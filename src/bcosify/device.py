@@ -1,15 +1,11 @@
-"""Devices: where a module lives, whether a device asked for is there, how many CPU threads
-to use, and independent jobs spread over the cores in worker processes."""
+"""Devices: where a module lives, whether a device asked for is there, and how many CPU
+threads to use."""
 
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,11 +18,8 @@ __all__ = [
     "default_device",
     "device_of",
     "idle_cores",
-    "in_processes",
     "load_average",
 ]
-
-T = TypeVar("T")
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -152,53 +145,3 @@ def load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-
-
-def in_processes(
-    function: Callable[..., T],
-    jobs: Sequence[tuple[Any, ...]],
-    processes: int,
-    *,
-    initializer: Callable[..., None] | None = None,
-    initargs: tuple[Any, ...] = (),
-) -> Iterator[T]:
-    """``function(*job)`` for every job, in order, each worker process on one torch thread.
-
-    Small models use a second core far better as a second process than through torch's own
-    threads, which wait for each other at every operation (measured on the demo's CNN: two
-    threads explain 1.05x to 1.4x as fast as one). With ``processes <= 1`` or a single job
-    the jobs run here, one after another, on this process's threads. ``function``,
-    ``initializer`` (run once per worker, or once here) and the jobs must be picklable: the
-    workers are spawned, not forked (a forked child of a process whose torch thread pool has
-    run can hang).
-
-    Example:
-        >>> list(in_processes(max, [(1, 2), (4, 3)], processes=1))
-        [2, 4]
-    """
-    if processes <= 1 or len(jobs) <= 1:
-        if initializer is not None:
-            initializer(*initargs)
-        yield from (function(*job) for job in jobs)
-        return
-    pool = ProcessPoolExecutor(
-        min(processes, len(jobs)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(initializer, initargs),
-    )
-    try:
-        yield from pool.map(_call, [(function, job) for job in jobs])
-    finally:  # an error or an interruption here: the jobs not started are dropped
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
-    torch.set_num_threads(1)
-    if initializer is not None:
-        initializer(*initargs)
-
-
-def _call(task: tuple[Callable[..., T], tuple[Any, ...]]) -> T:
-    function, job = task
-    return function(*job)

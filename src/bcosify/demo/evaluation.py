@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SyntheticShapes
-from ..device import in_processes
 from ..errors import EvaluationError
 from ..evaluate import (
     EXPLAINER_NAMES,
@@ -158,20 +156,6 @@ class Evaluation:
             "seconds_per_image": per_image,
         }
 
-    def run_many(
-        self, jobs: Sequence[tuple[nn.Module, str, str, dict[str, Any]]], processes: int
-    ) -> Iterator[tuple[str, dict[str, Any], float]]:
-        """:meth:`run` for every job ``(model, model_name, method, extra)``, spread over
-        ``processes`` worker processes (:func:`bcosify.device.in_processes`); yields each
-        job's label, result and seconds, in order, and keeps its attributions and games here.
-        """
-        for label, result, attribution, games, seconds in in_processes(
-            _run_job, jobs, processes, initializer=_start_worker, initargs=(self.s, self.test)
-        ):
-            self.attributions[label] = attribution
-            self.games.update(games)
-            yield label, result, seconds
-
     def _pointing(self, model: nn.Module, explainer: Any, n: int, grids: int) -> PointingGameResult:
         s = self.s
         return grid_pointing_game(
@@ -250,29 +234,6 @@ class Evaluation:
             "seconds_per_image": seconds,
             "ratio": seconds["integrated_gradients"] / seconds["bcos"],
         }
-
-
-# the Evaluation of a worker process of Evaluation.run_many (or of this process, without workers)
-_WORKER: Evaluation | None = None
-
-
-def _start_worker(s: DemoSettings, test: SyntheticShapes) -> None:
-    global _WORKER
-    _WORKER = Evaluation(s, test)
-
-
-def _run_job(
-    model: nn.Module, model_name: str, method: str, extra: dict[str, Any]
-) -> tuple[str, dict[str, Any], Tensor, dict[str, PointingGameResult], float]:
-    """One job of :meth:`Evaluation.run_many`, in the worker's own Evaluation: its label,
-    result, attributions, pointing games and seconds."""
-    assert _WORKER is not None, "run_many starts every worker with an Evaluation"
-    started = time.perf_counter()
-    result = _WORKER.run(model, model_name, method, extra)
-    label = f"{method} ({model_name})"
-    games = {key: game for key, game in _WORKER.games.items() if key.startswith(f"{label} ")}
-    seconds = time.perf_counter() - started
-    return label, result, _WORKER.attributions[label], games, seconds
 
 
 def _timed(

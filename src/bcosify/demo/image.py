@@ -111,14 +111,13 @@ def run_demo(
     results: dict[str, dict[str, Any]] = {}
     runs = [("B-cosified", "bcos"), ("B-cos from scratch", "bcos")]
     runs += [(model_name, name) for model_name in EXPLAINED for name in POSTHOC]
-    jobs = [
-        (models[name], name, method, {"layer": layers[name][0]} if method == "gradcam" else {})
-        for name, method in runs
-    ]
-    # one process per thread the run may use: the small models use a core better that way
-    for label, result, seconds in evaluation.run_many(jobs, torch.get_num_threads()):
-        print(f"  {label}: {seconds:.0f} s", flush=True)
-        results[label] = result
+    for model_name, method in runs:
+        label = f"{method} ({model_name})"
+        print(f"  {label} ...", end=" ", flush=True)
+        started = time.perf_counter()
+        extra = {"layer": layers[model_name][0]} if method == "gradcam" else {}
+        results[label] = evaluation.run(models[model_name], model_name, method, extra)
+        print(f"{time.perf_counter() - started:.0f} s", flush=True)
     for model_name in EXPLAINED:
         layer, resolution = layers[model_name]
         results[f"gradcam ({model_name})"]["layer"] = {"name": layer, "resolution": resolution}

@@ -122,9 +122,7 @@ def _machine(machine: Mapping[str, Any]) -> str:
         if None in load
         else f", 1-minute load average {load[0]:.1f} at the start and {load[1]:.1f} at the end"
     )
-    threads = machine["threads"]
-    spread = f" (the explanation methods in {threads} processes of one)" if threads > 1 else ""
-    return f"{threads} torch thread(s){spread} of {machine['cores']} cores{loads}"
+    return f"{machine['threads']} torch thread(s) of {machine['cores']} cores{loads}"
 
 
 def _interval(value: Mapping[str, Any] | None, digits: int = 3, percent: bool = False) -> str:
