@@ -81,50 +81,8 @@ def _window_sum(squares: Tensor, window: Tensor, conv_args: tuple[Any, ...], eps
         # a 1 x 1 window is a strided view: a ones-kernel 1 x 1 convolution with one channel
         # per group is pathologically slow on CPU (measured 6 ms for 32 x 1 x 56 x 56)
         return squares[..., :: stride[0], :: stride[1]] + eps
-    if _shifts_apply(squares, stride, padding):
-        return _shifted_window_sum(squares, window.shape[-2:], padding, dilation).add_(eps)
     bias = window.new_full((groups,), eps)
     return F.conv2d(squares, window, bias, stride, padding, dilation, groups)
-
-
-def _shifts_apply(squares: Tensor, stride: Pair, padding: Pair | str) -> bool:
-    """Whether :func:`_shifted_window_sum` computes this window sum, and faster: one map
-    (``groups=1``) at stride 1 on the CPU. With many groups or a stride the convolution is
-    faster (measured 46 ms against 96 ms for a depthwise 7 x 7 window over 32 x 96 x 56 x 56,
-    3.4 against 3.7 ms for a 7 x 7 window at stride 2 over 32 x 1 x 224 x 224). Under autocast
-    the convolution it replaces would compute in the autocast type: it is kept."""
-    return (
-        squares.shape[1] == 1
-        and squares.device.type == "cpu"
-        and not torch.is_autocast_enabled("cpu")
-        and tuple(stride) == (1, 1)
-        and not isinstance(padding, str)
-    )
-
-
-def _shifted_window_sum(
-    squares: Tensor, kernel: Sequence[int], padding: Pair, dilation: Pair
-) -> Tensor:
-    """The ones-kernel correlation at stride 1 as a sum of shifted views, one dimension at a
-    time: a fresh tensor (or a view of one) ``(N, 1, H', W')``.
-
-    On the CPU a convolution with one input and one output channel is pathologically slow:
-    measured 29 ms against 1.8 ms for 256 x 1 x 64 x 64 with a 3 x 3 window (the demo's first
-    layer on its 2 x 2 grids), 0.47 against 0.13 ms for 32 x 1 x 56 x 56.
-    """
-    total = squares
-    if any(padding):
-        total = F.pad(squares, (padding[1], padding[1], padding[0], padding[0]))
-    for dim, size, step in ((-1, kernel[1], dilation[1]), (-2, kernel[0], dilation[0])):
-        span = total.shape[dim] - step * (size - 1)
-        shifted = [total.narrow(dim, k * step, span) for k in range(size)]
-        if size > 1:
-            total = shifted[0] + shifted[1]
-            for view in shifted[2:]:
-                total.add_(view)
-        else:
-            total = shifted[0]
-    return total
 
 
 def _sum_of_squares(x: Tensor, groups: int) -> Tensor:
@@ -183,8 +141,6 @@ def _window_sum_backward(
     kernel = window.shape[-2:]
     flipped = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding, strict=True))
     if stride == (1, 1) and min(flipped) >= 0:
-        if _shifts_apply(grad, stride, flipped):
-            return _shifted_window_sum(grad, kernel, flipped, dilation)
         return F.conv2d(grad, window, None, 1, flipped, dilation, groups)
     extra = tuple(
         size - ((g - 1) * s - 2 * p + d * (k - 1) + 1)
