@@ -46,35 +46,28 @@ def test_busy_cores_counts_the_cpu_time_between_two_reads(
     assert device.busy_cores() == pytest.approx(1.0)
 
 
-def test_a_just_idle_machine_gets_every_core_despite_its_load_average(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_cores: None
+@pytest.mark.parametrize(
+    ("load", "busy_ticks", "cores"),
+    [
+        # the 1-minute average still counts work that just ended; the cores are idle now
+        (1.6, 1, 2),
+        # one core of two held by other work: half the ticks busy
+        (1.0, 50, 1),
+    ],
+)
+def test_the_cores_idle_now_decide_when_the_load_average_says_some_are_busy(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    two_cores: None,
+    load: float,
+    busy_ticks: int,
+    cores: int,
 ) -> None:
-    # the 1-minute average still counts work that just ended; the cores are idle now
-    monkeypatch.setattr(device, "load_average", lambda: 1.6)
-    _stat_sequence(
-        monkeypatch,
-        tmp_path,
-        [
-            _STAT.format(user=1000, system=500, idle=8000, iowait=0),
-            _STAT.format(user=1000, system=501, idle=8099, iowait=0),
-        ],
-    )
-    assert device.idle_cores() == 2
-
-
-def test_a_busy_core_is_left_to_the_work_that_holds_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, two_cores: None
-) -> None:
-    monkeypatch.setattr(device, "load_average", lambda: 1.0)
-    _stat_sequence(
-        monkeypatch,
-        tmp_path,
-        [
-            _STAT.format(user=1000, system=500, idle=8000, iowait=0),
-            _STAT.format(user=1045, system=505, idle=8050, iowait=0),
-        ],
-    )
-    assert device.idle_cores() == 1
+    monkeypatch.setattr(device, "load_average", lambda: load)
+    before = _STAT.format(user=1000, system=500, idle=8000, iowait=0)
+    after = _STAT.format(user=1000 + busy_ticks, system=500, idle=8100 - busy_ticks, iowait=0)
+    _stat_sequence(monkeypatch, tmp_path, [before, after])
+    assert device.idle_cores() == cores
 
 
 def test_without_proc_stat_the_load_average_decides(
