@@ -86,5 +86,7 @@ def test_an_unreadable_proc_stat_is_no_measurement(
 ) -> None:
     _stat_sequence(monkeypatch, tmp_path, ["intr 1 2 3\n"])
     assert device.busy_cores() is None
+    _stat_sequence(monkeypatch, tmp_path, ["cpu  1 2 x 4\n"])
+    assert device.busy_cores() is None
     monkeypatch.setattr(device, "_PROC_STAT", str(tmp_path / "absent"))
     assert device.busy_cores() is None

@@ -104,9 +104,9 @@ def _cpu_times() -> tuple[int, int] | None:
             fields = stat.readline().split()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 5:
-        return None
     # user nice system idle iowait irq softirq steal (guest time is inside user and nice)
+    if len(fields) < 5 or fields[0] != "cpu" or not all(v.isdigit() for v in fields[1:9]):
+        return None
     ticks = [int(value) for value in fields[1:9]]
     idle = sum(ticks[3:5])
     return sum(ticks) - idle, sum(ticks)
