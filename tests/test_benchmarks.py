@@ -90,6 +90,15 @@ def test_demo_benchmark_writes_its_section(scripts, tmp_path, capsys):
     assert "seeds 3" in text and "bench_demo.py --preset test" in text and "Machine:" in text
     assert "1 of 1" in text or "0 of 1" in text  # targets counted over the seeds
     assert (tmp_path / "demo" / "seed-3" / "report.html").is_file()
+    # --reuse reads a finished seed instead of running it again: the same table
+    table = text[text.index("| model |") : text.index(end)]
+    (tmp_path / "demo" / "seed-3" / "report.html").unlink()
+    capsys.readouterr()
+    assert scripts["bench_demo"].main([*argv, "--reuse"]) == 0
+    assert "seed 3: read from" in capsys.readouterr().out
+    assert not (tmp_path / "demo" / "seed-3" / "report.html").exists()
+    again = docs.read_text()
+    assert again[again.index("| model |") : again.index(end)] == table
 
 
 def test_demo_benchmark_gives_the_mean_and_range_over_seeds(scripts):
