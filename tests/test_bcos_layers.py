@@ -45,7 +45,9 @@ def reference_conv(x, weight, b, stride, padding, dilation, groups, normalize=Fa
             w = w / w.norm(dim=1, keepdim=True)
         lin = torch.einsum("ok,nkl->nol", w, p)
         x_norm = (p.pow(2).sum(1, keepdim=True) + EPS).sqrt()
-        scale = (lin / x_norm).abs() ** (b - 1)
+        # clamped at float64's smallest normal number: the derivative at a zero output is then
+        # its limit, 0 (unclamped, autograd through the power gives inf * 0)
+        scale = (lin / x_norm).abs().clamp_min(2.3e-308) ** (b - 1)
         outs.append(lin * (scale.detach() if detach else scale))
     out = torch.cat(outs, 1)
     h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -106,20 +108,27 @@ def test_linear_matches_formula(b):
 
 
 def reference_linear(layer, x, detach=False):
-    """The B = 2 linear layer in plain autograd: out * |out| / ||x||, the scale detached or not."""
+    """The linear layer in plain autograd: out * |out / ||x|| |^(B-1), the scale detached or
+    not."""
     weight = layer._weight()
     out = x @ weight.T
-    scale = out.abs() / (x.pow(2).sum(-1, keepdim=True) + layer.eps).sqrt()
+    norm = (x.pow(2).sum(-1, keepdim=True) + layer.eps).sqrt()
+    scale = (out.abs() / norm).clamp_min(2.3e-308) ** (layer.b - 1)  # as reference_conv
     return out * (scale.detach() if detach else scale)
 
 
+# B = 2 has a path of its own (no power); any other B keeps the scale |cos|^(B-1)
+FUSED_BS = [2.0, 1.1, 2.5]
+
+
+@pytest.mark.parametrize("b", FUSED_BS)
 @pytest.mark.parametrize("normalize_weights", [False, True])
 @pytest.mark.parametrize("shape", [(7,), (4, 7), (2, 3, 7)])
 def test_fused_linear_matches_autograd_gradcheck_and_torch_func(
-    shape, normalize_weights, one_thread
+    shape, normalize_weights, b, one_thread
 ):
     torch.manual_seed(len(shape))
-    layer = BcosLinear(7, 5, b=2.0, normalize_weights=normalize_weights).double()
+    layer = BcosLinear(7, 5, b=b, normalize_weights=normalize_weights).double()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     assert "FusedBcosLinear" in layer(x).grad_fn.name()  # the fused path is the one tested
     for explaining in (False, True):
@@ -222,9 +231,9 @@ def test_conv_out_channels_must_divide_into_groups():
         BcosConv2d(4, 6, 3, groups=4)
 
 
-# The B = 2 convolution without MaxOut or weight normalisation has a hand-written backward
-# (bcosify.nn.bcos_autograd.FusedBcosConv2d); these check it against finite differences and
-# autograd.
+# The convolution without MaxOut has a hand-written backward
+# (bcosify.nn.bcos_autograd.FusedBcosConv2d; B = 2 on a path of its own); these check it
+# against finite differences and autograd.
 FUSED_CASES = [
     # in, out, kernel, stride, padding, dilation, groups, padding_mode
     (3, 4, 3, 1, 1, 1, 1, "zeros"),
@@ -251,13 +260,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def fused_layer(case):
+def fused_layer(case, b=2.0):
     c_in, c_out, k, stride, padding, dilation, groups, mode = case
     # a seed of the case itself: str hashes change from process to process, and one seed in
     # about a thousand puts an output next to the kink of |w . x|, where finite differences fail
     torch.manual_seed(zlib.crc32(repr(case).encode()))
     layer = BcosConv2d(
-        c_in, c_out, k, stride, padding, dilation, groups, padding_mode=mode, b=2.0
+        c_in, c_out, k, stride, padding, dilation, groups, padding_mode=mode, b=b
     ).double()
     x = torch.randn(2, c_in, 4, 5, dtype=torch.float64, requires_grad=True)
     return layer, x
@@ -271,7 +280,7 @@ def reference_for(layer, x, detach=False):
         x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
         padding = (0, 0)
     args = (layer.stride, padding, layer.dilation, layer.groups)
-    return reference_conv(x, layer.weight, 2.0, *args, detach=detach)
+    return reference_conv(x, layer.weight, layer.b, *args, detach=detach)
 
 
 def as_function(layer):
@@ -279,9 +288,12 @@ def as_function(layer):
     return lambda x, w: torch.func.functional_call(layer, {"weight": w}, (x,))
 
 
+# B = 1.1 is left to the autograd reference: |cos|^0.1 bends so sharply near 0 that finite
+# differences there are no measure
+@pytest.mark.parametrize("b", [2.0, 2.5])
 @pytest.mark.parametrize("case", FUSED_CASES)
-def test_fused_b2_gradients_pass_gradcheck_and_gradgradcheck(case, one_thread):
-    layer, x = fused_layer(case)
+def test_fused_gradients_pass_gradcheck_and_gradgradcheck(case, b, one_thread):
+    layer, x = fused_layer(case, b)
     assert "FusedBcosConv2d" in layer(x).grad_fn.name()  # the fused path is the one tested
     w = layer.weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(as_function(layer), (x, w))
@@ -290,17 +302,18 @@ def test_fused_b2_gradients_pass_gradcheck_and_gradgradcheck(case, one_thread):
     assert torch.autograd.gradgradcheck(as_function(layer), (x, w), fast_mode=True)
 
 
+@pytest.mark.parametrize("b", FUSED_BS)
 @pytest.mark.parametrize("one_example_at_a_time", [False, True])
 @pytest.mark.parametrize("explaining", [False, True])
 @pytest.mark.parametrize("case", FUSED_CASES)
-def test_fused_b2_gradients_match_autograd_reference(
-    case, explaining, one_example_at_a_time, one_thread, monkeypatch
+def test_fused_gradients_match_autograd_reference(
+    case, explaining, one_example_at_a_time, b, one_thread, monkeypatch
 ):
     # in explanation mode the scale is a constant: d y / d x = W * scale, which finite
     # differences of the (unchanged) forward cannot check, so compare with autograd instead
     if one_example_at_a_time:  # slices of one element: the elementwise passes go example-wise
         monkeypatch.setattr(bcos_module, "_SQUARES_SLICE", 1)
-    layer, x = fused_layer(case)
+    layer, x = fused_layer(case, b)
     with explanation_mode(layer, enabled=explaining):
         y = layer(x)
         grad = torch.randn_like(y)
@@ -309,8 +322,8 @@ def test_fused_b2_gradients_match_autograd_reference(
         want = torch.autograd.grad(expected, (x, layer.weight), grad)
         got = torch.autograd.grad(y, (x, layer.weight), grad, retain_graph=True)
         torch.testing.assert_close(got, want)
-        # the first backward wrote its gradient over the saved output: a second one through
-        # the retained graph recomputes it
+        # the first backward wrote its gradient over the saved output (the saved scale when
+        # B != 2): a second one through the retained graph recomputes it
         second = torch.autograd.grad(y, (x, layer.weight), grad)
         torch.testing.assert_close(second, want)
         # the differentiable backward (create_graph=True) gives the same first derivatives
@@ -322,8 +335,9 @@ def test_fused_b2_gradients_match_autograd_reference(
         torch.testing.assert_close((only_x, only_w), want)
 
 
-def test_fused_b2_works_under_torch_func_and_vectorized_jacobians(one_thread):
-    layer, x = fused_layer(FUSED_CASES[1])
+@pytest.mark.parametrize("b", FUSED_BS)
+def test_fused_works_under_torch_func_and_vectorized_jacobians(b, one_thread):
+    layer, x = fused_layer(FUSED_CASES[1], b)
     x = x[:1, :, :3, :3].detach()
     for explaining in (False, True):
         with explanation_mode(layer, enabled=explaining):
@@ -335,10 +349,12 @@ def test_fused_b2_works_under_torch_func_and_vectorized_jacobians(one_thread):
             torch.testing.assert_close(batched, layer(x))
 
 
-def test_fused_b2_keeps_one_output_sized_tensor_for_backward():
-    # plain autograd kept three (|out|, the scale and out); the fused function keeps out and
+@pytest.mark.parametrize("b", FUSED_BS)
+def test_fused_keeps_one_output_sized_tensor_for_backward_two_when_b_is_not_2(b):
+    # plain autograd kept three (|out|, the scale and out) and more at B != 2 (the power's
+    # input and output); the fused function keeps out, the scale |cos|^(B-1) when B != 2, and
     # the per-group norm map, besides the input and the weight that a convolution keeps anyway
-    layer = BcosConv2d(8, 16, 3, padding=1, groups=2, b=2.0)
+    layer = BcosConv2d(8, 16, 3, padding=1, groups=2, b=b)
     x = torch.randn(2, 8, 10, 10, requires_grad=True)
     storages = {}
 
@@ -351,11 +367,13 @@ def test_fused_b2_keeps_one_output_sized_tensor_for_backward():
     own = {x.untyped_storage().data_ptr(), layer.weight.untyped_storage().data_ptr()}
     extra = sum(size for ptr, size in storages.items() if ptr not in own)
     norm_map = 2 * 2 * 10 * 10 * 4
-    assert extra <= y.nbytes + norm_map + layer._window.nbytes
+    outputs = 1 if b == 2.0 else 2
+    assert extra <= outputs * y.nbytes + norm_map + layer._window.nbytes
 
 
-def test_fused_b2_channels_last_and_autocast(one_thread):
-    layer = BcosConv2d(4, 6, 3, padding=1, b=2.0)
+@pytest.mark.parametrize("b", [2.0, 1.1])
+def test_fused_channels_last_and_autocast(b, one_thread):
+    layer = BcosConv2d(4, 6, 3, padding=1, b=b)
     x = torch.randn(2, 4, 7, 7, requires_grad=True)
     y = layer(x)
     (grad_x,) = torch.autograd.grad(y.sum(), x)

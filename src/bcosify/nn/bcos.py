@@ -17,10 +17,10 @@ sign of the cosine, whatever the scale of its weights; official B-cos v2 checkpo
 
 In explanation mode the scaling factor ``|...|^(B-1)`` is detached, so ``y`` is linear in ``x``.
 
-The common case (``B = 2``, no MaxOut: what B-cosification and B-cos v2 use) runs through
+Without MaxOut (what B-cosification and B-cos v2 use) a layer at ``B != 1`` runs through
 :class:`FusedBcosConv2d` and :class:`FusedBcosLinear`, autograd functions with hand-written
-backward passes that keep less memory and run fewer passes; every other case is plain autograd
-over the same formula.
+backward passes that keep less memory and run fewer passes; MaxOut, autocast and ``B = 1``
+(the plain layer) are plain autograd over the same formula.
 """
 
 from __future__ import annotations
@@ -111,14 +111,14 @@ class _BcosUnit(ExplanationAware):
         return out * self.detach_if_explaining(scale)
 
     def _fused(self, x: Tensor) -> bool:
-        """Whether the fused B = 2 function (:class:`FusedBcosConv2d`, :class:`FusedBcosLinear`)
-        computes this call.
+        """Whether the fused function (:class:`FusedBcosConv2d`, :class:`FusedBcosLinear`)
+        computes this call: any ``B`` but 1, without MaxOut.
 
         Under autocast the plain autograd path runs instead: it lets autocast pick each
         operation's precision and casts the gradients back, exactly as before. So it does on
         the ``meta`` device (shapes only, as when a saved model's config is checked).
         """
-        plain = self.b != 2.0 or self.max_out != 1 or x.is_meta
+        plain = self.b == 1.0 or self.max_out != 1 or x.is_meta
         return not plain and not torch.is_autocast_enabled(x.device.type)
 
     def _bcos_extra_repr(self) -> str:
@@ -234,8 +234,8 @@ class BcosConv2d(_BcosUnit, nn.Conv2d):
             if isinstance(padding, str):
                 x, padding = self._explicit_padding(x)
             conv_args = (self.stride, padding, self.dilation, self.groups)
-            y, _, _ = FusedBcosConv2d.apply(
-                x, weight, self._window, conv_args, self.eps, self.explaining
+            y, *_ = FusedBcosConv2d.apply(
+                x, weight, self._window, conv_args, self.eps, self.explaining, self.b
             )
             return y
         out = F.conv2d(x, weight, None, self.stride, padding, self.dilation, self.groups)
@@ -335,7 +335,7 @@ class BcosLinear(_BcosUnit, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fused(x):
-            y, _, _ = FusedBcosLinear.apply(x, self._weight(), self.eps, self.explaining)
+            y, *_ = FusedBcosLinear.apply(x, self._weight(), self.eps, self.explaining, self.b)
             return y
         out = F.linear(x, self._weight())
         norm = None if self.b == 1.0 else ((x * x).sum(-1, keepdim=True) + self.eps).sqrt()

@@ -1,10 +1,18 @@
-"""The arithmetic of the B-cos layers: receptive-field norms, and the fused B = 2 functions.
+"""The arithmetic of the B-cos layers: receptive-field norms, and the fused functions.
 
-:class:`FusedBcosConv2d` and :class:`FusedBcosLinear` compute ``B = 2`` without MaxOut (what
-B-cosification and B-cos v2 use) as autograd functions with hand-written backward passes: they
-keep less memory and run fewer passes than autograd through the formula
-(:mod:`bcosify.nn.bcos` has the formula and the layers). Elementwise passes run one slice of
-the batch at a time, so their temporaries stay in cache.
+:class:`FusedBcosConv2d` and :class:`FusedBcosLinear` compute a B-cos layer without MaxOut
+(what B-cosification and B-cos v2 use) as autograd functions with hand-written backward passes:
+they keep less memory and run fewer passes than autograd through the formula
+(:mod:`bcosify.nn.bcos` has the formula and the layers). ``B = 2`` has a path of its own, where
+the scale ``|cos|`` needs no power; any other ``B`` keeps the scale ``|cos|^(B-1)`` from the
+forward pass, where autograd through ``pow`` would compute it again, with its logarithm, in the
+backward pass (measured: a training step of the B = 1.1 EfficientNet-Lite0 of
+``bcosify-align`` took 2.96 s through autograd). Elementwise passes run one slice of the batch
+at a time, so their temporaries stay in cache.
+
+With ``s = |cos|^(B-1)``, ``cos = out / ||x||`` and ``y = out s``: ``dy/dout = B s`` (``s``
+when explaining, where the scale is a constant), and the gradient reaching ``r = 1 / ||x||``
+is ``(B - 1) y / r``, so the window sum of squares receives ``-(B - 1) r^2 sum(grad y) / 2``.
 """
 
 from __future__ import annotations
@@ -192,8 +200,50 @@ def _plain_scaled_gradient(
     return grad_out, summed
 
 
+def _cos_power(out: Tensor, inverse_norm: Tensor, b: float, groups: int) -> Tensor:
+    """``|cos|^(B-1) = (|out| r)^(B-1)``: a fresh tensor, each group's ``r`` broadcast over
+    that group's output channels.
+
+    Unclamped: where ``out`` is 0 the scale is 0, and so is ``dy/dout = B |cos|^(B-1)``, its
+    limit there (the backward pass never differentiates the power itself).
+    """
+    power = out.abs()
+    _by_group(power, groups).mul_(inverse_norm.unsqueeze(2))
+    return power.pow_(b - 1.0)
+
+
+def _differentiable_power(abs_cos: Tensor, b: float) -> Tensor:
+    """``|cos|^(B-1)`` for a backward pass that is itself differentiated: clamped at the
+    smallest normal number, where the power's own derivative is finite, and its value as
+    good as 0."""
+    return abs_cos.clamp_min(torch.finfo(abs_cos.dtype).tiny).pow(b - 1.0)
+
+
+def _powered_gradient(
+    grad: Tensor, out: Tensor, scale: Tensor, inverse_norm: Tensor | None, b: float, groups: int
+) -> tuple[Tensor, Tensor | None]:
+    """``grad * s`` written over the saved scale ``s = |cos|^(B-1)``, and the gradient through
+    ``1 / ||x||``: the general-``B`` counterpart of :func:`_scaled_gradient`.
+
+    The second tensor, ``(B - 1) r^2 sum(grad * y)`` per group (``y = out s``), is what reaches
+    the window sum of squares, up to the factor ``-1/2``; None when ``inverse_norm`` is None.
+    The factor ``B`` of ``dy/dout`` is left to the caller, which puts it on the weight.
+    """
+    summed = None if inverse_norm is None else inverse_norm.new_empty(inverse_norm.shape)
+    for part in _example_slices(out):
+        product = torch.mul(grad[part], scale[part], out=scale[part])
+        if inverse_norm is not None and summed is not None:  # both or neither
+            r = inverse_norm[part]
+            squared = _sum_over_group(product * out[part], groups)
+            torch.mul(squared, r, out=summed[part]).mul_(r).mul_(b - 1.0)
+    return scale, summed
+
+
 class FusedBcosConv2d(torch.autograd.Function):
-    """``y = out * |out| / ||x||`` with ``out = conv(x, w)``: the B = 2 convolution, fused.
+    """``y = out * |out / ||x|| |^(B-1)`` with ``out = conv(x, w)``: the B-cos convolution,
+    fused. What follows is the ``B = 2`` path; any other ``B`` also keeps the scale
+    ``|cos|^(B-1)`` (a second output-sized tensor, computed once) and writes the gradient for
+    the convolution over it instead of over ``out``.
 
     Autograd through ``abs``, the division and the product keeps three output-sized tensors
     for the backward pass and spends most of the layer's extra time in elementwise passes and
@@ -228,68 +278,96 @@ class FusedBcosConv2d(torch.autograd.Function):
         conv_args: tuple[Any, ...],
         eps: float,
         detach_scale: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        b: float = 2.0,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         groups = conv_args[-1]
         inverse_norm = _inverse_norm(x, window, conv_args, eps)
         out = F.conv2d(x, weight, None, *conv_args)
+        if b != 2.0:
+            scale = _cos_power(out, inverse_norm, b, groups)
+            # out, the inverse norm and the scale are returned only to be saved for backward
+            return out * scale, out, inverse_norm, scale
         # three whole-tensor passes: one slice at a time was slower here (measured 1.37x
         # against 1.30x the original's ResNet-50 forward)
         y = out.abs()
         _by_group(y, groups).mul_(inverse_norm.unsqueeze(2))
         y.mul_(out)
-        # out and the inverse norm are returned only to be saved for backward (setup_context)
-        return y, out, inverse_norm
+        return y, out, inverse_norm, None
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, weight, window, conv_args, eps, detach_scale = inputs
-        _, out, inverse_norm = output
-        ctx.mark_non_differentiable(out, inverse_norm)
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        x, weight, window, conv_args, eps, detach_scale, *b = inputs
+        _, out, inverse_norm, scale = output
+        ctx.mark_non_differentiable(*(t for t in (out, inverse_norm, scale) if t is not None))
         # no zero-filled gradients for the auxiliary outputs
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, window, out, inverse_norm)
+        ctx.save_for_backward(x, weight, window, out, inverse_norm, scale)
         ctx.conv_args = conv_args
         ctx.eps = eps
         ctx.detach_scale = detach_scale
+        ctx.b = b[0] if b else 2.0
         ctx.out_spent = False
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        none = (None,) * 4
+        none = (None,) * 5
         need_x, need_weight = ctx.needs_input_grad[:2]
         if grad is None or not (need_x or need_weight):
             return (None, None, *none)
         if torch.is_grad_enabled():
             return (*FusedBcosConv2d._differentiable_backward(ctx, grad), *none)
-        x, weight, window, out, inverse_norm = ctx.saved_tensors
-        conv_args, detach_scale = ctx.conv_args, ctx.detach_scale
+        x, weight, window, out, inverse_norm, power = ctx.saved_tensors
+        conv_args, detach_scale, b = ctx.conv_args, ctx.detach_scale, ctx.b
         stride, padding, dilation, groups = conv_args
         if ctx.out_spent:
-            # a second backward through a retained graph: the first one wrote over out
+            # a second backward through a retained graph: the first one wrote over out (over
+            # the scale, when B != 2)
             out = F.conv2d(x, weight, None, *conv_args)
+            if power is not None:
+                power = _cos_power(out, inverse_norm, b, groups)
         ctx.out_spent = True
-        # d y / d out = 2 |out| r (the constant scale |out| r when explaining). The factor 2
-        # goes onto the smaller of r and the weight (the convolution's backward is linear in
-        # both): a fresh map the size of a depthwise layer's output costs a pass and page faults
-        double_weight = not detach_scale and inverse_norm.numel() > weight.numel()
-        scale = inverse_norm if detach_scale or double_weight else inverse_norm * 2.0
         # the scale's own gradient, unless it is a constant
         norm = inverse_norm if need_x and not detach_scale else None
-        if torch.compiler.is_compiling():
-            # the compiler fuses the passes and plans the memory itself
-            grad_out, norm_grad = _plain_scaled_gradient(grad, out, scale, norm, groups)
-        else:
+        if power is not None:
+            # d y / d out = B |cos|^(B-1) (the constant scale when explaining): B goes onto the
+            # weight, much smaller than the output
+            factor = 1.0 if detach_scale else b
             try:
-                grad_out, norm_grad = _scaled_gradient(grad, out.data, scale, norm, groups)
+                if torch.compiler.is_compiling():
+                    raise RuntimeError("the compiler plans the memory itself")
+                grad_out, norm_grad = _powered_gradient(grad, out, power.data, norm, b, groups)
             except RuntimeError:
-                # batched gradients (jacobian(..., vectorize=True)) cannot be written into out
-                out = F.conv2d(x, weight, None, *conv_args)
+                # batched gradients (jacobian(..., vectorize=True)) cannot be written in place,
+                # and a failed write may have begun: the scale again, in a fresh tensor
+                grad_out = grad * _cos_power(out, inverse_norm, b, groups)
+                norm_grad = None
+                if norm is not None:
+                    summed = _sum_over_group(grad_out * out, groups)
+                    norm_grad = summed * norm.square() * (b - 1.0)
+        else:
+            # d y / d out = 2 |out| r (the constant scale |out| r when explaining). The factor 2
+            # goes onto the smaller of r and the weight (the convolution's backward is linear
+            # in both): a fresh map the size of a depthwise layer's output costs a pass and
+            # page faults
+            double_weight = not detach_scale and inverse_norm.numel() > weight.numel()
+            factor = 2.0 if double_weight else 1.0
+            scale = inverse_norm if detach_scale or double_weight else inverse_norm * 2.0
+            if torch.compiler.is_compiling():
+                # the compiler fuses the passes and plans the memory itself
                 grad_out, norm_grad = _plain_scaled_gradient(grad, out, scale, norm, groups)
+            else:
+                try:
+                    grad_out, norm_grad = _scaled_gradient(grad, out.data, scale, norm, groups)
+                except RuntimeError:
+                    # batched gradients (jacobian(..., vectorize=True)) cannot be written
+                    # into out
+                    out = F.conv2d(x, weight, None, *conv_args)
+                    grad_out, norm_grad = _plain_scaled_gradient(grad, out, scale, norm, groups)
         mask = (need_x, need_weight, False)
         grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_out,
             x,
-            weight * 2.0 if double_weight else weight,  # the weight gradient ignores its values
+            weight * factor if factor != 1.0 else weight,  # the weight gradient ignores them
             None,
             stride,
             padding,
@@ -299,11 +377,11 @@ class FusedBcosConv2d(torch.autograd.Function):
             groups,
             mask,
         )
-        if double_weight and grad_weight is not None:
-            grad_weight.mul_(2.0)
+        if factor != 1.0 and grad_weight is not None:
+            grad_weight.mul_(factor)
         if norm_grad is not None:
-            # d y / d r = out |out| and d r / d(window sum) = -r^3 / 2 (norm_grad holds the
-            # r^3), and the window sum's gradient reaches x times 2 x
+            # d y / d r = (B - 1) y / r and d r / d(window sum) = -r^3 / 2 (norm_grad holds
+            # the (B - 1) r^2), and the window sum's gradient reaches x times 2 x
             grad_squares = _window_sum_backward(
                 norm_grad, window, (x.shape[0], groups, *x.shape[2:]), conv_args
             )
@@ -320,14 +398,17 @@ class FusedBcosConv2d(torch.autograd.Function):
         transforms): the saved ``out`` and norm carry no graph, and in-place passes would
         hide operations from autograd.
         """
-        x, weight, window, _, _ = ctx.saved_tensors
+        x, weight, window, *_ = ctx.saved_tensors
         need_x, need_weight = ctx.needs_input_grad[:2]
         stride, padding, dilation, groups = conv_args = ctx.conv_args
+        b = ctx.b
         out = F.conv2d(x, weight, None, *conv_args)
         norm = receptive_field_norm(x, window, *conv_args, ctx.eps)
         # |out| / ||x||, with each group's norm broadcast over that group's output channels
         scale = (_by_group(out.abs(), groups) / norm.unsqueeze(2)).flatten(1, 2)
-        grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
+        if b != 2.0:
+            scale = _differentiable_power(scale, b)
+        grad_out = grad * (scale.detach() if ctx.detach_scale else b * scale)
         grad_x = grad_weight = None
         if need_weight:
             grad_weight = torch.nn.grad.conv2d_weight(
@@ -339,7 +420,7 @@ class FusedBcosConv2d(torch.autograd.Function):
             )
             if not ctx.detach_scale:
                 grad_y_times_y = _by_group(grad * out * scale, groups).sum(2)
-                grad_window = -grad_y_times_y / (2.0 * norm.square())
+                grad_window = -(b - 1.0) * grad_y_times_y / (2.0 * norm.square())
                 size = (x.shape[0], groups, *x.shape[2:])
                 grad_squares = _window_sum_backward(grad_window, window, size, conv_args)
                 grad_x_norm = 2.0 * _by_group(x, groups) * grad_squares.unsqueeze(2)
@@ -348,15 +429,16 @@ class FusedBcosConv2d(torch.autograd.Function):
 
 
 class FusedBcosLinear(torch.autograd.Function):
-    """``y = out * |out| / ||x||`` with ``out = x W^T``: the B = 2 linear layer, fused.
+    """``y = out * |out / ||x|| |^(B-1)`` with ``out = x W^T``: the B-cos linear layer, fused.
 
     Autograd through ``abs``, the division and the product runs about a dozen elementwise
     passes over the output in the backward pass (measured: 4 s of the 8.7 s of two training
     steps of torchvision's ConvNeXt-T, whose MLPs are linear layers over 56 x 56 maps). This
-    function keeps ``out`` and ``r = 1 / ||x||`` (one value per row) and computes, with
-    ``G = 2 |out| r grad`` (``|out| r grad`` when explaining):
+    function keeps ``out`` and ``r = 1 / ||x||`` (one value per row; for ``B != 2`` also the
+    scale ``s = |out r|^(B-1)``) and computes, with ``G = B s grad`` (``s grad`` when
+    explaining):
 
-    - ``dx = G W - x r^3 sum(grad * out * |out|)``, the second term only outside explanation
+    - ``dx = G W - (B - 1) x r^2 sum(grad * y)``, the second term only outside explanation
       mode, where ``||x||`` gets a gradient;
     - ``dW = G^T x``.
 
@@ -368,57 +450,69 @@ class FusedBcosLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        x: Tensor, weight: Tensor, eps: float, detach_scale: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        x: Tensor, weight: Tensor, eps: float, detach_scale: bool, b: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         inverse_norm = (x * x).sum(-1, keepdim=True).add_(eps).rsqrt_()
         out = F.linear(x, weight)
         y = out.abs()
-        y.mul_(inverse_norm).mul_(out)
-        # out and the inverse norm are returned only to be saved for backward (setup_context)
-        return y, out, inverse_norm
+        y.mul_(inverse_norm)
+        if b != 2.0:
+            scale = y.pow_(b - 1.0)  # unclamped, as _cos_power
+            # out, the inverse norm and the scale are returned only to be saved for backward
+            return out * scale, out, inverse_norm, scale
+        return y.mul_(out), out, inverse_norm, None
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, weight, eps, detach_scale = inputs
-        _, out, inverse_norm = output
-        ctx.mark_non_differentiable(out, inverse_norm)
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        x, weight, eps, detach_scale, b = inputs
+        _, out, inverse_norm, scale = output
+        ctx.mark_non_differentiable(*(t for t in (out, inverse_norm, scale) if t is not None))
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, out, inverse_norm)
+        ctx.save_for_backward(x, weight, out, inverse_norm, scale)
         ctx.eps = eps
         ctx.detach_scale = detach_scale
+        ctx.b = b
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
         need_x, need_weight = ctx.needs_input_grad[:2]
         if grad is None or not (need_x or need_weight):
-            return None, None, None, None
-        x, weight, out, inverse_norm = ctx.saved_tensors
+            return None, None, None, None, None
+        x, weight, out, inverse_norm, power = ctx.saved_tensors
+        b = ctx.b
         norm = need_x and not ctx.detach_scale  # the scale's own gradient, unless a constant
-        differentiated = torch.is_grad_enabled()
         norm_grad = None
-        if differentiated:
+        if torch.is_grad_enabled():
             # the backward is differentiated: out and the norm must be functions of x here
             out = F.linear(x, weight)
             inverse_norm = (x * x).sum(-1, keepdim=True).add(ctx.eps).rsqrt()
-            abs_out = out.abs()
-            scale = abs_out * inverse_norm
-            grad_out = grad * (scale.detach() if ctx.detach_scale else 2.0 * scale)
+            scale = out.abs() * inverse_norm
+            if b != 2.0:
+                scale = _differentiable_power(scale, b)
+            grad_out = grad * (scale.detach() if ctx.detach_scale else b * scale)
             if norm:
-                norm_grad = (grad * out * abs_out).sum(-1, keepdim=True) * inverse_norm.pow(3)
+                summed = (grad * out * scale).sum(-1, keepdim=True)
+                norm_grad = summed * inverse_norm.square() * (b - 1.0)
         else:
-            grad_out = grad * out.abs()  # fresh: batched gradients (vmap) stay batched
+            # fresh: batched gradients (vmap) stay batched; at B = 2 the scale is |out| r,
+            # and r goes on after the sum
+            grad_out = grad * (out.abs() if power is None else power)
             if norm:
                 norm_grad = (grad_out * out).sum(-1, keepdim=True)
-                norm_grad.mul_(inverse_norm).mul_(inverse_norm).mul_(inverse_norm)
-            grad_out.mul_(inverse_norm if ctx.detach_scale else inverse_norm * 2.0)
+                norm_grad.mul_(inverse_norm).mul_(inverse_norm)
+                norm_grad.mul_(inverse_norm if power is None else b - 1.0)
+            if power is None:
+                grad_out.mul_(inverse_norm if ctx.detach_scale else inverse_norm * 2.0)
+            elif not ctx.detach_scale:
+                grad_out.mul_(b)
         grad_x = grad_weight = None
         if need_weight:
             rows = grad_out.reshape(-1, grad_out.shape[-1])
             grad_weight = rows.t() @ x.reshape(-1, x.shape[-1])
         if need_x:
             grad_x = grad_out @ weight
-            if norm and differentiated:
+            if norm and torch.is_grad_enabled():
                 grad_x = grad_x - x * norm_grad
             elif norm:
                 grad_x.addcmul_(x, norm_grad, value=-1.0)
-        return grad_x, grad_weight, None, None
+        return grad_x, grad_weight, None, None, None
