@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour bench-coverage
+.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-fused bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour bench-coverage
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-compiled: $(STAMP)
 # A real ImageNet network (EfficientNet-Lite0 from PyPI) B-cosified without labels on real
 # photos from Debian packages (installed with apt-get when run as root), about 80 minutes on a
 # 2-core CPU: every label-free variant has a 20-minute budget.
+bench-fused: $(STAMP)
+	$(BIN)/python benchmarks/bench_fused.py --write docs/benchmarks.md
+
 bench-real: $(STAMP)
 	$(BIN)/python benchmarks/bench_real.py --write docs/benchmarks.md
 
@@ -61,4 +64,4 @@ bench-colour: $(STAMP)
 bench-coverage: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_coverage.py --write docs/benchmarks.md
 
-bench: bench-import bench-layers bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real bench-colour bench-coverage
+bench: bench-import bench-layers bench-fused bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real bench-colour bench-coverage

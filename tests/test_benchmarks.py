@@ -12,7 +12,7 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert")
+SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert", "bench_fused")
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,18 @@ def test_jobs_in_processes_come_back_in_order_each_on_one_thread(scripts):
     assert list(in_processes(pow, [(2, 3)], 2)) == [8]  # one job: here
     with pytest.raises(ValueError, match="invalid literal"):  # a worker's error reaches us
         list(in_processes(int, [("1",), ("one",)], 2))
+
+
+def test_fused_benchmark_compares_both_paths_on_the_same_network(scripts, capsys):
+    fused = scripts["bench_fused"]
+    assert fused.main(["--quick", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith("| small CNN"))
+    *_, out_gap, grad_gap, _ = row.split("|")
+    # the same function either way, up to float32 rounding
+    assert float(out_gap) < 1e-4 and float(grad_gap) < 1e-3
+    from bcosify.nn import BcosConv2d
+
+    # the plain path was undone
+    layer = BcosConv2d(3, 4, 3, b=1.1)
+    assert "FusedBcosConv2d" in layer(torch.rand(1, 3, 5, 5, requires_grad=True)).grad_fn.name()
