@@ -214,8 +214,8 @@ def _cos_power(out: Tensor, inverse_norm: Tensor, b: float, groups: int) -> Tens
 
 def _differentiable_power(abs_cos: Tensor, b: float) -> Tensor:
     """``|cos|^(B-1)`` for a backward pass that is itself differentiated: clamped at the
-    smallest normal number, where the power's own derivative is finite, and its value as
-    good as 0."""
+    dtype's smallest normal number, where the power's own derivative is finite (at 0 it is
+    not, and ``inf * 0`` is NaN), and its value as good as the limit 0."""
     return abs_cos.clamp_min(torch.finfo(abs_cos.dtype).tiny).pow(b - 1.0)
 
 
