@@ -72,21 +72,23 @@ _NORMS_START = {"align_start": "norms", "align_calibration": 32}
 VARIANTS = (
     Variant(
         "default",
-        "`bcosify-align` defaults (B = 1.1, biases kept, layers reconstructed on 64 crops)",
+        "`bcosify-align` defaults (B = 1.05, biases kept, layers reconstructed on 64 crops)",
     ),
+    Variant("default-seed1", "the defaults, seed 1", {"seed": 1}),
+    Variant("default-seed2", "the defaults, seed 2", {"seed": 2}),
+    Variant("b1.1", "B = 1.1 (the defaults before; else the defaults)", {"b": 1.1}),
     Variant(
         "blocks",
-        "layers, then blocks trained to the original's (100 steps each) as the start, the "
-        "training budget 8 minutes shorter (else the defaults)",
-        {"align_start": "blocks", "time_budget": 660.0},
+        "B = 1.1, layers, then blocks trained to the original's (100 steps each) as the start, "
+        "the training budget 8 minutes shorter (else the defaults)",
+        {"b": 1.1, "align_start": "blocks", "time_budget": 660.0},
     ),
-    Variant("b1.05", "B = 1.05 (else the defaults)", {"b": 1.05}),
-    Variant("b1.05-seed1", "B = 1.05, seed 1 (else the defaults)", {"b": 1.05, "seed": 1}),
-    Variant("b1.05-seed2", "B = 1.05, seed 2 (else the defaults)", {"b": 1.05, "seed": 2}),
-    Variant("t1", "KL at temperature 1 (else the defaults)", {"temperature": 1.0}),
-    Variant("lr-3e-5", "lr 3e-5 (else the defaults)", {"lr": 3e-5}),
-    Variant("lr-3e-4", "lr 3e-4 (else the defaults)", {"lr": 3e-4}),
-    Variant("lr-1e-3", "lr 1e-3 (else the defaults)", {"lr": 1e-3}),
+    Variant(
+        "t1", "B = 1.1, KL at temperature 1 (else the defaults)", {"b": 1.1, "temperature": 1.0}
+    ),
+    Variant("lr-3e-5", "B = 1.1, lr 3e-5 (else the defaults)", {"b": 1.1, "lr": 3e-5}),
+    Variant("lr-3e-4", "B = 1.1, lr 3e-4 (else the defaults)", {"b": 1.1, "lr": 3e-4}),
+    Variant("lr-1e-3", "B = 1.1, lr 1e-3 (else the defaults)", {"b": 1.1, "lr": 1e-3}),
     Variant("layers-b1.25", "B = 1.25 (else the defaults)", {"b": 1.25}),
     Variant("layers-lr", "B = 1.25, lr 1e-5 (else the defaults)", {"b": 1.25, "lr": 1e-5}),
     Variant(
@@ -96,7 +98,7 @@ VARIANTS = (
     ),
     Variant(
         "norms-b1.25",
-        "B = 1.25, norms fitted on 32 crops instead of layers (the defaults before)",
+        "B = 1.25, norms fitted on 32 crops instead of layers (the first defaults)",
         {"b": 1.25, **_NORMS_START},
     ),
     Variant(

@@ -6,9 +6,9 @@ they keep less memory and run fewer passes than autograd through the formula
 (:mod:`bcosify.nn.bcos` has the formula and the layers). ``B = 2`` has a path of its own, where
 the scale ``|cos|`` needs no power; any other ``B`` keeps the scale ``|cos|^(B-1)`` from the
 forward pass, where autograd through ``pow`` would compute it again, with its logarithm, in the
-backward pass (measured: a training step of the B = 1.1 EfficientNet-Lite0 of
-``bcosify-align`` took 2.96 s through autograd). Elementwise passes run one slice of the batch
-at a time, so their temporaries stay in cache.
+backward pass (``benchmarks/bench_fused.py``: a training step of an EfficientNet-Lite0 at
+B = 1.05 to 1.25 takes 1.5 to 1.7 times as long through autograd). Elementwise passes run one slice
+of the batch at a time, so their temporaries stay in cache.
 
 With ``s = |cos|^(B-1)``, ``cos = out / ||x||`` and ``y = out s``: ``dy/dout = B s`` (``s``
 when explaining, where the scale is a constant), and the gradient reaching ``r = 1 / ||x||``
