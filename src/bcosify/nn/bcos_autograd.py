@@ -278,7 +278,7 @@ class FusedBcosConv2d(torch.autograd.Function):
         conv_args: tuple[Any, ...],
         eps: float,
         detach_scale: bool,
-        b: float = 2.0,
+        b: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         groups = conv_args[-1]
         inverse_norm = _inverse_norm(x, window, conv_args, eps)
@@ -296,7 +296,7 @@ class FusedBcosConv2d(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-        x, weight, window, conv_args, eps, detach_scale, *b = inputs
+        x, weight, window, conv_args, eps, detach_scale, b = inputs
         _, out, inverse_norm, scale = output
         ctx.mark_non_differentiable(*(t for t in (out, inverse_norm, scale) if t is not None))
         # no zero-filled gradients for the auxiliary outputs
@@ -305,7 +305,7 @@ class FusedBcosConv2d(torch.autograd.Function):
         ctx.conv_args = conv_args
         ctx.eps = eps
         ctx.detach_scale = detach_scale
-        ctx.b = b[0] if b else 2.0
+        ctx.b = b
         ctx.out_spent = False
 
     @staticmethod
