@@ -47,6 +47,8 @@ def depthwise_net() -> nn.Module:
 NETS = {
     "random_cnn_0": lambda: random_bcos_cnn(0),
     "random_cnn_3": lambda: random_bcos_cnn(3),
+    # B != 2: the fused functions that keep the scale |cos|^(B-1)
+    "random_cnn_0_b1.1": lambda: random_bcos_cnn(0, b=1.1),
     "depthwise": depthwise_net,
 }
 
@@ -73,6 +75,7 @@ def fresh_compiler():
     "name",
     [
         "random_cnn_0",
+        "random_cnn_0_b1.1",
         pytest.param("depthwise", marks=pytest.mark.slow),  # 12 s: grouped convolutions
         pytest.param("random_cnn_3", marks=pytest.mark.slow),  # other norm, activation, pool
     ],

@@ -239,6 +239,17 @@ def _powered_gradient(
     return scale, summed
 
 
+def _plain_powered_gradient(
+    grad: Tensor, out: Tensor, inverse_norm: Tensor, through_norm: bool, b: float, groups: int
+) -> tuple[Tensor, Tensor | None]:
+    """What :func:`_powered_gradient` computes, in fresh tensors, the scale computed again
+    from ``out``; the second tensor only ``through_norm``."""
+    grad_out = grad * _cos_power(out, inverse_norm, b, groups)
+    if not through_norm:
+        return grad_out, None
+    return grad_out, _sum_over_group(grad_out * out, groups) * inverse_norm.square() * (b - 1.0)
+
+
 class FusedBcosConv2d(torch.autograd.Function):
     """``y = out * |out / ||x|| |^(B-1)`` with ``out = conv(x, w)``: the B-cos convolution,
     fused. What follows is the ``B = 2`` path; any other ``B`` also keeps the scale
@@ -332,18 +343,17 @@ class FusedBcosConv2d(torch.autograd.Function):
             # d y / d out = B |cos|^(B-1) (the constant scale when explaining): B goes onto the
             # weight, much smaller than the output
             factor = 1.0 if detach_scale else b
-            try:
-                if torch.compiler.is_compiling():
-                    raise RuntimeError("the compiler plans the memory itself")
-                grad_out, norm_grad = _powered_gradient(grad, out, power.data, norm, b, groups)
-            except RuntimeError:
-                # batched gradients (jacobian(..., vectorize=True)) cannot be written in place,
-                # and a failed write may have begun: the scale again, in a fresh tensor
-                grad_out = grad * _cos_power(out, inverse_norm, b, groups)
-                norm_grad = None
-                if norm is not None:
-                    summed = _sum_over_group(grad_out * out, groups)
-                    norm_grad = summed * norm.square() * (b - 1.0)
+            plain = (grad, out, inverse_norm, norm is not None, b, groups)
+            if torch.compiler.is_compiling():
+                # the compiler fuses the passes and plans the memory itself
+                grad_out, norm_grad = _plain_powered_gradient(*plain)
+            else:
+                try:
+                    grad_out, norm_grad = _powered_gradient(grad, out, power.data, norm, b, groups)
+                except RuntimeError:
+                    # batched gradients (jacobian(..., vectorize=True)) cannot be written in
+                    # place, and a failed write may have begun on the saved scale
+                    grad_out, norm_grad = _plain_powered_gradient(*plain)
         else:
             # d y / d out = 2 |out| r (the constant scale |out| r when explaining). The factor 2
             # goes onto the smaller of r and the weight (the convolution's backward is linear
