@@ -312,6 +312,9 @@ class Setting:
         self.count = len(self.photos.test)
         self.teacher = Normalized(self.original, *input_normalization(self.original))
         self.target = logits_of(self.teacher, self.test)
+        # the centre crop of every photo (five_crops puts it last), and the original's class
+        self.centres = self.test[4::5]
+        self.centre_logits = self.target[4::5]
 
     @functools.cached_property
     def original_explanation(self) -> Tensor:
@@ -319,13 +322,13 @@ class Setting:
         gradient, with its biases as constant terms) of the original's top class on the
         held-out centre crops."""
         exact, _ = bcosify.convert(self.original, b=1.0, keep_bias=True)
-        return contribution_maps(exact, self.test[4::5], self.target[4::5].argmax(1))
+        return contribution_maps(exact, self.centres, self.centre_logits.argmax(1))
 
     def measure(self, model: nn.Module) -> dict[str, Any]:
         """:func:`agreement`, and ``explanation``: the mean cosine between the model's
         contribution maps of the original's top class and the original's
         (:attr:`original_explanation`) on the held-out centre crops."""
-        maps = contribution_maps(model, self.test[4::5], self.target[4::5].argmax(1))
+        maps = contribution_maps(model, self.centres, self.centre_logits.argmax(1))
         return {
             **agreement(logits_of(model, self.test), self.target, self.count),
             "explanation": map_cosine(maps, self.original_explanation),
@@ -359,7 +362,7 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
     if key == "exact":
         name = "`convert(b=1, keep_bias=True)` (the original, exactly)"
         model, _ = bcosify.convert(original, b=1.0, keep_bias=True)
-        extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
+        extra["bias_share"] = bias_share(model, setting.centres[:16])
     elif key == "defaults":
         name = "`convert()` defaults (B = 2, no biases)"
         model, _ = bcosify.convert(original)
@@ -383,7 +386,7 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
             model.save_pretrained(Path(args.runs) / key / "model")  # for --figure
         extra = {"b": fit.b, "keep_bias": fit.keep_bias}
         if fit.keep_bias:
-            extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
+            extra["bias_share"] = bias_share(model, setting.centres[:16])
     elif key in ("norms", "fitted"):
         model, _ = bcosify.convert(original)
         images = UnlabelledImages(setting.photos.root / "train", 224, train=False)
@@ -407,7 +410,7 @@ def run_stage(key: str, setting: Setting, args: argparse.Namespace) -> dict[str,
         model = result.model.eval()
         name = variant.name
         extra = {"steps": result.train.step, "b": recipe.b, "keep_bias": recipe.keep_bias}
-        extra["bias_share"] = bias_share(model, setting.test[4::5][:16])
+        extra["bias_share"] = bias_share(model, setting.centres[:16])
     seconds = time.perf_counter() - start
     row = {"key": key, "stage": name, **setting.measure(model), "minutes": seconds / 60, **extra}
     print(json.dumps(row), flush=True)
@@ -444,17 +447,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model = bcosify.load(folder)
                 row |= setting.measure(model)
                 if row.get("keep_bias"):
-                    row["bias_share"] = bias_share(model, setting.test[4::5][:16])
+                    row["bias_share"] = bias_share(model, setting.centres[:16])
         RESULTS.write_text(json.dumps(stored, indent=1))
     if args.figure and (Path(args.runs) / args.figure / "model").is_dir():
         model = bcosify.load(Path(args.runs) / args.figure / "model").eval()
         # the photos whose centre crop the original is the most confident about: those where
         # it names an object, not the blank corner of a wallpaper
-        centres = setting.test.view(setting.count, 5, *setting.test.shape[1:])[:, 4]
-        confidence = setting.target.view(setting.count, 5, -1)[:, 4].softmax(-1).amax(-1)
+        confidence = setting.centre_logits.softmax(-1).amax(-1)
         chosen = sorted(confidence.topk(min(4, setting.count)).indices.tolist())
-        crops = centres[chosen]
-        figure(model, logits_of(setting.teacher, crops), crops, setting.names, FIGURE)
+        crops = setting.centres[chosen]
+        figure(model, setting.centre_logits[chosen], crops, setting.names, FIGURE)
     return stored
 
 

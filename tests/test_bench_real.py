@@ -8,6 +8,9 @@ import torch
 from commands import benchmark_script
 from PIL import Image
 
+import bcosify
+from bcosify.models import create
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -79,9 +82,6 @@ def test_the_report_is_a_table_of_the_stages_in_order(bench):
 
 
 def test_explanation_cosine_is_one_for_the_original_and_less_further_from_it(bench):
-    import bcosify
-    from bcosify.models import create
-
     torch.manual_seed(0)
     original = create("torchvision:resnet18", num_classes=4).eval()
     images = torch.rand(3, 3, 32, 32)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bcosify.nn import BcosConv2d
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert", "bench_fused")
 
@@ -177,8 +179,6 @@ def test_fused_benchmark_compares_both_paths_on_the_same_network(scripts, capsys
     *_, out_gap, grad_gap, _ = row.split("|")
     # the same function and gradients either way, up to float64 rounding
     assert float(out_gap) < 1e-10 and float(grad_gap) < 1e-8
-    from bcosify.nn import BcosConv2d
-
     # the plain path was undone
     layer = BcosConv2d(3, 4, 3, b=1.1)
     assert "FusedBcosConv2d" in layer(torch.rand(1, 3, 5, 5, requires_grad=True)).grad_fn.name()
