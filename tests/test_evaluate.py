@@ -111,6 +111,29 @@ def test_pointing_game_scores_share_of_mass_and_bad_shapes():
         pointing_game_scores(maps, 2, smooth=-1)
 
 
+def test_pooling_sums_evidence_over_squares_that_tile_the_cells():
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 4, 2, 12, 12, generator=gen)
+    # a map that is constant on the squares already is unchanged by pooling over them
+    blocky = maps.sum(2).view(3, 4, 4, 3, 4, 3).mean((3, 5), keepdim=True)
+    blocky = blocky.expand(3, 4, 4, 3, 4, 3).reshape(3, 4, 12, 12)
+    torch.testing.assert_close(
+        pointing_game_scores(blocky, 2, pool=3), pointing_game_scores(blocky, 2)
+    )
+    # pooling is the same as scoring the squares' sums, one value per square
+    sums = maps.sum(2).view(3, 4, 4, 3, 4, 3).sum((3, 5))
+    torch.testing.assert_close(pointing_game_scores(maps, 2, pool=3), pointing_game_scores(sums, 2))
+    # the whole cell as one square: all-or-nothing per cell, the cell's net evidence
+    whole = pointing_game_scores(maps, 2, pool=6)
+    net = maps.sum(2).view(3, 4, 2, 6, 2, 6).sum((3, 5)).clamp_min(0).flatten(2)
+    expected = net.diagonal(dim1=1, dim2=2) / net.sum(2).clamp_min(1e-30)
+    torch.testing.assert_close(whole, expected)
+    with pytest.raises(EvaluationError, match="tile each cell of 6 x 6"):
+        pointing_game_scores(maps, 2, pool=4)
+    with pytest.raises(EvaluationError, match="pool"):
+        pointing_game_scores(maps, 2, pool=-2)
+
+
 def labelled_images(num_classes: int, per_class: int, size: int = 4) -> tuple[Tensor, Tensor]:
     """Image i is filled with a value that identifies it: its label + rank / 10."""
     labels = torch.arange(num_classes).repeat(per_class)

@@ -277,20 +277,29 @@ def _assemble(cells: Tensor, n: int) -> Tensor:
     return rows.permute(0, 3, 1, 4, 2, 5).reshape(grids, channels, n * height, n * width)
 
 
-def pointing_game_scores(attributions: Tensor, n: int, *, smooth: int = 0) -> Tensor:
+def pointing_game_scores(attributions: Tensor, n: int, *, smooth: int = 0, pool: int = 0) -> Tensor:
     """The pointing game score of every explained cell, ``(G, n * n)``.
 
     ``attributions[g, k]`` is the explanation of grid ``g`` for the class of its cell ``k``
     (row-major), either ``(C, n * H, n * W)`` or a map ``(n * H, n * W)``. It is summed over
-    channels, smoothed with a ``smooth x smooth`` average pool (stride 1, same size; 0 or 1: no
+    channels, summed over ``pool x pool`` squares that tile each cell (0 or 1: per pixel),
+    smoothed with a ``smooth x smooth`` average pool (stride 1, same size; 0 or 1: no
     smoothing), and clamped at 0; the score is the positive mass inside cell ``k`` divided by
     the total positive mass, or 0 when there is none.
+
+    ``pool`` compares explanations at one resolution: a perturbation method that moves
+    ``pool``-pixel windows by their width (occlusion) sums the evidence inside each window, so
+    positive and negative evidence there cancel before the clamp; a per-pixel map summed over
+    the same squares is the same explanation at that resolution.
 
     Example:
         >>> maps = torch.zeros(1, 4, 4, 4)
         >>> maps[0, 1, 0, 3] = 1.0  # the explanation for cell 1 (top right) points there
         >>> pointing_game_scores(maps, 2).tolist()
         [[0.0, 1.0, 0.0, 0.0]]
+        >>> maps[0, 1, 1, 3] = -2.0  # negative evidence beside it: it wins per pixel only
+        >>> pointing_game_scores(maps, 2, pool=2).tolist()
+        [[0.0, 0.0, 0.0, 0.0]]
     """
     maps = _channel_sum(attributions, 4, "pointing_game_scores")
     grids, cells, height, width = maps.shape
@@ -299,7 +308,8 @@ def pointing_game_scores(attributions: Tensor, n: int, *, smooth: int = 0) -> Te
             f"pointing_game_scores: a {n}x{n} grid needs attributions (G, {n * n}, [C,] H, W) "
             f"with H and W divisible by {n}; got {tuple(attributions.shape)}"
         )
-    positive = _positive_part(maps.flatten(0, 1), smooth).view(grids, cells, height, width)
+    flat = _pooled(maps.flatten(0, 1), pool, (height // n, width // n))
+    positive = _positive_part(flat, smooth).view(grids, cells, height, width)
     rows = torch.arange(height, device=maps.device) // (height // n)
     columns = torch.arange(width, device=maps.device) // (width // n)
     cell_of_pixel = rows[:, None] * n + columns[None, :]
@@ -346,6 +356,22 @@ def _channel_sum(attributions: Tensor, map_ndim: int, what: str) -> Tensor:
     return maps.sum(-3) if attributions.ndim == map_ndim + 1 else maps
 
 
+def _pooled(maps: Tensor, pool: int, cell: tuple[int, int]) -> Tensor:
+    """Maps ``(B, H, W)`` with every pixel replaced by the mean of its ``pool x pool`` square
+    (the squares tile the ``cell``-sized cells; a mean, as the scores are shares of mass)."""
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
+        raise EvaluationError(f"pool is a square's side in pixels >= 0, got {pool!r}")
+    if pool <= 1:
+        return maps
+    if cell[0] % pool or cell[1] % pool:
+        raise EvaluationError(
+            f"pool={pool} squares must tile each cell of {cell[0]} x {cell[1]} pixels, so that "
+            f"no square straddles two cells; pass a divisor of both"
+        )
+    means = F.avg_pool2d(maps[:, None], pool)
+    return means.repeat_interleave(pool, -2).repeat_interleave(pool, -1)[:, 0]
+
+
 def _positive_part(maps: Tensor, smooth: int) -> Tensor:
     """Maps ``(B, H, W)`` averaged over ``smooth x smooth`` windows, then clamped at 0."""
     if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 0:
@@ -379,6 +405,7 @@ def grid_pointing_game(
     num_grids: int = 100,
     threshold: float = 0.5,
     smooth: int = 0,
+    pool: int = 0,
     seed: int = 0,
     batch_size: int = 32,
     confidence: Probability = "auto",
@@ -393,6 +420,8 @@ def grid_pointing_game(
     Args:
         model: the classifier, taking images in ``[0, 1]`` (the one the explainer explains).
         explainer: from :func:`build_explainer`.
+        smooth, pool: how the maps are smoothed, or summed over squares, before they are
+            scored (:func:`pointing_game_scores`).
         confidence: how logits become the confidence compared with ``threshold``: ``"auto"`` is
             sigmoid for B-cos models (trained with binary cross-entropy), softmax otherwise.
         batch_size: images per forward pass when classifying, and images per call of the
@@ -429,7 +458,7 @@ def grid_pointing_game(
             cell_labels[start : start + grids_per_call].flatten(),
         )
         per_cell = attributions.view(len(chunk), cells, *attributions.shape[1:])
-        scores.append(pointing_game_scores(per_cell, n, smooth=smooth).cpu())
+        scores.append(pointing_game_scores(per_cell, n, smooth=smooth, pool=pool).cpu())
     return PointingGameResult.from_scores(
         torch.cat(scores), n, cell_labels=cell_labels, examples=examples
     )
