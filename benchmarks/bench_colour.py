@@ -237,6 +237,7 @@ def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[s
         "accuracy": float(correct(model, test, batch_size=s.batch_size).float().mean()),
         "colour_error": fidelity.mean,
         "shuffled": float(fidelity.shuffled.mean()),
+        "rounded": float(fidelity.rounded.mean()),
         "antisymmetric": antisymmetric_share(model),
         "pointing_bcos": games["bcos"],
         "pointing_bcos_windows": None if coarse is None else float(coarse),
@@ -319,16 +320,18 @@ def report(
         "B-cosifies and fine-tunes it (or trains from scratch). Colour error: the mean "
         "|explanation colour - pixel colour| over each correctly classified test image's "
         "strongest fifth of positive evidence inside the object (0: the object in its own "
-        "colours; the goal is 0.10), and the same with colours shuffled between images. "
+        "colours; the goal is 0.10), and two references on the same pixels: colours shuffled "
+        "between images, and the pixels' own colours rounded to 0 or 1 per channel (what "
+        "weights with every channel's side right but no input-independent part score). "
         "Pointing game: 50 2x2 grids, the B-cos explanation and occlusion on the same model, "
         "and the B-cos explanation summed over the windows occlusion moves (half a cell, "
         "by their width): the same explanation at occlusion's resolution. "
         "[d, -d] share: how much of the first layer's weight lies in directions whose colour "
         "reads as 0 or 1 per channel. Each cell: the mean over the seeds (lowest to highest).",
         "",
-        "| lever | top-1 | colour error | shuffled | [d, -d] share | pointing 2x2: B-cos | "
-        "B-cos over occlusion's windows | occlusion |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| lever | top-1 | colour error | shuffled | rounded | [d, -d] share | "
+        "pointing 2x2: B-cos | B-cos over occlusion's windows | occlusion |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, runs in results.items():
 
@@ -338,6 +341,7 @@ def report(
         lines.append(
             f"| {name} | {spread(column('accuracy'), percent=True)} | "
             f"{spread(column('colour_error'))} | {spread(column('shuffled'))} | "
+            f"{spread(column('rounded'))} | "
             f"{spread(column('antisymmetric'))} | {spread(column('pointing_bcos'))} | "
             f"{spread(column('pointing_bcos_windows'))} | {spread(column('pointing_occlusion'))} |"
         )

@@ -140,7 +140,9 @@ def report(runs: list[dict[str, Any]], preset: str, command: str, loads: tuple[s
         "object in its own colours): "
         + "; ".join(
             f"{name} {spread(_colour(runs, name, 'colour_error'), _score)}, colours shuffled "
-            f"between images {spread(_colour(runs, name, 'shuffled_control'), _score)}"
+            f"between images {spread(_colour(runs, name, 'shuffled_control'), _score)}, the "
+            "pixels' own colours rounded to 0 or 1 per channel "
+            f"{spread(_colour(runs, name, 'rounded_reference'), _score)}"
             for name in first["colour_fidelity"]
         )
         + ".",

@@ -54,6 +54,7 @@ def test_evaluate_records_its_settings_and_shows_progress(official, tmp_path):
         assert f"colour fidelity: no measure: {colour['error']}" in printed
     else:
         assert 0 <= colour["colour_error"] <= 1 and 1 <= colour["images"] <= 5
+        assert 0 <= colour["rounded_reference"] <= 0.5
         assert f"colour fidelity: error {colour['colour_error']:.3f}" in printed
 
 

@@ -56,8 +56,8 @@ def test_tiny_demo_writes_report_metrics_and_pictures(demo_run, tmp_path):
         on = {r["method"] for r in metrics["explanations"].values() if r["model"] == model}
         assert on >= set(EXPLAINER_NAMES) - {"bcos"}, (model, on)
     for name, fidelity in metrics["colour_fidelity"].items():
-        if "colour_error" in fidelity:  # measured: both intervals are colour distances
-            for key in ("colour_error", "shuffled_control"):
+        if "colour_error" in fidelity:  # measured: all three intervals are colour distances
+            for key in ("colour_error", "shuffled_control", "rounded_reference"):
                 value = fidelity[key]
                 assert 0 <= value["low"] <= value["mean"] <= value["high"] <= 1, (name, key)
         else:

@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
             f"colour fidelity: no measure: {colour['error']}"
             if "error" in colour
             else f"colour fidelity: error {colour['colour_error']:.3f} (colours shuffled between "
-            f"images: {colour['shuffled_control']:.3f}; 0 is the pixels' own colours) over "
+            f"images: {colour['shuffled_control']:.3f}; the pixels' own colours rounded to 0 or "
+            f"1: {colour['rounded_reference']:.3f}; 0 is the pixels' own colours) over "
             f"{colour['images']} correctly classified images"
             + (", inside their masks" if masks is not None else "")
         )
@@ -227,6 +228,7 @@ def _colour(
     return {
         "colour_error": fidelity.mean,
         "shuffled_control": float(fidelity.shuffled.mean()),
+        "rounded_reference": float(fidelity.rounded.mean()),
         "images": len(fidelity.error),
     }
 

@@ -175,7 +175,8 @@ class Evaluation:
     def colour(self, model: nn.Module) -> dict[str, Any]:
         """Colour fidelity of a B-cos model's explanations (:func:`colour_fidelity_of_model`)
         on the evaluation images it classifies correctly, inside their object masks, with the
-        shuffled control; each as a mean with its interval."""
+        shuffled control and the pixels' own colours rounded to 0 or 1 per channel (the
+        error of weights with no input-independent part); each as a mean with its interval."""
         try:
             fidelity = colour_fidelity_of_model(
                 model, self.images, self.labels, self.masks, batch_size=len(self.images)
@@ -185,6 +186,7 @@ class Evaluation:
         return {
             "colour_error": self._interval(fidelity.error).to_dict(),
             "shuffled_control": self._interval(fidelity.shuffled).to_dict(),
+            "rounded_reference": self._interval(fidelity.rounded).to_dict(),
         }
 
     def reference_runs(self, model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -357,11 +359,13 @@ def _colour_sentence(fidelity: dict[str, Any]) -> str:
     if "colour_error" not in fidelity:
         return f"Colour fidelity: not measured ({fidelity['error']})."
     error, control = fidelity["colour_error"], fidelity["shuffled_control"]
+    rounded = fidelity["rounded_reference"]
     return (
         f"Colour fidelity of the B-cosified model's explanations (0: each object's strongest "
         f"evidence shown in its own colour): error {error['mean']:.3f} "
         f"[{error['low']:.3f}, {error['high']:.3f}], against {control['mean']:.3f} with colours "
-        f"shuffled between images; the goal is at most {COLOUR_GOAL:.2f}."
+        f"shuffled between images and {rounded['mean']:.3f} for the pixels' own colours "
+        f"rounded to 0 or 1 per channel; the goal is at most {COLOUR_GOAL:.2f}."
     )
 
 

@@ -185,7 +185,8 @@ def _targets(metrics: Mapping[str, Any]) -> Table:
             f"colour error of the B-cosified model's explanations at most {COLOUR_GOAL:.2f} "
             "(upper end)",
             f"{_interval(fidelity.get('colour_error'))}; colours shuffled between images "
-            f"{_interval(fidelity.get('shuffled_control'))}",
+            f"{_interval(fidelity.get('shuffled_control'))}; pixel colours rounded to 0 or 1 "
+            f"{_interval(fidelity.get('rounded_reference'))}",
             _yes(t[COLOUR_TARGET]),
         ],
         [
@@ -466,6 +467,7 @@ def _figures(out: Path, metrics: Mapping[str, Any]) -> list[Figure]:
                 for label, key in (
                     ("explanation", "colour_error"),
                     ("colours shuffled", "shuffled_control"),
+                    ("pixel colours rounded to 0 or 1", "rounded_reference"),
                 )
             },
             title="Colour error of B-cos explanations (95% intervals)",
@@ -477,7 +479,9 @@ def _figures(out: Path, metrics: Mapping[str, Any]) -> list[Figure]:
                 "colour.png",
                 "Colour fidelity: on each correctly classified evaluation image's strongest "
                 "positive evidence inside the object, how far the explanation's colour is from "
-                "the pixel's, against the same with colours shuffled between images.",
+                "the pixel's, against the same with colours shuffled between images, and the "
+                "error of the pixels' own colours rounded to 0 or 1 per channel: what weights "
+                "with every channel's side right but no input-independent part score.",
             )
         ]
         if measured

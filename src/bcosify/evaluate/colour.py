@@ -22,7 +22,8 @@ __all__ = ["ColourFidelity", "colour_fidelity", "colour_fidelity_of_model"]
 
 @dataclass(frozen=True)
 class ColourFidelity:
-    """Colour error per image, and the same error with colours shuffled between images.
+    """Colour error per image, with two references on the same pixels: colours shuffled
+    between images, and the pixels' own colours rounded to 0 or 1 per channel.
 
     Attributes:
         error: per image, the mean absolute difference (over the three channels and the
@@ -33,11 +34,17 @@ class ColourFidelity:
             permutation), ``(N,)``. An explanation no better than its control shows colours
             unrelated to its image.
         pixels: how many pixels each image's error is over, ``(N,)``.
+        rounded: the reference of the pixels' own colours rounded to 0 or 1 per channel,
+            ``(N,)``: what an explanation scores whose weights lie on the pixel's side of every
+            channel but have no input-independent part (``W_k + W_{k+3} = 0``, as in a
+            converted first layer's ``[d, -d]``), each channel then reading as 0 or 1. An error
+            near it has the colours' sides right and their shades missing.
     """
 
     error: Tensor
     shuffled: Tensor
     pixels: Tensor
+    rounded: Tensor
 
     @property
     def mean(self) -> float:
@@ -82,6 +89,9 @@ def colour_fidelity(
         >>> fidelity = colour_fidelity(aligned, x)
         >>> round(fidelity.mean, 6), bool(fidelity.shuffled.mean() > 0.1)
         (0.0, True)
+        >>> # uniform colours rounded to 0 or 1 are 1/4 off on average
+        >>> 0.2 < float(colour_fidelity(aligned, x, fraction=1.0).rounded.mean()) < 0.3
+        True
     """
     weights, contribution_map = explanation.weights, explanation.contribution_map
     if weights.ndim != 4 or weights.shape[1] != 6:
@@ -125,13 +135,16 @@ def colour_fidelity(
     shown, truth = shown[selected], truth[selected]
     generator = torch.Generator().manual_seed(seed)
     others = truth[torch.randperm(len(truth), generator=generator).to(truth.device)]
-    per_pixel = (shown - truth).abs().mean(1)
-    control = (shown - others).abs().mean(1)
-    pixels = keep.float()
+    pixels = keep.float().cpu()
+
+    def per_image(errors: Tensor) -> Tensor:
+        return torch.zeros(n).index_add_(0, owner.cpu(), errors.mean(1).cpu()) / pixels
+
     return ColourFidelity(
-        error=torch.zeros(n).index_add_(0, owner.cpu(), per_pixel.cpu()) / pixels.cpu(),
-        shuffled=torch.zeros(n).index_add_(0, owner.cpu(), control.cpu()) / pixels.cpu(),
+        error=per_image((shown - truth).abs()),
+        shuffled=per_image((shown - others).abs()),
         pixels=keep.cpu(),
+        rounded=per_image((truth.round() - truth).abs()),
     )
 
 
@@ -188,4 +201,5 @@ def colour_fidelity_of_model(
         error=torch.cat([part.error for part in parts]),
         shuffled=torch.cat([part.shuffled for part in parts]),
         pixels=torch.cat([part.pixels for part in parts]),
+        rounded=torch.cat([part.rounded for part in parts]),
     )
