@@ -181,14 +181,9 @@ def start_model(
         features = fresh.network.features
         for index, layer in enumerate(features):
             if isinstance(layer, BcosConv2d):
-                features[index] = BcosConv2d(
-                    layer.in_channels,
-                    layer.out_channels,
-                    layer.kernel_size,
-                    padding=layer.padding,
-                    b=recipe.b,
-                    max_out=lever.max_out,
-                )
+                shape = (layer.in_channels, layer.out_channels, layer.kernel_size)
+                units = {"b": recipe.b, "max_out": lever.max_out}
+                features[index] = BcosConv2d(*shape, padding=layer.padding, **units)
         return fresh
     start = copy.deepcopy(original)
     if lever.encoding != "fold":

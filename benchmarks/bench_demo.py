@@ -121,6 +121,19 @@ def report(runs: list[dict[str, Any]], preset: str, command: str, loads: tuple[s
         deletion = spread([x["deletion_auc"]["mean"] for x in results], _score)
         ms = spread([1000 * x["seconds_per_image"] for x in results], lambda v: f"{v:.1f}")
         lines.append(f"| {name} | {' | '.join(games)} | {inside} | {deletion} | {ms} |")
+    coarse = [
+        r["explanations"]["bcos (B-cosified)"].get("pointing_game_at_occlusion_windows", {})
+        for r in runs
+    ]
+    lines += [
+        "",
+        "The B-cosified model's own explanations summed over occlusion's windows (half a cell, "
+        "moved by their width), the two at one resolution: "
+        + ", ".join(
+            f"{spread([c.get(g, {}).get('mean') for c in coarse], _score)} ({g})" for g in grids
+        )
+        + ".",
+    ]
     ig = spread(
         [1000 * r["speed"]["seconds_per_image"]["integrated_gradients"] for r in runs],
         lambda v: f"{v:.1f}",

@@ -14,7 +14,7 @@ import torch
 from bcosify.nn import BcosConv2d
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert", "bench_fused")
+SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert", "bench_fused", "bench_colour")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,39 @@ def test_fused_benchmark_compares_both_paths_on_the_same_network(scripts, capsys
     # the plain path was undone
     layer = BcosConv2d(3, 4, 3, b=1.1)
     assert "FusedBcosConv2d" in layer(torch.rand(1, 3, 5, 5, requires_grad=True)).grad_fn.name()
+
+
+def test_colour_control_labels_each_image_by_its_objects_hue(scripts):
+    colour = scripts["bench_colour"]
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[1:3, 1:3] = True
+    hues = [(1.0, 0.1, 0.1), (0.2, 0.9, 0.2), (0.2, 0.1, 1.0), (0.9, 0.2, 0.9)]
+    shapes = []
+    for shape, rgb in enumerate(hues):
+        image = torch.rand(3, 4, 4)
+        image[:, mask] = torch.tensor(rgb)[:, None]
+        shapes.append((image, shape, mask))
+    by_hue = colour.ByHue(shapes)
+    # red, green, blue, magenta: sectors 0, 2, 4 and 5 of six
+    assert by_hue.targets == [0, 2, 4, 5] and len(by_hue) == 4
+    image, label, kept = by_hue[2]
+    assert label == 4 and torch.equal(image, shapes[2][0]) and torch.equal(kept, mask)
+
+
+def test_colour_report_keeps_every_lever_and_says_what_was_not_measured(scripts):
+    colour = scripts["bench_colour"]
+    run = {
+        "accuracy": 0.5,
+        "colour_error": 0.3,
+        "shuffled": 0.45,
+        "rounded": 0.2,
+        "antisymmetric": 0.9,
+        "pointing_bcos": None,
+        "pointing_bcos_windows": None,
+        "pointing_occlusion": 0.7,
+        "date": "2026-12-07",
+    }
+    text = colour.report({"B = 3": [run, {**run, "accuracy": 0.7}]}, [0, 1], "cmd", (0.1, 0.2))
+    row = next(line for line in text.splitlines() if line.startswith("| B = 3"))
+    assert "60.0% (50.0% to 70.0%)" in row and row.count("n/a") == 2
+    assert "Measured on 2026-12-07" in text

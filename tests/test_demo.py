@@ -14,8 +14,10 @@ from commands import run_cli
 import bcosify
 from bcosify.cli import main
 from bcosify.demo import PRESETS
+from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.training import Trainer, datasets, train_original
-from bcosify.evaluate import EXPLAINER_NAMES, correct
+from bcosify.evaluate import EXPLAINER_NAMES, build_explainer, correct, grid_pointing_game
+from bcosify.nn import BcosConv2d, InputEncoding
 from bcosify.report import Figure, Report, Table
 from bcosify.train import Normalized
 from bcosify.train.prepare import input_normalization
@@ -85,6 +87,11 @@ def test_tiny_demo_writes_report_metrics_and_pictures(demo_run, tmp_path):
         if classes >= 4:  # a game to play: it was played
             assert "error" not in game, game
             assert game["low"] <= game["mean"] <= game["high"] and game["count"] == settings.grids
+            if result["method"] == "bcos":  # and again at occlusion's resolution
+                coarse = result["pointing_game_at_occlusion_windows"]["2x2"]
+                assert coarse["pool"] == settings.image_size // 2
+                assert 0 <= coarse["low"] <= coarse["mean"] <= coarse["high"] <= 1
+                assert coarse["count"] == settings.grids
         else:  # barely trained models: too few classes, and the error says how many exactly
             assert (
                 f"only {classes} class(es) have one ({images} of {len(test)} images"
@@ -141,6 +148,36 @@ def expected_targets(metrics: dict) -> dict[str, bool | None]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install chromium")
+def test_the_bcos_pointing_game_is_also_scored_at_occlusions_resolution():
+    # four classes of solid colours, told apart by a linear B-cos model (B = 1)
+    colours = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    labels = torch.arange(4).repeat(4)
+    # noisy enough that evidence changes sign from pixel to pixel: pooling then matters
+    noise = 0.7 * torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = colours[labels][:, :, None, None] * 0.3 + noise
+    test = torch.utils.data.TensorDataset(images, labels, torch.ones(16, 8, 8, dtype=torch.bool))
+    layer = BcosConv2d(6, 4, 1, b=1.0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([colours - 0.5, 0.5 - colours], 1)[:, :, None, None])
+    model = torch.nn.Sequential(
+        InputEncoding(), layer, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    s = replace(PRESETS["test"], image_size=8, classes=4, grids=4, eval_images=8, bootstrap=50)
+    evaluation = Evaluation(s, test)
+    result = evaluation.run(model, "linear", "bcos", {})
+    coarse = result["pointing_game_at_occlusion_windows"]["2x2"]
+    assert coarse["pool"] == 4 == evaluation.options("occlusion", 2)["window"]
+    direct = grid_pointing_game(
+        model, build_explainer("bcos", model), test, num_grids=4, threshold=0.0, pool=4
+    )
+    assert coarse["mean"] == pytest.approx(float(direct.scores.mean()))
+    assert coarse["count"] == 4 and "error" not in result["pointing_game"]["2x2"]
+    assert coarse["mean"] != pytest.approx(result["pointing_game"]["2x2"]["mean"], abs=0.01)
+    assert "pointing_game_at_occlusion_windows" not in evaluation.run(
+        model, "linear", "saliency", {}
+    )
+
+
 def test_the_report_fits_a_1280_pixel_window_and_every_image_loads(demo_run):
     found = measure_page(demo_run[1] / "report.html", width=1280)
     assert found["width"] == 1280 and found["pageWidth"] <= 1280
