@@ -116,7 +116,7 @@ class ByHue(Dataset):
 
     def __init__(self, shapes: Dataset) -> None:
         self.shapes = shapes
-        self.targets = []
+        self.targets: list[int] = []
         for index in range(len(shapes)):
             image, _, mask = shapes[index]
             red, green, blue = image[:, mask.bool()].mean(1).tolist()
@@ -215,17 +215,19 @@ def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[s
     }
     window = evaluation.options("occlusion", 2)["window"]
     try:
-        coarse: float | None = grid_pointing_game(
-            model,
-            build_explainer("bcos", model),
-            test,
-            n=2,
-            num_grids=s.grids,
-            threshold=s.confidence,
-            seed=s.seed,
-            batch_size=evaluation.per_pass(2),
-            pool=window,
-        ).scores.mean()
+        coarse: float | None = float(
+            grid_pointing_game(
+                model,
+                build_explainer("bcos", model),
+                test,
+                n=2,
+                num_grids=s.grids,
+                threshold=s.confidence,
+                seed=s.seed,
+                batch_size=evaluation.per_pass(2),
+                pool=window,
+            ).scores.mean()
+        )
     except EvaluationError:  # too few confidently classified images, as Evaluation.run says
         coarse = None
     return {
@@ -235,7 +237,7 @@ def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[s
         "rounded": float(fidelity.rounded.mean()),
         "antisymmetric": antisymmetric_share(model),
         "pointing_bcos": games["bcos"],
-        "pointing_bcos_windows": None if coarse is None else float(coarse),
+        "pointing_bcos_windows": coarse,
         "pointing_occlusion": games["occlusion"],
     }
 
