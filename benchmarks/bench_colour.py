@@ -42,12 +42,9 @@ from bcosify.demo import PRESETS
 from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.settings import DemoSettings
 from bcosify.demo.training import Trainer, datasets, train_original
-from bcosify.errors import EvaluationError
 from bcosify.evaluate import (
-    build_explainer,
     colour_fidelity_of_model,
     correct,
-    grid_pointing_game,
 )
 from bcosify.nn import BcosConv2d
 from bcosify.train import get_recipe, prepare_model, train
@@ -209,27 +206,11 @@ def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[s
     masks = torch.stack([item[2] for item in items])
     fidelity = colour_fidelity_of_model(model, x, y, masks, batch_size=images)
     evaluation = Evaluation(s, test)
-    games = {
-        method: evaluation.run(model, "B-cosified", method, {})["pointing_game"]["2x2"].get("mean")
-        for method in ("bcos", "occlusion")
+    runs = {
+        method: evaluation.run(model, "B-cosified", method, {}) for method in ("bcos", "occlusion")
     }
-    window = evaluation.options("occlusion", 2)["window"]
-    try:
-        coarse: float | None = float(
-            grid_pointing_game(
-                model,
-                build_explainer("bcos", model),
-                test,
-                n=2,
-                num_grids=s.grids,
-                threshold=s.confidence,
-                seed=s.seed,
-                batch_size=evaluation.per_pass(2),
-                pool=window,
-            ).scores.mean()
-        )
-    except EvaluationError:  # too few confidently classified images, as Evaluation.run says
-        coarse = None
+    games = {method: run["pointing_game"]["2x2"].get("mean") for method, run in runs.items()}
+    coarse = runs["bcos"]["pointing_game_at_occlusion_windows"].get("2x2", {}).get("mean")
     return {
         "accuracy": float(correct(model, test, batch_size=s.batch_size).float().mean()),
         "colour_error": fidelity.mean,

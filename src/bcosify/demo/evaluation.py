@@ -140,8 +140,10 @@ class Evaluation:
                 continue
             self.games[f"{method} ({model_name}) {n}x{n}"] = game
             games[f"{n}x{n}"] = self._game_summary(game)
+            if method != "bcos":
+                continue
             window = self.options("occlusion", n)["window"]
-            if method == "bcos" and s.image_size % window == 0:
+            if s.image_size % window == 0:
                 pooled = self._pointing(model, explainer, n, s.grids, pool=window)
                 coarse[f"{n}x{n}"] = {**self._game_summary(pooled), "pool": window}
         explainer = build_explainer(method, model, **self.options(method, 1), **extra)
