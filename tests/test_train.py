@@ -175,6 +175,31 @@ def leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in kept)
 
 
+def test_an_examples_draw_seeds_only_the_cpu_generator_and_puts_it_back(monkeypatch):
+    from bcosify.train.loading import SeededExamples, mix_seed
+
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    def touched(seed):
+        raise AssertionError("an accelerator's generator was reseeded")
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", touched)
+    data = SeededExamples(Noise(), seed=5)
+    data.epoch = 2
+    before = torch.random.get_rng_state()
+    drawn = data[3]
+    assert torch.equal(torch.random.get_rng_state(), before)
+    # the draw is the one a fresh generator seeded from (seed, epoch, index) makes
+    expected = torch.rand(3, generator=torch.Generator().manual_seed(mix_seed(5, 2, 3)))
+    assert torch.equal(drawn, expected)
+
+
 def test_checkpoint_round_trip_keeps_types():
     state = {
         "step": 7,
