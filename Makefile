@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-fused bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour bench-coverage
+.PHONY: setup demo test test-slow lint docs bench bench-import bench-layers bench-fused bench-layout bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-compiled bench-real bench-colour bench-coverage
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ bench-layers: .bench/official
 
 # Each benchmark rewrites its own section of docs/benchmarks.md; run them one at a time, on an
 # otherwise idle machine.
-bench-convert bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-gpu bench-import: bench-%: $(STAMP)
+bench-convert bench-vit bench-train bench-demo bench-layout bench-clip bench-align bench-text bench-gpu bench-import: bench-%: $(STAMP)
 	$(BIN)/python benchmarks/bench_$*.py --write docs/benchmarks.md
 
 bench-compiled: $(STAMP)
@@ -64,4 +64,4 @@ bench-colour: $(STAMP)
 bench-coverage: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_coverage.py --write docs/benchmarks.md
 
-bench: bench-import bench-layers bench-fused bench-convert bench-compiled bench-vit bench-train bench-demo bench-clip bench-align bench-text bench-real bench-colour bench-coverage
+bench: bench-import bench-layers bench-fused bench-convert bench-compiled bench-vit bench-train bench-demo bench-layout bench-clip bench-align bench-text bench-real bench-colour bench-coverage

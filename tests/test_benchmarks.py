@@ -14,7 +14,15 @@ import torch
 from bcosify.nn import BcosConv2d
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("common", "bench_layers", "bench_demo", "bench_convert", "bench_fused", "bench_colour")
+SCRIPTS = (
+    "common",
+    "bench_layers",
+    "bench_demo",
+    "bench_convert",
+    "bench_fused",
+    "bench_colour",
+    "bench_layout",
+)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +190,17 @@ def test_fused_benchmark_compares_both_paths_on_the_same_network(scripts, capsys
     # the plain path was undone
     layer = BcosConv2d(3, 4, 3, b=1.1)
     assert "FusedBcosConv2d" in layer(torch.rand(1, 3, 5, 5, requires_grad=True)).grad_fn.name()
+
+
+def test_layout_benchmark_times_every_call_in_both_layouts_with_the_same_attributions(
+    scripts, capsys
+):
+    layout = scripts["bench_layout"]
+    assert layout.main(["--quick", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith(("| original", "| B-cosified"))]
+    assert len(rows) == len(layout.calls((2,)))
+    assert all(float(row.split("|")[-2]) < 1e-3 for row in rows)  # the same attributions
 
 
 def test_colour_control_labels_each_image_by_its_objects_hue(scripts):
