@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from nets import assert_differs, assert_signal, keep_signal_alive
@@ -403,6 +405,28 @@ def test_every_explainer_gives_input_shaped_attributions_and_leaves_nothing_behi
         assert name_b == name_a and training_b == training_a
         for key in state_b:  # batch norm statistics untouched: evaluation mode throughout
             torch.testing.assert_close(state_b[key], state_a[key])
+
+
+# every explainer on both models, but the B-cos explanation on the B-cos model only
+EXPLAINED = [
+    (kind, name)
+    for kind in ("original", "bcos")
+    for name in EXPLAINER_NAMES
+    if (kind, name) != ("original", "bcos")
+]
+
+
+@pytest.mark.parametrize(("kind", "name"), EXPLAINED)
+def test_every_explainer_gives_the_same_attributions_on_a_channels_last_model(models, kind, name):
+    # the demo evaluates channels-last copies of its models (faster on a CPU)
+    model = models[kind]
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    inputs = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([1, 0, 4])
+    default = build_explainer(name, model, **FAST.get(name, {})).attribute(inputs, targets)
+    laid_out = build_explainer(name, last, **FAST.get(name, {})).attribute(inputs, targets)
+    assert default.abs().sum() > 0
+    torch.testing.assert_close(laid_out, default, rtol=1e-4, atol=1e-6)
 
 
 def test_bcos_explainer_is_the_models_own_explanation(models):

@@ -111,12 +111,20 @@ def run_demo(
     results: dict[str, dict[str, Any]] = {}
     runs = [("B-cosified", "bcos"), ("B-cos from scratch", "bcos")]
     runs += [(model_name, name) for model_name in EXPLAINED for name in POSTHOC]
+    # The same weights, channels-last: on a CPU, max pooling and convolution over the grids'
+    # batches run faster so (bench_layout: the pointing game's calls 1.24x as fast in all).
+    # Copies, so that the speed race below keeps the default layout, in which Integrated
+    # Gradients on single images is the faster.
+    fast = {
+        name: copy.deepcopy(models[name]).to(memory_format=torch.channels_last)
+        for name in {name for name, _ in runs}
+    }
     for model_name, method in runs:
         label = f"{method} ({model_name})"
         print(f"  {label} ...", end=" ", flush=True)
         started = time.perf_counter()
         extra = {"layer": layers[model_name][0]} if method == "gradcam" else {}
-        results[label] = evaluation.run(models[model_name], model_name, method, extra)
+        results[label] = evaluation.run(fast[model_name], model_name, method, extra)
         print(f"{time.perf_counter() - started:.0f} s", flush=True)
     for model_name in EXPLAINED:
         layer, resolution = layers[model_name]
