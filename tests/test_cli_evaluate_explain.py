@@ -35,7 +35,7 @@ def test_evaluate_records_its_settings_and_shows_progress(official, tmp_path):
     assert results["bcosify_version"] == bcosify.__version__
     assert results["settings"] == {
         "image_size": 32, "num_examples": 12, "images": 5, "grids": 2, "threshold": 0.0,
-        "batch_size": 2, "seed": 3, "device": "cpu", "explainers": None,
+        "smooth": 0, "batch_size": 2, "seed": 3, "device": "cpu", "explainers": None,
         "templates": results["settings"]["templates"], "probe_split": None,
     }  # fmt: skip
     # an official B-cos model is explained with its own explanation by default
@@ -72,12 +72,44 @@ def test_evaluate_fits_a_linear_probe_on_another_split(official, tmp_path):
     assert status == 1 and "is the evaluated split" in stderr and "Traceback" not in stderr
 
 
+def test_evaluate_smooths_every_map_before_the_pointing_game_and_localisation(
+    official, tmp_path, monkeypatch
+):
+    from bcosify.cli import evaluate as evaluate_command
+
+    smoothing: dict[str, list[int]] = {"grid_pointing_game": [], "mask_localisation": []}
+    for name, used in smoothing.items():
+        real = getattr(evaluate_command, name)
+
+        def recording(*args, _real=real, _used=used, **kwargs):
+            _used.append(kwargs["smooth"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(evaluate_command, name, recording)
+    argv = ["evaluate", "--model", str(official), "--data", "synthetic", "--image-size", "32"]
+    argv += ["--num-examples", "12", "--images", "6", "--grids", "1", "--threshold", "0.0"]
+    argv += ["--explainers", "bcos", "saliency"]
+    results, printed = {}, {}
+    for k in (0, 5):
+        out = tmp_path / f"smooth{k}.json"
+        status, printed[k], stderr = run_cli(*argv, "--smooth", str(k), "--out", str(out))
+        assert status == 0, stderr
+        results[k] = json.loads(out.read_text())
+    assert smoothing == {"grid_pointing_game": [0, 0, 5, 5], "mask_localisation": [0, 0, 5, 5]}
+    assert results[5]["settings"]["smooth"] == 5
+    assert "averaged over 5 x 5 windows" in printed[5] and "averaged" not in printed[0]
+    for name in ("bcos", "saliency"):  # the scores are the smoothed maps'
+        inside = [results[k]["explanations"][name]["mask_localisation"] for k in (0, 5)]
+        assert inside[0] != pytest.approx(inside[1], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
         ("--threshold", "1.5", "probability in [0, 1)"),
         ("--batch-size", "0", "--batch-size"),
         ("--device", "tpu9", "unknown device 'tpu9'"),
+        ("--smooth", "-1", "at least 0"),
     ],
 )
 def test_evaluate_bad_settings_are_one_line(official, flag, value, message):
