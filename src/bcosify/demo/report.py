@@ -338,7 +338,10 @@ def _explanations(metrics: Mapping[str, Any]) -> Table:
         "B-cos models, softmax for the original). 'bcos' is each B-cos model's own explanation "
         "(one forward and one backward pass); the post-hoc methods explain the model in "
         "brackets: the original, and the B-cosified model itself, where they see the very "
-        f"function the B-cos explanation explains. Sorted by the {last} pointing game.",
+        "function the B-cos explanation explains. Ms per image: the median of repeated calls "
+        f"on the first {s['eval_images']} test images, every model channels-last (the faster "
+        "layout on a CPU for all but some gradient methods of the original: benchmarks, "
+        f"bench_layout). Sorted by the {last} pointing game.",
         highlight=[0],
     )
 
