@@ -18,11 +18,10 @@ import argparse
 import contextlib
 import copy
 import functools
-import statistics
 from collections.abc import Iterator, Sequence
 
 import torch
-from common import command_line, load_average, machine, publish, timed
+from common import command_line, interleaved_medians, load_average, machine, publish
 from torch import Tensor, nn
 
 import bcosify
@@ -100,12 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gaps = compare(copy.deepcopy(model).double(), images[:4].double())
         step(model, images, plain=False)  # warm-up
         step(model, images, plain=True)
-        times: dict[str, list[float]] = {path: [] for path in PATHS}
-        for repeat in range(args.repeats):
-            for path in PATHS if repeat % 2 == 0 else reversed(PATHS):
-                plain = path != "fused"
-                times[path].append(timed(functools.partial(step, model, images, plain)))
-        medians = {path: statistics.median(values) for path, values in times.items()}
+        calls = {path: functools.partial(step, model, images, path != "fused") for path in PATHS}
+        medians = interleaved_medians(calls, args.repeats)
         rows.append((label, batch, size, medians, gaps))
         print(label, medians, gaps, flush=True)
     lines = [

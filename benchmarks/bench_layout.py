@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import statistics
 from collections.abc import Sequence
 
 import torch
-from common import command_line, load_average, machine, publish, timed
+from common import command_line, interleaved_medians, load_average, machine, publish
 from torch import Tensor, nn
 
 from bcosify.demo import PRESETS
@@ -99,12 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = {layout: e.attribute(inputs, targets) for layout, e in explainers.items()}
         gap = float((outputs["default"] - outputs["channels-last"]).norm())
         gap /= max(float(outputs["default"].norm()), 1e-30)
-        times: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-        for repeat in range(args.repeats):
-            for layout in LAYOUTS if repeat % 2 == 0 else reversed(LAYOUTS):
-                call = functools.partial(explainers[layout].attribute, inputs, targets)
-                times[layout].append(timed(call))
-        medians = {layout: statistics.median(values) for layout, values in times.items()}
+        turns = {
+            layout: functools.partial(explainer.attribute, inputs, targets)
+            for layout, explainer in explainers.items()
+        }
+        medians = interleaved_medians(turns, args.repeats)
         rows.append((name, method, n, len(inputs), medians, gap))
         print(name, method, n, medians, f"{gap:.0e}", flush=True)
     lines = [

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 from collections.abc import Sequence
 
 import torch
-from common import command_line, machine, publish, timed
+from common import command_line, interleaved_medians, machine, publish
 
 from bcosify.models import create
 from bcosify.train import get_recipe, prepare_model
@@ -64,11 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 training_step, model, optimizer, loss_kind, images, labels
             )
             steps[name]()  # warm-up
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for repeat in range(args.repeats):
-            for name in steps if repeat % 2 == 0 else reversed(list(steps)):
-                times[name].append(timed(steps[name]))
-        medians = {name: statistics.median(values) for name, values in times.items()}
+        medians = interleaved_medians(steps, args.repeats)
         rows.append((label, size, {n: args.batch / t for n, t in medians.items()}))
         print(label, medians, flush=True)
     command = command_line("bench_train.py", argv)

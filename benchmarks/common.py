@@ -11,9 +11,10 @@ import multiprocessing
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ import torch
 __all__ = [
     "HEADER",
     "command_line",
+    "interleaved_medians",
     "load_average",
     "machine",
     "markers",
@@ -43,6 +45,18 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def interleaved_medians(
+    calls: Mapping[str, Callable[[], object]], repeats: int
+) -> dict[str, float]:
+    """The median seconds of each of ``calls`` over ``repeats`` rounds, in turns (every other
+    round in reverse order), so that a change in what else the machine runs slows them all."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for repeat in range(repeats):
+        for name in calls if repeat % 2 == 0 else reversed(list(calls)):
+            times[name].append(timed(calls[name]))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def load_average() -> str:
