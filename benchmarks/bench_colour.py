@@ -42,10 +42,7 @@ from bcosify.demo import PRESETS
 from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.settings import DemoSettings
 from bcosify.demo.training import Trainer, datasets, train_original
-from bcosify.evaluate import (
-    colour_fidelity_of_model,
-    correct,
-)
+from bcosify.evaluate import colour_fidelity_of_model, correct
 from bcosify.nn import BcosConv2d
 from bcosify.train import get_recipe, prepare_model, train
 from bcosify.train.prepare import input_normalization
