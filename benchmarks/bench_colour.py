@@ -4,7 +4,8 @@ On the demo's task (``bcosify demo``'s default preset), the original is trained 
 (cached in ``.bench/colour``), then B-cosified and fine-tuned once per lever: B, fine-tuning
 length, the learning rate, weight decay, the activations, a wider network, larger images, a first
 layer made of colour templates, the paper's encoding, a first layer that learns 30 times as
-fast, and the same B-cos architecture from scratch (with the demo's budget, and trained well).
+fast, a loss that asks for alignment outright, and the same B-cos architecture from scratch
+(with the demo's budget, and trained well).
 For each: test accuracy, colour fidelity (:func:`bcosify.evaluate.colour_fidelity`, inside the
 object masks, with its shuffled control) and the 2x2 pointing game of the B-cos explanation
 against occlusion (the strongest post-hoc method of the demo) on the same model, with the B-cos
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from common import command_line, in_processes, load_average, machine, publish
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrize
 from torch.utils.data import Dataset
 
@@ -43,9 +45,11 @@ from bcosify.demo.evaluation import Evaluation
 from bcosify.demo.settings import DemoSettings
 from bcosify.demo.training import Trainer, datasets, train_original
 from bcosify.evaluate import colour_fidelity_of_model, correct
-from bcosify.nn import BcosConv2d
+from bcosify.nn import BcosConv2d, ExplanationTrace, explanation_mode
 from bcosify.train import get_recipe, prepare_model, train
+from bcosify.train.losses import classification_loss
 from bcosify.train.prepare import input_normalization
+from bcosify.train.validation import validate
 
 SECTION = "bench_colour"
 
@@ -56,8 +60,9 @@ class Lever:
     or larger images train their own original), a fresh B-cos model instead of the original's
     weights (with ``max_out`` MaxOut units in its hidden convolutions), the first layer turned
     into colour templates before fine-tuning, the encoding of the conversion, the first layer's
-    learning rate multiplied, or the task: ``"hue"`` labels each image by its object's hue
-    instead of its shape (a control: a task whose evidence is the object's colour)."""
+    learning rate multiplied, ``align`` the weight of an alignment term added to the loss
+    (:class:`Alignment`), or the task: ``"hue"`` labels each image by its object's hue instead
+    of its shape (a control: a task whose evidence is the object's colour)."""
 
     recipe: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +71,7 @@ class Lever:
     templates: bool = False
     encoding: str = "fold"
     first_layer_lr: float = 1.0
+    align: float = 0.0
     task: str = "shapes"
 
 
@@ -82,6 +88,9 @@ LEVERS = {
     "64 px images": Lever(settings={"image_size": 64}),
     "paper encoding ([W, -W] / 2 behind a normalisation)": Lever(encoding="paper"),
     "first layer's learning rate x 30": Lever(first_layer_lr=30.0),
+    # alignment asked for outright, at two strengths: how far colour moves and what it costs
+    "alignment term in the loss, weight 0.1": Lever(align=0.1),
+    "alignment term in the loss, weight 1": Lever(align=1.0),
     "B-cos from scratch (8 epochs, lr 1e-3)": Lever({"epochs": 8, "lr": 1e-3}, scratch=True),
     # what a B-cos model shows on this task when it is trained well: more accurate than the
     # original (the demo's from-scratch budget leaves it at under 40%)
@@ -184,7 +193,7 @@ def start_model(
         mean, std = input_normalization(start)
         start = convert(start, input_mean=mean, input_std=std, b=recipe.b, encoding=lever.encoding)
         start = start.model
-    elif lever.templates or lever.first_layer_lr != 1:
+    elif lever.templates or lever.first_layer_lr != 1 or lever.align:
         start = prepare_model(start, recipe)
     if lever.templates:
         as_colour_templates(start)
@@ -193,6 +202,34 @@ def start_model(
             first_conv(start), "weight", _Scaled(lever.first_layer_lr)
         )
     return start
+
+
+class Alignment:
+    """The recipe's classification loss plus ``weight * (1 - cos(W(x), [x, 1 - x]))``, the
+    cosine between each image's dynamic weights for its label and its encoded input: alignment
+    asked for outright rather than left to B (a second backward pass through ``W(x)``)."""
+
+    def __init__(self, model: nn.Module, loss: str, weight: float) -> None:
+        self.model, self.loss, self.weight = model, loss, weight
+
+    def __call__(
+        self, outputs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        with ExplanationTrace(self.model) as trace, explanation_mode(self.model):
+            scores = self.model(images).gather(1, labels[:, None])
+        encoded = trace.encoded_input
+        (weights,) = torch.autograd.grad(scores.sum(), encoded, create_graph=True)
+        cosine = F.cosine_similarity(weights.flatten(1), encoded.flatten(1), dim=1)
+        loss = classification_loss(self.loss, outputs, labels)
+        return loss + self.weight * (1 - cosine).mean()
+
+    def validate(
+        self, model: nn.Module, data: Dataset, *, batch_size: int, dist: Any
+    ) -> dict[str, Any]:
+        return validate(model, data, batch_size=batch_size, dist=dist)
+
+    def progress(self, fraction: float) -> None:
+        pass  # no schedule of its own
 
 
 def measure(s: DemoSettings, model: nn.Module, test: Any, images: int) -> dict[str, Any]:
@@ -252,8 +289,10 @@ def run_lever(lever: Lever, seed: int, work: Path, images: int) -> dict[str, Any
         checkpoint_every=10**9,
         **fields,
     )
+    start = start_model(lever, original, trainer, recipe)
+    objective = Alignment(start, recipe.loss, lever.align) if lever.align else None
     result = train(
-        start_model(lever, original, trainer, recipe),
+        start,
         data["train"],
         recipe,
         work / f"seed-{seed}",
@@ -261,6 +300,7 @@ def run_lever(lever: Lever, seed: int, work: Path, images: int) -> dict[str, Any
         progress=False,
         resume=False,
         log_every=10**9,
+        objective=objective,
     )
     return measure(s, result.model, data["test"], images)
 

@@ -237,3 +237,28 @@ def test_colour_report_keeps_every_lever_and_says_what_was_not_measured(scripts)
     row = next(line for line in text.splitlines() if line.startswith("| B = 3"))
     assert "60.0% (50.0% to 70.0%)" in row and row.count("n/a") == 2
     assert "Measured on 2026-12-07" in text
+
+
+def test_colour_alignment_lever_adds_one_minus_the_explanations_cosine(scripts):
+    from torch import nn
+    from torch.nn import functional as F
+
+    from bcosify.explain import explain
+    from bcosify.nn import InputEncoding
+    from bcosify.train.losses import classification_loss
+
+    colour = scripts["bench_colour"]
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        InputEncoding(), BcosConv2d(6, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    images, labels = torch.rand(3, 3, 8, 8), torch.tensor([0, 2, 3])
+    outputs = model(images)
+    loss = colour.Alignment(model, "bce", 0.5)(outputs, images, labels)
+    e = explain(model, images, labels)
+    cosine = F.cosine_similarity(e.weights.flatten(1), e.inputs.flatten(1), dim=1)
+    classification = classification_loss("bce", outputs, labels)
+    assert torch.allclose(loss, classification + 0.5 * (1 - cosine).mean(), atol=1e-5)
+    # the term reaches the weights through W(x) (the second backward pass), not only the loss
+    (loss - classification).backward()
+    assert model[1].weight.grad.abs().sum() > 0
