@@ -59,11 +59,10 @@ class Lever:
     """One way of making the B-cosified model: recipe fields, demo settings (a wider network
     or larger images train their own original), a fresh B-cos model instead of the original's
     weights (with ``max_out`` MaxOut units in its hidden convolutions), the first layer turned
-    into colour templates before fine-tuning, the encoding and the max pooling of the
-    conversion, the first layer's learning rate multiplied, ``align`` the weight of an
-    alignment term added to the loss (:class:`Alignment`), or the task: ``"hue"`` labels each
-    image by its object's hue instead of its shape (a control: a task whose evidence is the
-    object's colour)."""
+    into colour templates before fine-tuning, the encoding of the conversion, the first layer's
+    learning rate multiplied, ``align`` the weight of an alignment term added to the loss
+    (:class:`Alignment`), or the task: ``"hue"`` labels each image by its object's hue instead
+    of its shape (a control: a task whose evidence is the object's colour)."""
 
     recipe: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -71,14 +70,14 @@ class Lever:
     max_out: int = 1
     templates: bool = False
     encoding: str = "fold"
-    maxpool: str = "keep"
     first_layer_lr: float = 1.0
     align: float = 0.0
     task: str = "shapes"
 
 
+# every lever keeps the network's max pooling (the recipes' default) unless it says otherwise
 LEVERS = {
-    "demo defaults (B = 2, 5 epochs, lr 3e-3)": Lever(),
+    "max pooling kept, B = 2, 5 epochs, lr 3e-3 (the demo's defaults until 2026-12-08)": Lever(),
     "B = 3": Lever({"b": 3.0}),
     "B = 5": Lever({"b": 5.0}),
     "15 epochs": Lever({"epochs": 15}),
@@ -89,7 +88,9 @@ LEVERS = {
     "wider: widths 32, 32, 64, 64": Lever(settings={"widths": (32, 32, 64, 64)}),
     "64 px images": Lever(settings={"image_size": 64}),
     "paper encoding ([W, -W] / 2 behind a normalisation)": Lever(encoding="paper"),
-    "max pooling converted to average pooling (as the published code does)": Lever(maxpool="avg"),
+    "max pooling converted to average pooling (the demo's defaults since 2026-12-08)": Lever(
+        {"maxpool": "avg"}
+    ),
     "first layer's learning rate x 30": Lever(first_layer_lr=30.0),
     # alignment asked for outright, at two strengths: how far colour moves and what it costs
     "alignment term in the loss, weight 0.1": Lever(align=0.1),
@@ -192,10 +193,10 @@ def start_model(
                 features[index] = BcosConv2d(*shape, padding=layer.padding, **units)
         return fresh
     start = copy.deepcopy(original)
-    if lever.encoding != "fold" or lever.maxpool != "keep":
+    if lever.encoding != "fold":
         mean, std = input_normalization(start)
-        options = {"b": recipe.b, "encoding": lever.encoding, "maxpool": lever.maxpool}
-        start = convert(start, input_mean=mean, input_std=std, **options).model
+        start = convert(start, input_mean=mean, input_std=std, b=recipe.b, encoding=lever.encoding)
+        start = start.model
     elif lever.templates or lever.first_layer_lr != 1 or lever.align:
         start = prepare_model(start, recipe)
     if lever.templates:

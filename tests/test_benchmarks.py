@@ -262,18 +262,3 @@ def test_colour_alignment_lever_adds_one_minus_the_explanations_cosine(scripts):
     # the term reaches the weights through W(x) (the second backward pass), not only the loss
     (loss - classification).backward()
     assert model[1].weight.grad.abs().sum() > 0
-
-
-def test_colour_average_pooling_lever_converts_the_max_pooling(scripts):
-    from bcosify import BcosModel
-    from bcosify.models import create
-    from bcosify.train import get_recipe
-
-    colour = scripts["bench_colour"]
-    original = create("bcosify:small_cnn", num_classes=3, widths=[4, 4])
-    start = colour.start_model(
-        colour.Lever(maxpool="avg"), original, None, get_recipe("bcosify-cnn")
-    )
-    assert isinstance(start, BcosModel)  # converted here, where train would keep max pooling
-    kinds = {type(m) for m in start.modules()}
-    assert torch.nn.AvgPool2d in kinds and torch.nn.MaxPool2d not in kinds

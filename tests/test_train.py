@@ -359,6 +359,27 @@ def test_prepared_models_follow_the_recipe():
     assert not torch.allclose(scratch.state_dict()["network.0.weight"], kept)
 
 
+def test_the_recipes_maxpool_converts_max_pooling_and_the_saved_model_keeps_it(tmp_path):
+    from bcosify import load
+    from bcosify.train.prepare import prepare_model
+
+    def pools(model: nn.Module) -> list[type]:
+        return [type(m) for m in model.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+
+    torch.manual_seed(0)
+    original = create("bcosify:small_cnn", num_classes=3, widths=[4, 4])
+    assert pools(prepare_model(original, get_recipe("bcosify-cnn"))) == [nn.MaxPool2d]
+    averaged = prepare_model(original, get_recipe("bcosify-cnn", maxpool="avg"))
+    assert pools(averaged) == [nn.AvgPool2d]
+    averaged.save_pretrained(tmp_path / "model")
+    loaded = load(tmp_path / "model").eval()
+    assert pools(loaded) == [nn.AvgPool2d]
+    images = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(loaded(images), averaged.eval()(images))
+    with pytest.raises(RecipeError, match="maxpool must be one of"):
+        get_recipe("bcosify-cnn", maxpool="mean")
+
+
 # --- a run never ends "finished" on a broken state ---------------------------------------------
 
 TINY_RUN = [

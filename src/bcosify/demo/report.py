@@ -35,6 +35,13 @@ _PLUMBING = {"batch_size", "internal_batch_size", "perturbations_per_eval", "see
 _GALLERY_PIXELS = 96
 
 
+# what the B-cos models do with the network's max pooling, as the report's intro says it
+_POOLING = {
+    "avg": " (its max pooling converted to average pooling, as the published code does)",
+    "keep": "",
+}
+
+
 def colour_smoothing(image_size: int) -> int:
     """The alpha smoothing of B-cos colour explanations at ``image_size``: the papers' 15 at
     224 pixels, scaled, and odd so that the window is centred.
@@ -74,11 +81,12 @@ def write_demo_report(out: Path, metrics: Mapping[str, Any], examples: DemoExamp
     report = Report(
         "bcosify demo: B-cosification on synthetic shapes",
         f"An ordinary CNN trained until {s['finetune_epochs']} more epochs gained less than "
-        f"{s['plateau_gain']} point of validation accuracy (the 'original'), B-cosified and "
-        f"fine-tuned for {s['finetune_epochs']} epochs, against the original trained for as long "
-        f"(the control) and the same B-cos architecture trained from scratch for "
-        f"{s['scratch_epochs']} epochs; {s['image_size']} x {s['image_size']} images of "
-        f"{s['classes']} shapes{''.join(', ' + e for e in extras)}, on cluttered backgrounds. "
+        f"{s['plateau_gain']} point of validation accuracy (the 'original'), B-cosified"
+        f"{_POOLING[s['maxpool']]} and fine-tuned for {s['finetune_epochs']} epochs, against the "
+        "original trained for as long (the control) and the same B-cos architecture trained "
+        f"from scratch for {s['scratch_epochs']} epochs; {s['image_size']} x {s['image_size']} "
+        f"images of {s['classes']} shapes{''.join(', ' + e for e in extras)}, on cluttered "
+        "backgrounds. "
         "Intervals are bootstrap 95% intervals of the mean.",
         headline=list(metrics["headline"]),
     )

@@ -89,6 +89,7 @@ class Trainer:
             image_size=self.s.image_size,
             seed=self.s.seed,
             checkpoint_every=10**9,
+            maxpool=self.s.maxpool,
         )
 
     def fit(

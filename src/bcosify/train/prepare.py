@@ -52,8 +52,8 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
 
     - ``recipe.model == "original"``: an ordinary model, trained on normalised images.
     - ``"bcosify"``: converted with :func:`bcosify.convert` at ``recipe.b`` with
-      ``recipe.activations`` and ``recipe.keep_bias`` (a model that is a :class:`BcosModel`
-      already is trained as it is).
+      ``recipe.activations``, ``recipe.keep_bias`` and ``recipe.maxpool`` (a model that is a
+      :class:`BcosModel` already is trained as it is).
     - ``"bcos-scratch"``: converted, then every layer re-initialised.
 
     A transformers sequence classifier (or a :class:`~bcosify.models.text.TextClassifier`)
@@ -91,6 +91,7 @@ def prepare_model(model: nn.Module, recipe: Recipe) -> nn.Module:
             b=recipe.b,
             activations=recipe.activations,
             keep_bias=recipe.keep_bias,
+            maxpool=recipe.maxpool,
         ).model
     if recipe.model == "bcos-scratch":
         for module in converted.modules():

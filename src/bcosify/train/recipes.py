@@ -65,6 +65,10 @@ class Recipe:
             (``"identity"``: the B-cos v2 design for models trained from scratch, whose
             non-linearity is the B-cos transform itself; with ReLUs kept, a B-cos model from
             random weights barely moves from chance in a short budget).
+        maxpool: for the B-cos recipes, keep max pooling (``"keep"``: it is dynamic linear as
+            it is) or convert it to average pooling (``"avg"``, what the published
+            B-cosification code does; :func:`bcosify.convert`'s ``maxpool``). A max pool routes
+            each window's explanation through one pixel, so the maps come out speckled.
         ema_decay: keep an exponential moving average of the weights (evaluated and saved
             instead of the raw weights); None turns it off.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler).
@@ -120,6 +124,7 @@ class Recipe:
     keep_bias: bool = False
     norms: Literal["batch", "frozen"] = "batch"
     activations: Literal["keep", "identity"] = "keep"
+    maxpool: Literal["keep", "avg"] = "keep"
     ema_decay: float | None = None
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_accumulation: int = 1
@@ -155,6 +160,7 @@ class Recipe:
             "precision": ("fp32", "bf16", "fp16"),
             "augment": ("standard", "none"),
             "activations": ("keep", "identity"),
+            "maxpool": ("keep", "avg"),
             "align_features": ("cosine", "mse"),
             "norms": ("batch", "frozen"),
             "align_start": ("norms", "layers", "blocks"),
