@@ -77,7 +77,7 @@ class Lever:
 
 # every lever keeps the network's max pooling (the recipes' default) unless it says otherwise
 LEVERS = {
-    "max pooling kept, B = 2, 5 epochs, lr 3e-3 (the demo's defaults until 2026-12-08)": Lever(),
+    "max pooling kept, B = 2, 5 epochs, lr 3e-3 (demo defaults until 2026-12-08)": Lever(),
     "B = 3": Lever({"b": 3.0}),
     "B = 5": Lever({"b": 5.0}),
     "15 epochs": Lever({"epochs": 15}),
@@ -88,7 +88,7 @@ LEVERS = {
     "wider: widths 32, 32, 64, 64": Lever(settings={"widths": (32, 32, 64, 64)}),
     "64 px images": Lever(settings={"image_size": 64}),
     "paper encoding ([W, -W] / 2 behind a normalisation)": Lever(encoding="paper"),
-    "max pooling converted to average pooling (the demo's defaults since 2026-12-08)": Lever(
+    "max pooling converted to average pooling (demo default since 2026-12-08)": Lever(
         {"maxpool": "avg"}
     ),
     "first layer's learning rate x 30": Lever(first_layer_lr=30.0),
