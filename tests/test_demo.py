@@ -213,6 +213,19 @@ def test_report_refuses_to_reference_missing_images(tmp_path):
         report.write(tmp_path)
 
 
+def test_the_bcosified_model_averages_where_the_original_max_pools(demo_run):
+    out = demo_run[1]
+
+    def pools(run: str) -> set[type]:
+        model = bcosify.load(out / "runs" / run / "model")
+        kinds = (torch.nn.MaxPool2d, torch.nn.AvgPool2d)
+        return {type(m) for m in model.modules() if isinstance(m, kinds)}
+
+    assert pools("bcosified") == {torch.nn.AvgPool2d}
+    assert pools("scratch") == {torch.nn.MaxPool2d}  # the baseline trains faster with it
+    assert "converted to average pooling" in (out / "report.html").read_text()
+
+
 def test_the_trained_original_is_cached_by_its_settings(demo_run, tmp_path, capsys):
     settings = PRESETS["test"]
     cache = demo_run[1] / "cache"

@@ -18,9 +18,9 @@ class DemoSettings:
     ``lr_finetune``, as the B-cosified model will, again from each result until that raises the
     validation accuracy by less than ``plateau_gain`` points (at most ``max_cycles`` runs in
     all): the model before the last continuation is the original, the last one the control.
-    The B-cos models (the B-cosified one and the one from scratch) convert the network's max
-    pooling to average pooling (``maxpool="avg"``) or keep it (``"keep"``), as
-    :class:`bcosify.train.Recipe`'s ``maxpool`` does.
+    The B-cosified model converts the network's max pooling to average pooling
+    (``maxpool="avg"``) or keeps it (``"keep"``), as :class:`bcosify.train.Recipe`'s
+    ``maxpool`` does; the B-cos model from scratch keeps it, with which it trains faster.
     The pointing game takes ``grids`` grids of each of the ``grid_sizes``, of test images
     classified correctly with a probability above ``confidence``; the sampled post-hoc methods
     run again with larger budgets on the first ``check_grids`` of the smallest grids.
