@@ -178,8 +178,8 @@ def start_model(
     lever: Lever, original: nn.Module | None, trainer: Trainer, recipe: Any
 ) -> nn.Module:
     """The model the lever fine-tunes (a fresh one without ``original``): converted here when
-    the lever changes the conversion or the converted first layer (else ``train`` converts it
-    as the demo does)."""
+    the lever changes the conversion or the converted first layer, or its :class:`Alignment`
+    must hold the model that trains (else ``train`` converts it as the demo does)."""
     if original is None:
         fresh = trainer.architecture()
         if lever.max_out == 1:
@@ -219,6 +219,8 @@ class Alignment:
     def __call__(
         self, outputs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
+        # a second forward pass: explanation mode detaches the dynamic factors, through which
+        # the classification loss (on ``outputs``) must still train
         with ExplanationTrace(self.model) as trace, explanation_mode(self.model):
             scores = self.model(images).gather(1, labels[:, None])
         encoded = trace.encoded_input
